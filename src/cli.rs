@@ -1,0 +1,115 @@
+//! Command-line definitions (also the source of the man page and completions).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Backup of virtual machine disk images as reflinked, sparse raw revisions.
+#[derive(Debug, Parser)]
+#[command(name = "backy", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Include diagnostic (debug) messages in the log.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Append log lines to this file (reopened after logrotate); default: stderr.
+    #[arg(short = 'l', long = "logfile", value_name = "LOGFILE", global = true)]
+    pub logfile: Option<PathBuf>,
+    /// The job directory.
+    #[arg(
+        short = 'b',
+        long = "backupdir",
+        value_name = "DIR",
+        default_value = ".",
+        global = true
+    )]
+    pub backupdir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Source types `init` knows.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceType {
+    /// An image file or block device: SOURCE is its path.
+    File,
+    /// A Ceph RBD image: SOURCE is POOL/IMAGE.
+    CephRbd,
+    /// Ceph plus a Consul-triggered freeze: SOURCE is POOL/IMAGE,VM[,TOKEN].
+    Flyingcircus,
+}
+
+impl SourceType {
+    /// The name written to `config`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceType::File => "file",
+            SourceType::CephRbd => "ceph-rbd",
+            SourceType::Flyingcircus => "flyingcircus",
+        }
+    }
+}
+
+/// The actions.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a job directory and its config (refused if a config exists).
+    Init {
+        /// The source type.
+        #[arg(value_name = "TYPE")]
+        source_type: SourceType,
+        /// The source: a path, POOL/IMAGE, or POOL/IMAGE,VM[,TOKEN].
+        source: String,
+    },
+    /// Make one new revision.
+    Backup {
+        /// Comma-separated tags for retention, as one argument (e.g. daily,weekly).
+        tags: String,
+        /// Where the filesystem cannot reflink, make a full sparse copy of the parent
+        /// instead of refusing (each revision then costs its full size).
+        #[arg(long)]
+        allow_copy: bool,
+    },
+    /// Copy a revision to a file, a block device, or - (stdout).
+    Restore {
+        /// The revision (see SPEC in the man page).
+        #[arg(short, long, value_name = "SPEC", default_value = "latest")]
+        revision: String,
+        /// Overwrite an existing non-empty target file.
+        #[arg(short, long)]
+        force: bool,
+        /// Target file or device, or - for stdout.
+        target: PathBuf,
+    },
+    /// Print the absolute path of a revision's image.
+    Find {
+        /// The revision.
+        #[arg(short, long, value_name = "SPEC", default_value = "latest")]
+        revision: String,
+    },
+    /// Show all revisions.
+    Status {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check revisions against their checksum manifests.
+    Verify {
+        /// Only this revision (default: every complete revision, newest first).
+        #[arg(short, long, value_name = "SPEC")]
+        revision: Option<String>,
+    },
+    /// Delete one revision.
+    Forget {
+        /// The revision.
+        #[arg(short, long, value_name = "SPEC")]
+        revision: String,
+    },
+}
+
+impl Command {
+    /// Commands whose output is a report on stdout (no progress log needed).
+    pub fn is_report(&self) -> bool {
+        matches!(self, Command::Find { .. } | Command::Status { .. })
+    }
+}

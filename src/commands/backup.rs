@@ -1,0 +1,228 @@
+//! `backy backup TAGS`: make one revision (SPEC section 4).
+
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::image::sums::{BLOCK_SIZE, Manifest};
+use crate::image::writer::ImageWriter;
+use crate::image::{self, CloneKind};
+use crate::job::Job;
+use crate::progress::Progress;
+use crate::revision::{self, Revision, Trust};
+use crate::source;
+
+/// Parses `daily,weekly` into a tag set.
+pub fn parse_tags(text: &str) -> Result<BTreeSet<String>> {
+    let tags: BTreeSet<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    if tags.is_empty() {
+        return Err(Error::Other(format!(
+            "no tags given in '{text}'; name at least one, e.g. 'backy backup daily'"
+        )));
+    }
+    if let Some(bad) = tags
+        .iter()
+        .find(|t| t.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(Error::Other(format!(
+            "tag '{bad}' contains whitespace; use plain words"
+        )));
+    }
+    Ok(tags)
+}
+
+/// Runs one backup of the job in `dir`.
+pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
+    let started = Instant::now();
+    let tags = parse_tags(tags)?;
+    let mut job = Job::open(dir)?;
+    let config = job.config()?;
+    let lock = job.lock_backup()?;
+    for id in job.remove_incomplete(&lock)? {
+        tracing::warn!("Removed incomplete revision {id}");
+    }
+    job.update_last()?;
+    let mut source = source::open(&config.source)?;
+    let allow_copy = allow_copy_flag || config.allow_copy;
+
+    let parent = job.newest_complete().cloned();
+    let mut rev = Revision::new(
+        revision::new_id(),
+        parent.as_ref().map(|p| p.id.clone()),
+        tags,
+    );
+    tracing::info!(
+        "Creating revision {} (parent {}) with tags {}",
+        rev.id,
+        rev.parent.as_deref().unwrap_or("none"),
+        rev.tags.iter().cloned().collect::<Vec<_>>().join(",")
+    );
+    job.write_rev(&rev)?;
+
+    let result = make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), allow_copy);
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            // Leave nothing that looks like a revision behind; if even that fails the
+            // next backup removes it, since it has no duration.
+            if let Err(cleanup) = job.discard_incomplete(&rev.id, &lock) {
+                tracing::warn!("Could not remove incomplete revision {}: {cleanup}", rev.id);
+            }
+            return Err(e);
+        }
+    }
+
+    rev.set_stat(
+        "duration",
+        (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    );
+    job.write_rev(&rev)?;
+    job.revisions.push(rev.clone());
+    job.update_last()?;
+    tracing::info!(
+        "Revision {} complete: {} bytes changed in {:.1} s",
+        rev.id,
+        rev.stat_u64("bytes_changed").unwrap_or(0),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Clones, patches, verifies and seals the revision's image and manifest; on
+/// success `rev.stats` holds everything but `duration`.
+fn make_revision(
+    job: &Job,
+    rev: &mut Revision,
+    parent: Option<&Revision>,
+    source: &mut dyn source::Source,
+    allow_copy: bool,
+) -> Result<()> {
+    let image_path = job.image_path(&rev.id);
+    let sums_path = job.sums_path(&rev.id);
+
+    let kind = match parent {
+        Some(p) => image::clone_or_copy_sparse(&job.image_path(&p.id), &image_path, allow_copy)?,
+        None => {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&image_path)
+                .map_err(Error::io("cannot create", &image_path))?;
+            if image::probe_reflink(job.dir())? {
+                CloneKind::Reflink
+            } else if allow_copy {
+                CloneKind::Copy
+            } else {
+                return Err(image::no_reflink(&image_path));
+            }
+        }
+    };
+    if kind == CloneKind::Copy {
+        tracing::warn!(
+            "{} cannot reflink: revision {} is a full copy and shares no data with its parent",
+            job.dir().display(),
+            rev.id
+        );
+    }
+
+    let (manifest, trusted) = parent_manifest(job, parent, &sums_path, allow_copy)?;
+    let image_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image_path)
+        .map_err(Error::io("cannot open", &image_path))?;
+    let mut writer = ImageWriter::new(image_file, &image_path, manifest, trusted);
+
+    let mut progress = Progress::new("backup", source.size());
+    let report = source.patch(&mut writer, &mut |n| progress.inc(n))?;
+    progress.finish();
+    let (image_file, mut manifest, stats) = writer.finish()?;
+
+    let mut progress = Progress::new("verify", manifest.image_size());
+    let verify =
+        image::verify_against_manifest(&image_file, &image_path, &mut manifest, &mut |n| {
+            progress.inc(n)
+        })?;
+    progress.finish();
+    if !verify.bad_offsets.is_empty() {
+        let shown: Vec<String> = verify
+            .bad_offsets
+            .iter()
+            .take(10)
+            .map(u64::to_string)
+            .collect();
+        return Err(Error::VerificationFailed {
+            id: rev.id.clone(),
+            detail: format!(
+                "{} of {} blocks differ from the source (offsets {}{})",
+                verify.bad_offsets.len(),
+                verify.blocks,
+                shown.join(", "),
+                if verify.bad_offsets.len() > 10 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+
+    for path in [&image_path, &sums_path] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
+            .map_err(Error::io("cannot make read-only", path))?;
+    }
+    rev.set_stat("bytes_written", report.bytes_written);
+    rev.set_stat("bytes_changed", stats.bytes_changed);
+    rev.set_stat("blocks_unchanged", stats.blocks_unchanged);
+    rev.set_stat("reflink", kind == CloneKind::Reflink);
+    rev.set_stat("verification", "full");
+    Ok(())
+}
+
+/// The new revision's manifest: a clone of the parent's when the parent has a
+/// usable one and is trusted, else a fresh one whose digests are not trusted.
+fn parent_manifest(
+    job: &Job,
+    parent: Option<&Revision>,
+    sums_path: &Path,
+    allow_copy: bool,
+) -> Result<(Manifest, bool)> {
+    if let Some(p) = parent {
+        let parent_sums = job.sums_path(&p.id);
+        let usable = p.trust != Trust::Distrusted
+            && match Manifest::open(&parent_sums, false) {
+                Ok(m) => m.block_size() == BLOCK_SIZE,
+                Err(e) if parent_sums.exists() => {
+                    tracing::warn!("{e}");
+                    false
+                }
+                Err(_) => false,
+            };
+        if usable {
+            image::clone_or_copy_sparse(&parent_sums, sums_path, allow_copy)?;
+            std::fs::set_permissions(sums_path, std::fs::Permissions::from_mode(0o640))
+                .map_err(Error::io("cannot make writable", sums_path))?;
+            return Ok((Manifest::open(sums_path, true)?, true));
+        }
+        if p.trust == Trust::Distrusted {
+            tracing::info!(
+                "Parent {} is distrusted: comparing the whole source against it",
+                p.id
+            );
+        } else {
+            tracing::info!(
+                "Parent {} has no checksum manifest: comparing against its image",
+                p.id
+            );
+        }
+    }
+    Ok((Manifest::create(sums_path, 0)?, false))
+}

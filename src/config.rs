@@ -1,0 +1,272 @@
+//! The job's `config` file: which source a job backs up.
+//!
+//! backy 2.0/2.1 write the source mapping itself (`{type: file, filename: ...}`);
+//! backy 2.5 writes `{source: {...}, schedule: ...}`. Both are read; we write the
+//! 2.1 layout so that the original can still use the job directory.
+
+use std::path::{Path, PathBuf};
+
+use serde_norway::{Mapping, Value};
+
+use crate::error::{Error, Result};
+
+/// Where a job's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// An image file or block device, compared block by block.
+    File {
+        /// The file or device.
+        filename: PathBuf,
+    },
+    /// A Ceph RBD image, snapshot per revision.
+    CephRbd {
+        /// The pool.
+        pool: String,
+        /// The image.
+        image: String,
+        /// Never use diffs.
+        full_always: bool,
+    },
+    /// Ceph plus a Consul request that freezes the guest first.
+    FlyingCircus {
+        /// The pool.
+        pool: String,
+        /// The image.
+        image: String,
+        /// The VM to freeze.
+        vm: String,
+        /// Consul ACL token.
+        consul_acl_token: Option<String>,
+    },
+}
+
+/// A job's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobConfig {
+    /// The source.
+    pub source: SourceConfig,
+    /// The operator allows full copies where reflinks are impossible.
+    pub allow_copy: bool,
+}
+
+impl SourceConfig {
+    /// The `type` name as written in `config`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::File { .. } => "file",
+            SourceConfig::CephRbd { .. } => "ceph-rbd",
+            SourceConfig::FlyingCircus { .. } => "flyingcircus",
+        }
+    }
+
+    /// Builds a source from `backy init TYPE SOURCE` arguments.
+    pub fn from_init_args(type_name: &str, arg: &str) -> Result<SourceConfig> {
+        let pool_image = |s: &str| -> Result<(String, String)> {
+            match s.split_once('/') {
+                Some((p, i)) if !p.is_empty() && !i.is_empty() && !i.contains('/') => {
+                    Ok((p.to_string(), i.to_string()))
+                }
+                _ => Err(Error::Config(format!(
+                    "'{s}' is not POOL/IMAGE; give the Ceph pool and image name, e.g. rbd/vm01.root"
+                ))),
+            }
+        };
+        match type_name {
+            "file" => Ok(SourceConfig::File {
+                filename: PathBuf::from(arg),
+            }),
+            "ceph-rbd" => {
+                let (pool, image) = pool_image(arg)?;
+                Ok(SourceConfig::CephRbd {
+                    pool,
+                    image,
+                    full_always: false,
+                })
+            }
+            "flyingcircus" => {
+                let parts: Vec<&str> = arg.split(',').collect();
+                if !(2..=3).contains(&parts.len()) || parts[1].is_empty() {
+                    return Err(Error::Config(format!(
+                        "'{arg}' is not POOL/IMAGE,VM[,TOKEN] as flyingcircus sources need"
+                    )));
+                }
+                let (pool, image) = pool_image(parts[0])?;
+                Ok(SourceConfig::FlyingCircus {
+                    pool,
+                    image,
+                    vm: parts[1].to_string(),
+                    consul_acl_token: parts.get(2).map(|s| s.to_string()),
+                })
+            }
+            other => Err(Error::Config(format!(
+                "unknown source type '{other}'; use file, ceph-rbd or flyingcircus"
+            ))),
+        }
+    }
+}
+
+impl JobConfig {
+    /// Reads a job's `config` file.
+    pub fn load(path: &Path) -> Result<JobConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Config(format!(
+                    "{} does not exist; is this a job directory? Create one with 'backy -b DIR init file PATH'",
+                    path.display()
+                ))
+            } else {
+                Error::io("cannot read job config", path)(e)
+            }
+        })?;
+        JobConfig::parse(&text).map_err(|reason| {
+            Error::Config(format!(
+                "job config {} is malformed: {reason}; fix it or re-create the job with 'backy init'",
+                path.display()
+            ))
+        })
+    }
+
+    /// Parses the text of a `config` file (either layout).
+    pub fn parse(text: &str) -> std::result::Result<JobConfig, String> {
+        let value: Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        let Value::Mapping(top) = value else {
+            return Err("it is not a YAML mapping".into());
+        };
+        let map = match top.get("source") {
+            Some(Value::Mapping(m)) => m.clone(),
+            Some(_) => return Err("'source' is not a mapping".into()),
+            None => top.clone(),
+        };
+        let allow_copy = flag(&map, "allow-copy")? || flag(&top, "allow-copy")?;
+        Ok(JobConfig {
+            source: parse_source(&map)?,
+            allow_copy,
+        })
+    }
+
+    /// The text written to `config` (backy 2.1 layout).
+    pub fn to_yaml(&self) -> String {
+        let mut m = Mapping::new();
+        m.insert("type".into(), self.source.type_name().into());
+        match &self.source {
+            SourceConfig::File { filename } => {
+                m.insert(
+                    "filename".into(),
+                    filename.to_string_lossy().into_owned().into(),
+                );
+            }
+            SourceConfig::CephRbd {
+                pool,
+                image,
+                full_always,
+            } => {
+                m.insert("pool".into(), pool.clone().into());
+                m.insert("image".into(), image.clone().into());
+                if *full_always {
+                    m.insert("full-always".into(), true.into());
+                }
+            }
+            SourceConfig::FlyingCircus {
+                pool,
+                image,
+                vm,
+                consul_acl_token,
+            } => {
+                m.insert("pool".into(), pool.clone().into());
+                m.insert("image".into(), image.clone().into());
+                m.insert("vm".into(), vm.clone().into());
+                if let Some(t) = consul_acl_token {
+                    m.insert("consul_acl_token".into(), t.clone().into());
+                }
+            }
+        }
+        if self.allow_copy {
+            m.insert("allow-copy".into(), true.into());
+        }
+        serde_norway::to_string(&m).unwrap_or_default()
+    }
+}
+
+fn flag(map: &Mapping, key: &str) -> std::result::Result<bool, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!("'{key}' must be true or false, not {other:?}")),
+    }
+}
+
+fn string(map: &Mapping, key: &str) -> std::result::Result<String, String> {
+    match map.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(other) => Err(format!("'{key}' must be a non-empty string, not {other:?}")),
+        None => Err(format!("'{key}' is missing")),
+    }
+}
+
+fn parse_source(map: &Mapping) -> std::result::Result<SourceConfig, String> {
+    let type_name = string(map, "type")?;
+    match type_name.as_str() {
+        "file" => Ok(SourceConfig::File {
+            filename: PathBuf::from(string(map, "filename")?),
+        }),
+        "ceph-rbd" => Ok(SourceConfig::CephRbd {
+            pool: string(map, "pool")?,
+            image: string(map, "image")?,
+            full_always: flag(map, "full-always")?,
+        }),
+        "flyingcircus" => Ok(SourceConfig::FlyingCircus {
+            pool: string(map, "pool")?,
+            image: string(map, "image")?,
+            vm: string(map, "vm")?,
+            consul_acl_token: string(map, "consul_acl_token").ok(),
+        }),
+        other => Err(format!(
+            "unknown source type '{other}' (known: file, ceph-rbd, flyingcircus)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_layouts() {
+        let a = JobConfig::parse("{type: file, filename: /a.img}").unwrap();
+        let b = JobConfig::parse("source:\n  type: file\n  filename: /a.img\nschedule: default\n")
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(!a.allow_copy);
+    }
+
+    #[test]
+    fn round_trips() {
+        for (t, arg) in [
+            ("file", "/x y.img"),
+            ("ceph-rbd", "rbd/vm01.root"),
+            ("flyingcircus", "rbd/vm01.root,vm01,secret"),
+        ] {
+            let c = JobConfig {
+                source: SourceConfig::from_init_args(t, arg).unwrap(),
+                allow_copy: t == "file",
+            };
+            assert_eq!(JobConfig::parse(&c.to_yaml()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        for text in [
+            "",
+            "[1]",
+            "{type: file}",
+            "{type: flyingcircus,}",
+            "{type: nfs, filename: a}",
+            "{type: file, filename: a, allow-copy: maybe}",
+        ] {
+            assert!(JobConfig::parse(text).is_err(), "{text}");
+        }
+        assert!(SourceConfig::from_init_args("ceph-rbd", "noslash").is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! Image operations: cloning, sparse copies, compare-and-write, verification.
+//!
+//! Everything that reads or writes revision images goes through this module;
+//! sources see only [`writer::ImageWriter`].
+
+pub mod reader;
+pub mod sums;
+pub mod writer;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::sys;
+use reader::{Chunk, read_sequential};
+use sums::{Digest, Manifest};
+
+/// How a new image came to share (or not) its parent's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneKind {
+    /// `FICLONE`: all extents shared.
+    Reflink,
+    /// A sparse byte copy: nothing shared.
+    Copy,
+}
+
+/// Creates `dest` (which must not exist) as a clone of `src`: a reflink where the
+/// filesystem can, otherwise a sparse copy if `allow_copy`, otherwise `NoReflink`.
+pub fn clone_or_copy_sparse(src: &Path, dest: &Path, allow_copy: bool) -> Result<CloneKind> {
+    let src_file = File::open(src).map_err(Error::io("cannot open", src))?;
+    let dest_file = create_new(dest)?;
+    match sys::ficlone(&dest_file, &src_file) {
+        Ok(()) => Ok(CloneKind::Reflink),
+        Err(e) if sys::is_reflink_unsupported(&e) => {
+            if !allow_copy {
+                return Err(no_reflink(dest));
+            }
+            copy_sparse(&src_file, src, &dest_file, dest)?;
+            Ok(CloneKind::Copy)
+        }
+        Err(e) => Err(Error::io("cannot reflink-clone into", dest)(e)),
+    }
+}
+
+/// Whether the filesystem holding `dir` can reflink, by cloning an empty probe file.
+pub fn probe_reflink(dir: &Path) -> Result<bool> {
+    let a = dir.join(".reflink-probe-a");
+    let b = dir.join(".reflink-probe-b");
+    let cleanup = || {
+        let _ = std::fs::remove_file(&a);
+        let _ = std::fs::remove_file(&b);
+    };
+    cleanup();
+    let result = (|| -> Result<bool> {
+        let fa = create_new(&a)?;
+        fa.write_all_at(b"probe", 0)
+            .map_err(Error::io("cannot write", &a))?;
+        let fb = create_new(&b)?;
+        match sys::ficlone(&fb, &fa) {
+            Ok(()) => Ok(true),
+            Err(e) if sys::is_reflink_unsupported(&e) => Ok(false),
+            Err(e) => Err(Error::io("cannot reflink-clone into", &b)(e)),
+        }
+    })();
+    cleanup();
+    result
+}
+
+/// The refusal for a job directory whose filesystem cannot reflink.
+pub fn no_reflink(path_in_job: &Path) -> Error {
+    let dir = path_in_job.parent().unwrap_or(path_in_job);
+    Error::NoReflink {
+        fs: sys::filesystem_name(dir),
+        path: dir.to_owned(),
+    }
+}
+
+fn create_new(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(Error::io("cannot create", path))
+}
+
+/// Copies `src` into `dest`, writing only non-zero data (a sparse result).
+pub fn copy_sparse(src: &File, src_path: &Path, dest: &File, dest_path: &Path) -> Result<()> {
+    let size = file_size(src, src_path)?;
+    dest.set_len(0)
+        .map_err(Error::io("cannot truncate", dest_path))?;
+    read_sequential(src, src_path, size, sums::BLOCK_SIZE, |chunk| {
+        if let Chunk::Data { offset, buf } = chunk {
+            for (i, block) in buf.chunks(sums::BLOCK_SIZE as usize).enumerate() {
+                if !sums::is_zero(block) {
+                    dest.write_all_at(block, offset + (i as u64) * sums::BLOCK_SIZE)
+                        .map_err(Error::io("cannot write", dest_path))?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    dest.set_len(size)
+        .map_err(Error::io("cannot resize", dest_path))?;
+    dest.sync_all().map_err(Error::io("cannot sync", dest_path))
+}
+
+/// Streams every byte of `src` (holes as zeros) into `out`, calling `progress`
+/// with the bytes done.
+pub fn copy_dense(
+    src: &File,
+    src_path: &Path,
+    out: &mut dyn Write,
+    out_name: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let size = file_size(src, src_path)?;
+    static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+    read_sequential(src, src_path, size, sums::BLOCK_SIZE, |chunk| {
+        let done = match chunk {
+            Chunk::Data { buf, .. } => {
+                out.write_all(buf)
+                    .map_err(Error::io("cannot write", out_name))?;
+                buf.len() as u64
+            }
+            Chunk::Hole { len, .. } => {
+                let mut left = *len;
+                while left > 0 {
+                    let n = left.min(ZEROS.len() as u64) as usize;
+                    out.write_all(&ZEROS[..n])
+                        .map_err(Error::io("cannot write", out_name))?;
+                    left -= n as u64;
+                }
+                *len
+            }
+        };
+        progress(done);
+        Ok(())
+    })?;
+    out.flush().map_err(Error::io("cannot write", out_name))
+}
+
+/// The size of a file or block device.
+pub fn file_size(file: &File, path: &Path) -> Result<u64> {
+    use std::io::Seek;
+    let meta = file.metadata().map_err(Error::io("cannot stat", path))?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut f = file;
+    f.seek(std::io::SeekFrom::End(0))
+        .map_err(Error::io("cannot find the size of", path))
+}
+
+/// Outcome of reading an image against its manifest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Offsets of blocks whose content does not match their digest.
+    pub bad_offsets: Vec<u64>,
+    /// Blocks compared.
+    pub blocks: u64,
+}
+
+/// Reads `image` once and compares every block with `manifest`; sizes must agree.
+pub fn verify_against_manifest(
+    image: &File,
+    path: &Path,
+    manifest: &mut Manifest,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport> {
+    let size = file_size(image, path)?;
+    if size != manifest.image_size() {
+        return Err(Error::Other(format!(
+            "image {} has {size} bytes but its checksum manifest expects {}",
+            path.display(),
+            manifest.image_size()
+        )));
+    }
+    let bs = manifest.block_size();
+    let mut report = VerifyReport::default();
+    read_sequential(image, path, size, bs, |chunk| {
+        match chunk {
+            Chunk::Data { offset, buf } => {
+                for (i, block) in buf.chunks(bs as usize).enumerate() {
+                    let at = offset + i as u64 * bs;
+                    if manifest.get(at / bs)? != Digest::of(block) {
+                        report.bad_offsets.push(at);
+                    }
+                    report.blocks += 1;
+                }
+                progress(buf.len() as u64);
+            }
+            Chunk::Hole { offset, len } => {
+                for block in offset / bs..(offset + len).div_ceil(bs) {
+                    if !manifest.get(block)?.is_zero() {
+                        report.bad_offsets.push(block * bs);
+                    }
+                    report.blocks += 1;
+                }
+                progress(*len);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(report)
+}

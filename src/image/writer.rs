@@ -1,0 +1,203 @@
+//! `ImageWriter`: the one narrow interface through which sources patch a new
+//! revision's image (a reflink clone of its parent) while keeping CoW sharing.
+//!
+//! For each block the source hands over, the writer computes its digest. When the
+//! parent's manifest is trusted and holds the same digest, nothing is touched (the
+//! extent stays shared). Otherwise the writer reads the clone's block and writes only
+//! the 4 KiB pages that differ; pages and blocks that became zero are punched out
+//! so the image stays sparse. Every digest lands in the new manifest.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::reader::read_full_at;
+use super::sums::{Digest, Manifest, is_zero};
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Granularity of writes inside a changed block: the page size of the filesystems
+/// we run on, so a small change unshares one page, not a whole block.
+pub const PAGE: usize = 4096;
+
+/// What a backup changed on disk.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Bytes written or punched because they differed from the parent.
+    pub bytes_changed: u64,
+    /// Blocks skipped because their digest matched the parent's manifest.
+    pub blocks_unchanged: u64,
+    /// Blocks whose previous content had to be read and compared.
+    pub blocks_compared: u64,
+}
+
+/// Patches one image and its manifest.
+pub struct ImageWriter {
+    image: File,
+    path: PathBuf,
+    manifest: Manifest,
+    parent_digests_trusted: bool,
+    punch_supported: bool,
+    old: Vec<u8>,
+    stats: WriteStats,
+}
+
+impl ImageWriter {
+    /// A writer for `image` (already equal to the parent) and its `manifest`.
+    ///
+    /// `parent_digests_trusted` says the manifest's digests describe the image as
+    /// it is now (a clone of a trusted parent's manifest); otherwise every block is
+    /// compared against the image itself.
+    pub fn new(
+        image: File,
+        path: &Path,
+        manifest: Manifest,
+        parent_digests_trusted: bool,
+    ) -> ImageWriter {
+        ImageWriter {
+            image,
+            path: path.to_owned(),
+            manifest,
+            parent_digests_trusted,
+            punch_supported: true,
+            old: Vec::new(),
+            stats: WriteStats::default(),
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_size(&self) -> u64 {
+        self.manifest.block_size()
+    }
+
+    /// The image size.
+    pub fn size(&self) -> u64 {
+        self.manifest.image_size()
+    }
+
+    /// What has been changed so far.
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    /// Grows (with a hole) or shrinks the image.
+    pub fn resize(&mut self, size: u64) -> Result<()> {
+        let old = self.size();
+        // The old tail block's digest covered a short block; after growing it no
+        // longer describes the block, so forget it (compare instead of skipping).
+        let bs = self.block_size();
+        if size > old && !old.is_multiple_of(bs) && self.parent_digests_trusted {
+            self.manifest.set(old / bs, Digest([0xff; 32]))?;
+        }
+        self.image
+            .set_len(size)
+            .map_err(Error::io("cannot resize image", &self.path))?;
+        self.manifest.resize(size)?;
+        Ok(())
+    }
+
+    /// Makes block `block` equal to `data` (a full block, or the short tail block).
+    pub fn put_block(&mut self, block: u64, data: &[u8]) -> Result<()> {
+        let digest = Digest::of(data);
+        self.put_block_with_digest(block, data, digest)
+    }
+
+    /// Makes block `block` all zeros (a hole in the source).
+    pub fn put_zero_block(&mut self, block: u64) -> Result<()> {
+        let len = self.block_len(block);
+        self.put_block_with_digest(block, &ZEROS[..len], Digest::ZERO)
+    }
+
+    fn block_len(&self, block: u64) -> usize {
+        let bs = self.block_size();
+        (self.size() - block * bs).min(bs) as usize
+    }
+
+    fn put_block_with_digest(&mut self, block: u64, data: &[u8], digest: Digest) -> Result<()> {
+        debug_assert_eq!(data.len(), self.block_len(block));
+        if self.parent_digests_trusted && self.manifest.get(block)? == digest {
+            self.stats.blocks_unchanged += 1;
+            return Ok(());
+        }
+        let offset = block * self.block_size();
+        self.stats.blocks_compared += 1;
+        let mut old = std::mem::take(&mut self.old);
+        old.resize(data.len(), 0);
+        let n = read_full_at(&self.image, &mut old, offset)
+            .map_err(Error::io("cannot read image", &self.path))?;
+        old[n..].fill(0);
+        let result = if digest.is_zero() {
+            if is_zero(&old) {
+                Ok(())
+            } else {
+                self.stats.bytes_changed += data.len() as u64;
+                self.zero_range(offset, data.len() as u64)
+            }
+        } else {
+            self.write_differing_pages(offset, data, &old)
+        };
+        self.old = old;
+        result?;
+        self.manifest.set(block, digest)
+    }
+
+    /// Writes the runs of pages where `new` differs from `old`; zero runs are punched.
+    fn write_differing_pages(&mut self, offset: u64, new: &[u8], old: &[u8]) -> Result<()> {
+        let pages = new.len().div_ceil(PAGE);
+        let page = |i: usize| i * PAGE..((i + 1) * PAGE).min(new.len());
+        let mut i = 0;
+        while i < pages {
+            if new[page(i)] == old[page(i)] {
+                i += 1;
+                continue;
+            }
+            let zero = is_zero(&new[page(i)]);
+            let start = i;
+            while i < pages && new[page(i)] != old[page(i)] && is_zero(&new[page(i)]) == zero {
+                i += 1;
+            }
+            let run = page(start).start..page(i - 1).end;
+            self.stats.bytes_changed += run.len() as u64;
+            let at = offset + run.start as u64;
+            if zero {
+                self.zero_range(at, run.len() as u64)?;
+            } else {
+                self.image
+                    .write_all_at(&new[run], at)
+                    .map_err(Error::io("cannot write image", &self.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a range read as zeros: a hole where the filesystem can punch one.
+    pub fn zero_range(&mut self, offset: u64, len: u64) -> Result<()> {
+        if self.punch_supported {
+            match sys::punch_hole(&self.image, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if sys::is_punch_unsupported(&e) => self.punch_supported = false,
+                Err(e) => return Err(Error::io("cannot punch hole in image", &self.path)(e)),
+            }
+        }
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(ZEROS.len() as u64) as usize;
+            self.image
+                .write_all_at(&ZEROS[..n], at)
+                .map_err(Error::io("cannot write image", &self.path))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs image and manifest; returns them for verification.
+    pub fn finish(mut self) -> Result<(File, Manifest, WriteStats)> {
+        self.image
+            .sync_all()
+            .map_err(Error::io("cannot sync image", &self.path))?;
+        self.manifest.sync()?;
+        Ok((self.image, self.manifest, self.stats))
+    }
+}
+
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];

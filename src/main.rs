@@ -1,0 +1,31 @@
+//! The `backy` command: parse, run, turn the outcome into an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = backy::cli::Cli::parse();
+    // Reports for scripts and people stay quiet on stderr unless asked.
+    let quiet = cli.logfile.is_none() && !cli.verbose && cli.command.is_report();
+    if let Err(e) = backy::logging::init(cli.logfile.as_deref(), cli.verbose, quiet) {
+        eprintln!("backy: {e}");
+        return ExitCode::FAILURE;
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    tracing::info!("$ {}", argv.join(" "));
+    match backy::commands::run(&cli) {
+        Ok(()) => {
+            tracing::info!("Backy operation complete.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            tracing::info!("Backy operation failed.");
+            if cli.logfile.is_some() {
+                eprintln!("backy: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

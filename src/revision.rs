@@ -1,0 +1,426 @@
+//! A revision: its id, its `.rev` metadata file, trust and completeness.
+//!
+//! # The `.rev` file
+//!
+//! A YAML mapping, written in block style so that backy 2.1 (PyYAML < 5.3) and 2.5
+//! both read it:
+//!
+//! ```yaml
+//! uuid: Q5N5Ng5kFzNFVv6FDDDCHi
+//! timestamp: 2015-11-04 20:09:32.123456+00:00   # unquoted, always with offset
+//! parent: null                                   # always present (2.1 needs it)
+//! tags:
+//! - daily
+//! stats:
+//!   bytes_written: 10737418240
+//!   bytes_changed: 1048576                        # ours: bytes really changed
+//!   reflink: true                                 # ours: false = a full copy
+//!   duration: 150.9                               # written last; present = complete
+//! trust: trusted                                  # 2.4+; missing means trusted
+//! ```
+//!
+//! Unknown keys (top level and in `stats`) are kept when we rewrite a file.
+//! Nothing essential lives only in extra keys: backy 2.1 rewrites `.rev` files on
+//! expiry with its five keys.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde_norway::{Mapping, Value};
+
+use crate::error::{Error, Result};
+
+/// Alphabet of shortuuid 0.4 (backy 2.1's revision ids).
+const SHORTUUID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// A new revision id: a random uuid4 in base 57, least significant digit first,
+/// unpadded (shortuuid 0.4.2, as pinned by backy 2.1).
+pub fn new_id() -> String {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+    encode_shortuuid(u128::from_be_bytes(bytes))
+}
+
+fn encode_shortuuid(mut n: u128) -> String {
+    let base = SHORTUUID_ALPHABET.len() as u128;
+    let mut out = String::with_capacity(22);
+    while n > 0 {
+        out.push(SHORTUUID_ALPHABET[(n % base) as usize] as char);
+        n /= base;
+    }
+    out
+}
+
+/// How far a revision can be trusted (backy 2.4+; a missing key means trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// Written and verified at backup time.
+    Trusted,
+    /// Suspected bad: the next backup compares against the source in full.
+    Distrusted,
+    /// Re-checked against its checksums after the fact.
+    Verified,
+}
+
+impl Trust {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trust::Trusted => "trusted",
+            Trust::Distrusted => "distrusted",
+            Trust::Verified => "verified",
+        }
+    }
+}
+
+/// One revision's metadata, as stored in `<id>.rev`.
+#[derive(Debug, Clone)]
+pub struct Revision {
+    /// The revision id (also the image's file name).
+    pub id: String,
+    /// When the backup started (UTC).
+    pub timestamp: DateTime<Utc>,
+    /// The revision this one was cloned from.
+    pub parent: Option<String>,
+    /// Retention tags.
+    pub tags: BTreeSet<String>,
+    /// The `stats` mapping, with unknown keys kept.
+    pub stats: Mapping,
+    /// Trust state.
+    pub trust: Trust,
+    /// Top-level keys we do not know, kept on rewrite.
+    pub extra: Mapping,
+}
+
+impl Revision {
+    /// A new, incomplete revision.
+    pub fn new(id: String, parent: Option<String>, tags: BTreeSet<String>) -> Revision {
+        Revision {
+            id,
+            timestamp: Utc::now(),
+            parent,
+            tags,
+            stats: Mapping::new(),
+            trust: Trust::Trusted,
+            extra: Mapping::new(),
+        }
+    }
+
+    /// A revision is complete when its stats carry a duration (written last).
+    pub fn is_complete(&self) -> bool {
+        self.stats.contains_key("duration")
+    }
+
+    /// `stats.duration` in seconds, if complete.
+    pub fn duration(&self) -> Option<f64> {
+        self.stats.get("duration").and_then(Value::as_f64)
+    }
+
+    /// `stats.bytes_written`, 0 when missing.
+    pub fn bytes_written(&self) -> u64 {
+        self.stat_u64("bytes_written").unwrap_or(0)
+    }
+
+    /// An integer statistic.
+    pub fn stat_u64(&self, key: &str) -> Option<u64> {
+        self.stats.get(key).and_then(Value::as_u64)
+    }
+
+    /// Sets a statistic.
+    pub fn set_stat(&mut self, key: &str, value: impl Into<Value>) {
+        self.stats.insert(Value::from(key), value.into());
+    }
+
+    /// The backend this revision was written with; anything but `cowfile` is not a
+    /// raw image (backy 2.2+ chunked revisions).
+    pub fn backend_type(&self) -> &str {
+        self.extra
+            .get("backend_type")
+            .and_then(Value::as_str)
+            .unwrap_or("cowfile")
+    }
+
+    /// Parses a `.rev` file's text; `id` is the fallback when `uuid` is missing.
+    pub fn parse(text: &str, id: &str) -> std::result::Result<Revision, String> {
+        let value: Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        let Value::Mapping(mut map) = value else {
+            return Err("it is not a YAML mapping".into());
+        };
+        let uuid = match map.remove("uuid") {
+            Some(Value::String(s)) => s,
+            Some(Value::Null) | None => id.to_string(),
+            Some(other) => return Err(format!("'uuid' is not a string: {other:?}")),
+        };
+        if uuid != id {
+            return Err(format!("its uuid '{uuid}' does not match the file name"));
+        }
+        let timestamp = match map.remove("timestamp") {
+            Some(v) => parse_timestamp(&v)?,
+            None => return Err("'timestamp' is missing".into()),
+        };
+        let parent = match map.remove("parent") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Null) | Some(Value::String(_)) | None => None,
+            Some(other) => return Err(format!("'parent' is not a revision id: {other:?}")),
+        };
+        let tags = match map.remove("tags") {
+            Some(Value::Sequence(seq)) => seq
+                .into_iter()
+                .map(|t| match t {
+                    Value::String(s) => Ok(s),
+                    other => Err(format!("a tag is not a string: {other:?}")),
+                })
+                .collect::<std::result::Result<_, _>>()?,
+            Some(Value::Null) | None => BTreeSet::new(),
+            Some(other) => return Err(format!("'tags' is not a list: {other:?}")),
+        };
+        let stats = match map.remove("stats") {
+            Some(Value::Mapping(m)) => m,
+            Some(Value::Null) | None => Mapping::new(),
+            Some(other) => return Err(format!("'stats' is not a mapping: {other:?}")),
+        };
+        if let Some(d) = stats.get("duration")
+            && d.as_f64().is_none()
+        {
+            return Err(format!("'stats.duration' is not a number: {d:?}"));
+        }
+        let trust = match map.remove("trust") {
+            None | Some(Value::Null) => Trust::Trusted,
+            Some(Value::String(s)) if s == "trusted" => Trust::Trusted,
+            Some(Value::String(s)) if s == "distrusted" => Trust::Distrusted,
+            Some(Value::String(s)) if s == "verified" => Trust::Verified,
+            Some(other) => return Err(format!("unknown 'trust' value {other:?}")),
+        };
+        Ok(Revision {
+            id: uuid,
+            timestamp,
+            parent,
+            tags,
+            stats,
+            trust,
+            extra: map,
+        })
+    }
+
+    /// Reads `<dir>/<id>.rev`.
+    pub fn load(path: &Path, id: &str) -> Result<Revision> {
+        let text = std::fs::read_to_string(path).map_err(Error::io("cannot read", path))?;
+        Revision::parse(&text, id).map_err(|reason| Error::BadRevision {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// The `.rev` text, in the layout documented at the top of this module.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("uuid: {}\n", yaml_scalar(&self.id)));
+        out.push_str(&format!(
+            "timestamp: {}\n",
+            self.timestamp.format("%Y-%m-%d %H:%M:%S%.6f+00:00")
+        ));
+        match &self.parent {
+            Some(p) => out.push_str(&format!("parent: {}\n", yaml_scalar(p))),
+            None => out.push_str("parent: null\n"),
+        }
+        if self.tags.is_empty() {
+            out.push_str("tags: []\n");
+        } else {
+            out.push_str("tags:\n");
+            for t in &self.tags {
+                out.push_str(&format!("- {}\n", yaml_scalar(t)));
+            }
+        }
+        // duration goes last, so a reader of a torn file would see it incomplete
+        // (we write atomically anyway).
+        let mut stats = self.stats.clone();
+        let duration = stats.remove("duration");
+        if let Some(d) = duration {
+            stats.insert("duration".into(), d);
+        }
+        if stats.is_empty() {
+            out.push_str("stats: {}\n");
+        } else {
+            out.push_str("stats:\n");
+            out.push_str(&indent(&dump_mapping(&stats), "  "));
+        }
+        if self.trust != Trust::Trusted || self.extra.contains_key("trust") {
+            out.push_str(&format!("trust: {}\n", self.trust.as_str()));
+        }
+        let mut extra = self.extra.clone();
+        extra.remove("trust");
+        if !extra.is_empty() {
+            out.push_str(&dump_mapping(&extra));
+        }
+        out
+    }
+}
+
+fn dump_mapping(map: &Mapping) -> String {
+    serde_norway::to_string(map).unwrap_or_default()
+}
+
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines().map(|l| format!("{prefix}{l}\n")).collect()
+}
+
+/// A plain scalar when it is safe, otherwise a double-quoted one.
+fn yaml_scalar(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        && !s.starts_with(['-', ':', '.'])
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "~"
+        )
+        && s.parse::<f64>().is_err()
+        && !s.contains(": ");
+    if plain {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+    }
+}
+
+/// Reads the timestamp forms backy versions wrote: `2015-11-04 20:09:32.123456+00:00`,
+/// ISO 8601 with `T`/`Z`, naive (meaning UTC), or a float epoch (pre-2.0).
+pub fn parse_timestamp(v: &Value) -> std::result::Result<DateTime<Utc>, String> {
+    match v {
+        Value::Number(n) => {
+            let secs = n.as_f64().ok_or("timestamp is not a number")?;
+            let whole = secs.floor();
+            let nanos = ((secs - whole) * 1e9).round() as u32;
+            Utc.timestamp_opt(whole as i64, nanos.min(999_999_999))
+                .single()
+                .ok_or_else(|| format!("timestamp {secs} is out of range"))
+        }
+        Value::String(s) => parse_timestamp_str(s),
+        other => Err(format!(
+            "'timestamp' is neither a date nor a number: {other:?}"
+        )),
+    }
+}
+
+fn parse_timestamp_str(s: &str) -> std::result::Result<DateTime<Utc>, String> {
+    let t = s.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f %:z",
+    ] {
+        if let Ok(dt) = DateTime::parse_from_str(t, fmt) {
+            return Ok(dt.with_timezone(&Utc));
+        }
+    }
+    let naive = t.trim_end_matches(['Z', 'z']);
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(naive, fmt) {
+            return Ok(Utc.from_utc_datetime(&dt));
+        }
+    }
+    Err(format!("cannot read timestamp '{s}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortuuid_matches_python_shortuuid_0_4() {
+        // shortuuid 0.4.2: encode(UUID('12345678-1234-5678-1234-567812345678'))
+        let n = 0x12345678_1234_5678_1234_567812345678u128;
+        let s = encode_shortuuid(n);
+        // Decode back to check the digit order: least significant first.
+        let mut back = 0u128;
+        for c in s.bytes().rev() {
+            let d = SHORTUUID_ALPHABET.iter().position(|&a| a == c).unwrap() as u128;
+            back = back * 57 + d;
+        }
+        assert_eq!(back, n);
+        assert_eq!(
+            s.chars().next().unwrap(),
+            SHORTUUID_ALPHABET[(n % 57) as usize] as char
+        );
+    }
+
+    #[test]
+    fn new_ids_are_22_chars_of_the_alphabet() {
+        for _ in 0..100 {
+            let id = new_id();
+            assert!((20..=22).contains(&id.len()), "{id}");
+            assert!(id.bytes().all(|c| SHORTUUID_ALPHABET.contains(&c)));
+        }
+    }
+
+    #[test]
+    fn reads_backy21_flow_style() {
+        let text = "parent: null\nstats: {bytes_written: 1024, duration: 1.5}\ntags: [daily, weekly]\ntimestamp: 2015-11-04 20:09:32.123456+00:00\nuuid: abc\n";
+        let r = Revision::parse(text, "abc").unwrap();
+        assert!(r.is_complete());
+        assert_eq!(r.bytes_written(), 1024);
+        assert_eq!(r.tags.len(), 2);
+        assert_eq!(r.timestamp.to_rfc3339(), "2015-11-04T20:09:32.123456+00:00");
+    }
+
+    #[test]
+    fn reads_timestamp_variants() {
+        for (t, want) in [
+            ("2015-11-04T20:09:32Z", "2015-11-04T20:09:32+00:00"),
+            ("2015-11-04 20:09:32", "2015-11-04T20:09:32+00:00"),
+            ("2015-11-04 21:09:32+01:00", "2015-11-04T20:09:32+00:00"),
+            ("1446667772.5", "2015-11-04T20:09:32.500+00:00"),
+        ] {
+            let text = format!("uuid: a\ntimestamp: {t}\nparent:\n");
+            let r = Revision::parse(&text, "a").unwrap();
+            assert_eq!(r.timestamp.to_rfc3339(), want, "{t}");
+            assert!(!r.is_complete());
+        }
+    }
+
+    #[test]
+    fn reads_pre_2_0_json() {
+        let text = r#"{"uuid": "f0e7a1b2-7e4f-11e5-8bcf-feff819cdc9f", "timestamp": 1446667772.0, "parent": null, "stats": {"bytes_written": 5, "duration": 2.0}, "tags": ["daily"]}"#;
+        let r = Revision::parse(text, "f0e7a1b2-7e4f-11e5-8bcf-feff819cdc9f").unwrap();
+        assert!(r.is_complete());
+    }
+
+    #[test]
+    fn round_trip_keeps_unknown_keys() {
+        let text = "uuid: a\ntimestamp: 2015-11-04 20:09:32+00:00\nparent: b\ntags: [x]\nstats: {duration: 3.0, bytes_written: 7, chunk_stats: {a: 1}}\nbackend_type: cowfile\nfoo: [1, 2]\ntrust: distrusted\n";
+        let r = Revision::parse(text, "a").unwrap();
+        let again = Revision::parse(&r.to_yaml(), "a").unwrap();
+        assert_eq!(again.parent.as_deref(), Some("b"));
+        assert_eq!(again.trust, Trust::Distrusted);
+        assert_eq!(again.extra.get("foo"), r.extra.get("foo"));
+        assert_eq!(again.stats, r.stats);
+        let y = again.to_yaml();
+        assert!(y.contains("\nfoo:\n"), "{y}");
+    }
+
+    #[test]
+    fn written_timestamp_is_unquoted_with_offset() {
+        let r = Revision::new("a".into(), None, BTreeSet::new());
+        let y = r.to_yaml();
+        let line = y.lines().find(|l| l.starts_with("timestamp:")).unwrap();
+        assert!(line.ends_with("+00:00") && !line.contains('\''), "{line}");
+        assert!(y.contains("parent: null\n"));
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for text in [
+            "- a\n- b\n",
+            "uuid: a\n",
+            "uuid: a\ntimestamp: yesterday\n",
+            "{{{",
+        ] {
+            assert!(Revision::parse(text, "a").is_err(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `-r SPEC` resolution: a pure function over a job's revisions.
+//!
+//! Rules, first hit wins (SPEC section 2): a non-negative number N is the N-th newest
+//! (falling through when beyond the history); an exact id; `last`/`latest`; a tag
+//! (newest carrying it); a unique id prefix. Only complete revisions are chosen,
+//! except by an exact id, so that the caller can say *why* it cannot be used.
+
+use crate::error::{Error, Result};
+use crate::revision::Revision;
+
+/// Finds the revision `spec` names among `revisions` (sorted oldest first).
+pub fn resolve<'a>(revisions: &'a [Revision], spec: &str) -> Result<&'a Revision> {
+    let complete: Vec<&Revision> = revisions.iter().filter(|r| r.is_complete()).collect();
+    let newest_first = || complete.iter().rev().copied();
+
+    if let Ok(n) = spec.parse::<i64>() {
+        if n < 0 {
+            return Err(Error::BadSpec {
+                spec: spec.into(),
+                reason: "a revision number counts back from the newest and cannot be negative",
+            });
+        }
+        if let Some(r) = newest_first().nth(n as usize) {
+            return Ok(r);
+        }
+    }
+    if let Some(r) = revisions.iter().find(|r| r.id == spec) {
+        return Ok(r);
+    }
+    if spec == "last" || spec == "latest" {
+        return newest_first()
+            .next()
+            .ok_or_else(|| Error::NoSuchRevision { spec: spec.into() });
+    }
+    if let Some(r) = newest_first().find(|r| r.tags.contains(spec)) {
+        return Ok(r);
+    }
+    if !spec.is_empty() {
+        let matches: Vec<&Revision> = complete
+            .iter()
+            .copied()
+            .filter(|r| r.id.starts_with(spec))
+            .collect();
+        match matches.as_slice() {
+            [one] => return Ok(one),
+            [] => {}
+            many => {
+                return Err(Error::AmbiguousRevision {
+                    spec: spec.into(),
+                    candidates: many.iter().map(|r| r.id.clone()).collect(),
+                });
+            }
+        }
+    }
+    Err(Error::NoSuchRevision { spec: spec.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+
+    fn rev(id: &str, age_days: i64, tags: &[&str], complete: bool) -> Revision {
+        let mut r = Revision::new(
+            id.into(),
+            None,
+            tags.iter().map(|t| t.to_string()).collect(),
+        );
+        r.timestamp =
+            Utc.with_ymd_and_hms(2020, 1, 31, 0, 0, 0).unwrap() - Duration::days(age_days);
+        if complete {
+            r.set_stat("duration", 1.0);
+        }
+        r
+    }
+
+    fn history() -> Vec<Revision> {
+        vec![
+            rev("Aaa1", 4, &["daily", "weekly"], true),
+            rev("Abb2", 3, &["daily"], true),
+            rev("Bcc3", 2, &["daily"], true),
+            rev("Bdd4", 1, &["weekly"], true),
+            rev("Cee5", 0, &["daily"], false), // running or crashed
+        ]
+    }
+
+    fn id(spec: &str) -> String {
+        resolve(&history(), spec)
+            .map(|r| r.id.clone())
+            .unwrap_or_else(|e| format!("ERR {e}"))
+    }
+
+    #[test]
+    fn numbers_count_complete_revisions_from_the_newest() {
+        assert_eq!(id("0"), "Bdd4");
+        assert_eq!(id("1"), "Bcc3");
+        assert_eq!(id("3"), "Aaa1");
+        assert!(id("4").starts_with("ERR no complete revision"));
+        assert!(id("-1").starts_with("ERR invalid revision '-1'"));
+    }
+
+    #[test]
+    fn last_and_tags_skip_incomplete() {
+        assert_eq!(id("last"), "Bdd4");
+        assert_eq!(id("latest"), "Bdd4");
+        assert_eq!(id("daily"), "Bcc3");
+        assert_eq!(id("weekly"), "Bdd4");
+    }
+
+    #[test]
+    fn exact_ids_and_prefixes() {
+        assert_eq!(id("Aaa1"), "Aaa1");
+        assert_eq!(id("Cee5"), "Cee5"); // exact: returned, callers refuse incomplete
+        assert_eq!(id("Ab"), "Abb2");
+        assert_eq!(
+            id("C"),
+            "ERR no complete revision matches 'C'; run 'backy status' to list revisions"
+        );
+        let err = id("B");
+        assert!(
+            err.contains("ambiguous") && err.contains("Bcc3") && err.contains("Bdd4"),
+            "{err}"
+        );
+        assert!(id("").starts_with("ERR no complete revision"));
+    }
+
+    #[test]
+    fn a_number_beyond_history_falls_through_to_ids_and_tags() {
+        let mut h = history();
+        h.push(rev("77", 5, &["12"], true));
+        h.sort_by_key(|r| r.timestamp);
+        assert_eq!(resolve(&h, "12").unwrap().id, "77");
+        assert_eq!(resolve(&h, "77").unwrap().id, "77");
+    }
+}
