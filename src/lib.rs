@@ -50,6 +50,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod image;
 pub mod job;
 pub mod logging;

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::image::sums::{BLOCK_SIZE, Manifest};
 use crate::image::writer::ImageWriter;
 use crate::image::{self, CloneKind};
@@ -66,6 +67,7 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
         rev.tags.iter().cloned().collect::<Vec<_>>().join(",")
     );
     job.write_rev(&rev)?;
+    failpoint::hit("after-incomplete-rev");
 
     let result = make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), allow_copy);
     match result {
@@ -85,8 +87,10 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
         (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     );
     job.write_rev(&rev)?;
+    failpoint::hit("after-complete-rev");
     job.revisions.push(rev.clone());
     job.update_last()?;
+    failpoint::hit("after-last");
     tracing::info!(
         "Revision {} complete: {} bytes changed in {:.1} s",
         rev.id,
@@ -133,6 +137,7 @@ fn make_revision(
         );
     }
 
+    failpoint::hit("after-clone");
     let (manifest, trusted) = parent_manifest(job, parent, &sums_path, allow_copy)?;
     let image_file = OpenOptions::new()
         .read(true)
@@ -145,6 +150,7 @@ fn make_revision(
     let report = source.patch(&mut writer, &mut |n| progress.inc(n))?;
     progress.finish();
     let (image_file, mut manifest, stats) = writer.finish()?;
+    failpoint::hit("after-patch");
 
     let mut progress = Progress::new("verify", manifest.image_size());
     let verify =
@@ -175,10 +181,12 @@ fn make_revision(
         });
     }
 
+    failpoint::hit("after-verify");
     for path in [&image_path, &sums_path] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
             .map_err(Error::io("cannot make read-only", path))?;
     }
+    failpoint::hit("after-read-only");
     rev.set_stat("bytes_written", report.bytes_written);
     rev.set_stat("bytes_changed", stats.bytes_changed);
     rev.set_stat("blocks_unchanged", stats.blocks_unchanged);

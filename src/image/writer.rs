@@ -82,13 +82,6 @@ impl ImageWriter {
 
     /// Grows (with a hole) or shrinks the image.
     pub fn resize(&mut self, size: u64) -> Result<()> {
-        let old = self.size();
-        // The old tail block's digest covered a short block; after growing it no
-        // longer describes the block, so forget it (compare instead of skipping).
-        let bs = self.block_size();
-        if size > old && !old.is_multiple_of(bs) && self.parent_digests_trusted {
-            self.manifest.set(old / bs, Digest([0xff; 32]))?;
-        }
         self.image
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
