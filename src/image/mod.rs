@@ -150,9 +150,13 @@ pub fn file_size(file: &File, path: &Path) -> Result<u64> {
     if meta.is_file() {
         return Ok(meta.len());
     }
+    // Block devices: seek to the end, then back, leaving the position as it was.
     let mut f = file;
-    f.seek(std::io::SeekFrom::End(0))
-        .map_err(Error::io("cannot find the size of", path))
+    let io = || Error::io("cannot find the size of", path);
+    let pos = f.stream_position().map_err(io())?;
+    let size = f.seek(std::io::SeekFrom::End(0)).map_err(io())?;
+    f.seek(std::io::SeekFrom::Start(pos)).map_err(io())?;
+    Ok(size)
 }
 
 /// Outcome of reading an image against its manifest.
