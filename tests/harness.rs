@@ -210,9 +210,8 @@ fn parallel_filesystems_do_not_collide() {
             devices.extend(device);
         }
     }
-    // Each thread had its own device at the same time, so loop devices were
-    // really allocated concurrently (a device may be reused after a detach).
-    assert!(devices.len() <= 9);
+    // Nine of the twelve are loop-backed (tmpfs is not), or none when skipped.
+    assert!(devices.is_empty() || devices.len() == 9, "{devices:?}");
 }
 
 #[test]
