@@ -346,7 +346,8 @@ fn size_changes_and_hole_edges() {
     let fs = require_fs!(FsKind::Btrfs, 256);
     let src = fs.join("src.img");
     let job = fs.join("job");
-    let steps: Vec<Box<dyn Fn(&Path)>> = vec![
+    type Step = Box<dyn Fn(&Path)>;
+    let steps: Vec<Step> = vec![
         Box::new(|p| {
             write_file(
                 p,
