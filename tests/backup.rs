@@ -583,12 +583,12 @@ fn log_file_gets_argv_and_outcome_and_is_reopened_after_rotation() {
             .arg(&log)
             .args(["backup", "daily"]),
     );
+    let line_re =
+        regex::Regex::new(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[\d+\] (INFO|WARN|DEBUG|ERROR) ")
+            .unwrap();
     for path in [log.clone(), fs.join("backy.log.1")] {
         let text = fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        let line_re =
-            regex::Regex::new(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[\d+\] (INFO|WARN|DEBUG|ERROR) ")
-                .unwrap();
         assert!(lines.iter().all(|l| line_re.is_match(l)), "{text}");
         assert!(
             lines[0].contains(" $ ") && lines[0].contains("backup daily"),
