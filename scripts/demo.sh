@@ -13,6 +13,11 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 ((EUID == 0)) || die "needs root to loop-mount a btrfs (try: sudo $0)"
+if ! command -v mkfs.btrfs >/dev/null && command -v apt-get >/dev/null; then
+    say "apt-get install btrfs-progs"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y btrfs-progs >/dev/null ||
+        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y btrfs-progs >/dev/null; }
+fi
 for tool in mkfs.btrfs losetup mount umount cmp fallocate; do
     command -v "$tool" >/dev/null || die "$tool is missing (run scripts/setup-test-deps.sh)"
 done
