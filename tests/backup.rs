@@ -525,7 +525,11 @@ fn verify_detects_corruption_and_distrust_forces_full_compare() {
             .stdout
             .contains("| distrusted |")
     );
-    backup(&job, "daily").success().stderr_has("is distrusted");
+    backup(&job, "daily")
+        .success()
+        .stderr_has("is distrusted")
+        .stderr_has("stays distrusted");
+    assert_eq!(status_json(&job)[0]["trust"], "distrusted");
     let out = fs.join("out");
     restore(&job, "0", &out);
     assert_same_content(&out, &src);

@@ -91,6 +91,7 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
     job.revisions.push(rev.clone());
     job.update_last()?;
     failpoint::hit("after-last");
+    verify_newest_distrusted(&job);
     tracing::info!(
         "Revision {} complete: {} bytes changed in {:.1} s",
         rev.id,
@@ -233,4 +234,29 @@ fn parent_manifest(
         }
     }
     Ok((Manifest::create(sums_path, 0)?, false))
+}
+
+/// As backy 2.5: after a backup, re-check the newest distrusted revision, so a
+/// false alarm clears itself and a real one stays on record. Never fails the backup.
+fn verify_newest_distrusted(job: &Job) {
+    let Some(rev) = job
+        .revisions
+        .iter()
+        .rev()
+        .find(|r| r.is_complete() && r.trust == Trust::Distrusted)
+    else {
+        return;
+    };
+    tracing::info!("Verifying distrusted revision {}", rev.id);
+    match super::verify::verify_revision(job, &rev.id) {
+        Ok(super::verify::Outcome::Good) => tracing::info!("Revision {} is now verified", rev.id),
+        Ok(super::verify::Outcome::Bad) => tracing::warn!("Revision {} stays distrusted", rev.id),
+        Ok(super::verify::Outcome::NoManifest) => {
+            tracing::info!(
+                "Revision {} has no checksum manifest to verify against",
+                rev.id
+            )
+        }
+        Err(e) => tracing::warn!("Could not verify revision {}: {e}", rev.id),
+    }
 }
