@@ -101,7 +101,17 @@ impl ImageWriter {
         self.put_block_with_digest(block, &ZEROS[..len], Digest::ZERO)
     }
 
-    fn block_len(&self, block: u64) -> usize {
+    /// Reads block `block` as the image holds it now (for partial updates).
+    pub fn read_block(&mut self, block: u64, buf: &mut [u8]) -> Result<()> {
+        let offset = block * self.block_size();
+        let n = read_full_at(&self.image, buf, offset)
+            .map_err(Error::io("cannot read image", &self.path))?;
+        buf[n..].fill(0);
+        Ok(())
+    }
+
+    /// Length of block `block` (the last one may be short).
+    pub fn block_len(&self, block: u64) -> usize {
         let bs = self.block_size();
         (self.size() - block * bs).min(bs) as usize
     }

@@ -2,6 +2,7 @@
 //! through [`ImageWriter`] and never touches the job directory.
 
 pub mod file;
+pub mod rbd;
 
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};

@@ -1,0 +1,598 @@
+//! The `rbd export-diff` v1 stream: a parser that never trusts its input, and an
+//! applier that streams records into an [`ImageWriter`] with bounded memory.
+//!
+//! # Format (all integers little-endian)
+//!
+//! ```text
+//! "rbd diff v1\n"                 12-byte banner
+//! 'f' u32 len, name               from-snap (only with --from-snap)
+//! 't' u32 len, name               to-snap (absent when exporting the image head)
+//! 's' u64 size                    image size at the end snapshot
+//! 'w' u64 offset, u64 length, <length bytes of data>
+//! 'z' u64 offset, u64 length      range reads as zeroes
+//! 'e'                             end; nothing follows
+//! ```
+//!
+//! Records may arrive unsorted and overlapping (Ceph bug 45601): they are applied
+//! in stream order, which is what Ceph means.
+
+use std::io::{self, Read};
+
+use crate::image::writer::ImageWriter;
+
+const BANNER: &[u8; 12] = b"rbd diff v1\n";
+/// Longest snapshot name we accept (Ceph's limit is far below).
+const MAX_NAME: u32 = 4096;
+
+/// What went wrong with a diff stream.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    /// The stream ended before its `e` record.
+    #[error("the diff stream ended after {at} bytes without its end record: it was cut short")]
+    Truncated {
+        /// Bytes read before the end.
+        at: u64,
+    },
+    /// Not a v1 diff.
+    #[error(
+        "the diff stream does not start with 'rbd diff v1' (found {found:?}); this backy reads only v1 diffs"
+    )]
+    Banner {
+        /// What was there instead.
+        found: String,
+    },
+    /// A tag we do not know.
+    #[error(
+        "unknown record {tag:#04x} at byte {at} of the diff stream; a newer Ceph may have changed the format"
+    )]
+    UnknownRecord {
+        /// The tag byte.
+        tag: u8,
+        /// Its position.
+        at: u64,
+    },
+    /// A record contradicts what we expect.
+    #[error("invalid diff stream at byte {at}: {what}")]
+    Invalid {
+        /// Position of the record.
+        at: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// Reading the stream or writing the image failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Patching the image failed.
+    #[error("{0}")]
+    Image(#[from] crate::error::Error),
+}
+
+/// One record's header (the data of a `w` follows in the stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// `f`: the snapshot the diff starts from.
+    FromSnap(String),
+    /// `t`: the snapshot the diff ends at.
+    ToSnap(String),
+    /// `s`: the image size at the end snapshot.
+    Size(u64),
+    /// `w`: `len` bytes of data for `offset` follow.
+    Write {
+        /// Image offset.
+        offset: u64,
+        /// Data length.
+        len: u64,
+    },
+    /// `z`: the range reads as zeros.
+    Zero {
+        /// Image offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// `e`: the end.
+    End,
+}
+
+/// A streaming reader of diff records.
+pub struct DiffReader<R> {
+    input: R,
+    pos: u64,
+    /// Unread data bytes of the current `w` record.
+    pending: u64,
+}
+
+impl<R: Read> DiffReader<R> {
+    /// Reads and checks the banner.
+    pub fn new(input: R) -> Result<DiffReader<R>, DiffError> {
+        let mut r = DiffReader {
+            input,
+            pos: 0,
+            pending: 0,
+        };
+        let mut banner = [0u8; 12];
+        let n = r.read_up_to(&mut banner)?;
+        if n < banner.len() && banner[..n] == BANNER[..n] {
+            return Err(DiffError::Truncated { at: n as u64 });
+        }
+        if &banner != BANNER {
+            return Err(DiffError::Banner {
+                found: String::from_utf8_lossy(&banner[..n]).into_owned(),
+            });
+        }
+        Ok(r)
+    }
+
+    fn read_up_to(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.input.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), DiffError> {
+        if self.read_up_to(buf)? < buf.len() {
+            return Err(DiffError::Truncated { at: self.pos });
+        }
+        Ok(())
+    }
+
+    fn u64(&mut self) -> Result<u64, DiffError> {
+        let mut b = [0u8; 8];
+        self.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn name(&mut self, at: u64) -> Result<String, DiffError> {
+        let mut b = [0u8; 4];
+        self.read_exact(&mut b)?;
+        let len = u32::from_le_bytes(b);
+        if len > MAX_NAME {
+            return Err(DiffError::Invalid {
+                at,
+                what: format!("a snapshot name of {len} bytes"),
+            });
+        }
+        let mut name = vec![0u8; len as usize];
+        self.read_exact(&mut name)?;
+        String::from_utf8(name).map_err(|_| DiffError::Invalid {
+            at,
+            what: "a snapshot name that is not UTF-8".into(),
+        })
+    }
+
+    /// Position in the stream (bytes consumed).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The next record. The data of a `Write` must be consumed with
+    /// [`DiffReader::read_data`] before asking for the next record.
+    pub fn next_record(&mut self) -> Result<Record, DiffError> {
+        if self.pending > 0 {
+            return Err(DiffError::Invalid {
+                at: self.pos,
+                what: "data of a write record left unread (a backy bug)".into(),
+            });
+        }
+        let at = self.pos;
+        let mut tag = [0u8; 1];
+        self.read_exact(&mut tag)?;
+        let range = |r: &mut Self| -> Result<(u64, u64), DiffError> {
+            let offset = r.u64()?;
+            let len = r.u64()?;
+            if offset.checked_add(len).is_none() {
+                return Err(DiffError::Invalid {
+                    at,
+                    what: format!("extent {offset}+{len} overflows"),
+                });
+            }
+            Ok((offset, len))
+        };
+        Ok(match tag[0] {
+            b'f' => Record::FromSnap(self.name(at)?),
+            b't' => Record::ToSnap(self.name(at)?),
+            b's' => Record::Size(self.u64()?),
+            b'w' => {
+                let (offset, len) = range(self)?;
+                self.pending = len;
+                Record::Write { offset, len }
+            }
+            b'z' => {
+                let (offset, len) = range(self)?;
+                Record::Zero { offset, len }
+            }
+            b'e' => Record::End,
+            tag => return Err(DiffError::UnknownRecord { tag, at }),
+        })
+    }
+
+    /// Reads the next `buf.len()` data bytes of the current `w` record.
+    pub fn read_data(&mut self, buf: &mut [u8]) -> Result<(), DiffError> {
+        assert!(
+            buf.len() as u64 <= self.pending,
+            "read beyond the write record"
+        );
+        self.read_exact(buf)?;
+        self.pending -= buf.len() as u64;
+        Ok(())
+    }
+
+    /// Whether anything follows the end record (it must not).
+    pub fn has_trailing_bytes(&mut self) -> Result<bool, DiffError> {
+        let mut b = [0u8; 1];
+        Ok(self.read_up_to(&mut b)? > 0)
+    }
+}
+
+/// What a diff must say about its snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// The `f` record: `Some(name)` demands it, `None` forbids it (a full diff).
+    pub from_snap: Option<String>,
+    /// The `t` record: `Some(name)` demands it, `None` forbids it (the image head).
+    pub to_snap: Option<String>,
+}
+
+/// What applying a diff did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Sum of `w` and `z` lengths (backy 2.1's `bytes_written`).
+    pub bytes_in_records: u64,
+    /// The image size the diff ended with.
+    pub size: u64,
+}
+
+/// Applies a whole diff stream to `writer`, checking it against `expect`.
+///
+/// Memory stays at one block whatever the record sizes.
+pub fn apply<R: Read>(
+    input: R,
+    writer: &mut ImageWriter,
+    expect: &Expect,
+) -> Result<Applied, DiffError> {
+    let mut reader = DiffReader::new(input)?;
+    let mut applied = Applied::default();
+    let (mut seen_from, mut seen_to, mut seen_size) = (None, None, false);
+    let mut block = vec![0u8; writer.block_size() as usize];
+    loop {
+        let at = reader.position();
+        let invalid = |what: String| DiffError::Invalid { at, what };
+        let record = reader.next_record()?;
+        if !seen_size
+            && !matches!(
+                record,
+                Record::FromSnap(_) | Record::ToSnap(_) | Record::Size(_)
+            )
+        {
+            return Err(invalid(format!("{record:?} before the size record")));
+        }
+        match record {
+            Record::FromSnap(name) => {
+                if seen_from.is_some() || seen_to.is_some() || seen_size {
+                    return Err(invalid("a misplaced from-snapshot record".into()));
+                }
+                if expect.from_snap.as_deref() != Some(name.as_str()) {
+                    return Err(invalid(match &expect.from_snap {
+                        Some(want) => format!(
+                            "it starts from snapshot '{name}', not from '{want}' as the parent revision needs"
+                        ),
+                        None => format!(
+                            "it starts from snapshot '{name}' but a full diff was asked for"
+                        ),
+                    }));
+                }
+                seen_from = Some(name);
+            }
+            Record::ToSnap(name) => {
+                if seen_to.is_some() || seen_size {
+                    return Err(invalid("a misplaced to-snapshot record".into()));
+                }
+                if expect.to_snap.as_deref() != Some(name.as_str()) {
+                    return Err(invalid(format!(
+                        "it ends at snapshot '{name}', not at '{}'",
+                        expect.to_snap.as_deref().unwrap_or("(the image head)")
+                    )));
+                }
+                seen_to = Some(name);
+            }
+            Record::Size(size) => {
+                if seen_size {
+                    return Err(invalid("a second size record".into()));
+                }
+                if seen_from.is_none() && expect.from_snap.is_some() {
+                    return Err(invalid(
+                        "it has no from-snapshot record, so it is not an incremental diff".into(),
+                    ));
+                }
+                if seen_to.is_none() && expect.to_snap.is_some() {
+                    return Err(invalid("it has no to-snapshot record".into()));
+                }
+                writer.resize(size)?;
+                applied.size = size;
+                seen_size = true;
+            }
+            Record::Write { offset, len } | Record::Zero { offset, len } => {
+                let is_write = matches!(record, Record::Write { .. });
+                if offset + len > applied.size {
+                    return Err(invalid(format!(
+                        "extent {offset}+{len} reaches beyond the image size {}",
+                        applied.size
+                    )));
+                }
+                apply_extent(&mut reader, writer, offset, len, is_write, &mut block)?;
+                applied.bytes_in_records += len;
+            }
+            Record::End => {
+                if reader.has_trailing_bytes()? {
+                    return Err(invalid("data after the end record".into()));
+                }
+                return Ok(applied);
+            }
+        }
+    }
+}
+
+/// Writes one `w` (data from the stream) or `z` extent, block by block.
+fn apply_extent<R: Read>(
+    reader: &mut DiffReader<R>,
+    writer: &mut ImageWriter,
+    offset: u64,
+    len: u64,
+    is_write: bool,
+    block: &mut [u8],
+) -> Result<(), DiffError> {
+    let bs = writer.block_size();
+    let end = offset + len;
+    let mut pos = offset;
+    while pos < end {
+        let index = pos / bs;
+        let start = index * bs;
+        let blen = writer.block_len(index);
+        let stop = end.min(start + blen as u64);
+        let buf = &mut block[..blen];
+        let whole = pos == start && stop == start + blen as u64;
+        if !whole {
+            writer.read_block(index, buf)?;
+        }
+        let part = &mut buf[(pos - start) as usize..(stop - start) as usize];
+        if is_write {
+            reader.read_data(part)?;
+        } else {
+            part.fill(0);
+        }
+        writer.put_block(index, buf)?;
+        pos = stop;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::sums::Manifest;
+    use sha2::{Digest as _, Sha256};
+    use std::fs::{File, OpenOptions};
+    use std::path::{Path, PathBuf};
+
+    fn data(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/rbd-diff")
+            .join(name);
+        std::fs::read(p).unwrap()
+    }
+
+    fn expected_sha(snap: &str) -> String {
+        let text = String::from_utf8(data("raw.sha256")).unwrap();
+        text.lines()
+            .find(|l| l.ends_with(&format!("small@{snap}.raw")))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    fn sha(path: &Path) -> String {
+        format!("{:x}", Sha256::digest(std::fs::read(path).unwrap()))
+    }
+
+    struct Chain {
+        _dir: tempfile::TempDir,
+        image: PathBuf,
+        sums: PathBuf,
+        n: usize,
+    }
+
+    impl Chain {
+        fn new() -> Chain {
+            let dir = tempfile::tempdir().unwrap();
+            let image = dir.path().join("img");
+            let sums = dir.path().join("img.sums");
+            File::create(&image).unwrap();
+            Manifest::create(&sums, 0).unwrap();
+            Chain {
+                _dir: dir,
+                image,
+                sums,
+                n: 0,
+            }
+        }
+
+        fn apply(
+            &mut self,
+            diff: &[u8],
+            from: Option<&str>,
+            to: Option<&str>,
+        ) -> Result<Applied, DiffError> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.image)
+                .unwrap();
+            let manifest = Manifest::open(&self.sums, true).unwrap();
+            let mut writer = ImageWriter::new(file, &self.image, manifest, true);
+            let expect = Expect {
+                from_snap: from.map(String::from),
+                to_snap: to.map(String::from),
+            };
+            let r = apply(diff, &mut writer, &expect);
+            let (file, mut manifest, _) = writer.finish().unwrap();
+            if r.is_ok() {
+                let report = crate::image::verify_against_manifest(
+                    &file,
+                    &self.image,
+                    &mut manifest,
+                    &mut |_| {},
+                )
+                .unwrap();
+                assert!(
+                    report.bad_offsets.is_empty(),
+                    "manifest wrong at {:?}",
+                    report.bad_offsets
+                );
+            }
+            self.n += 1;
+            r
+        }
+    }
+
+    #[test]
+    fn applying_the_sample_chain_gives_the_exported_images() {
+        let mut c = Chain::new();
+        let a = c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+        assert_eq!(a.size, 16 << 20);
+        assert_eq!(sha(&c.image), expected_sha("s1"));
+        c.apply(&data("s1-s2.v1.diff"), Some("s1"), Some("s2"))
+            .unwrap();
+        assert_eq!(sha(&c.image), expected_sha("s2"));
+        c.apply(&data("s2-s3.grow.v1.diff"), Some("s2"), Some("s3"))
+            .unwrap();
+        assert_eq!(sha(&c.image), expected_sha("s3"));
+        c.apply(&data("s3-s4.shrink.v1.diff"), Some("s3"), Some("s4"))
+            .unwrap();
+        assert_eq!(sha(&c.image), expected_sha("s4"));
+        let a = c.apply(&data("s4-head.v1.diff"), Some("s4"), None).unwrap();
+        assert_eq!(a.bytes_in_records, 0);
+        assert_eq!(sha(&c.image), expected_sha("s4"));
+    }
+
+    #[test]
+    fn whole_object_diff_gives_the_same_image() {
+        let mut c = Chain::new();
+        c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+        let a = c
+            .apply(&data("s1-s2.whole-object.v1.diff"), Some("s1"), Some("s2"))
+            .unwrap();
+        assert_eq!(a.bytes_in_records, 3 * (4 << 20));
+        assert_eq!(sha(&c.image), expected_sha("s2"));
+    }
+
+    #[test]
+    fn a_diff_from_the_wrong_snapshot_is_refused() {
+        let mut c = Chain::new();
+        c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+        let e = c
+            .apply(&data("s2-s3.grow.v1.diff"), Some("s1"), Some("s3"))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("starts from snapshot 's2', not from 's1'"),
+            "{e}"
+        );
+        let e = c
+            .apply(&data("s1-s2.v1.diff"), None, Some("s2"))
+            .unwrap_err();
+        assert!(e.to_string().contains("a full diff was asked for"), "{e}");
+        let e = c
+            .apply(&data("s1-s2.v1.diff"), Some("s1"), Some("s9"))
+            .unwrap_err();
+        assert!(e.to_string().contains("not at 's9'"), "{e}");
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let full = data("s1-s2.v1.diff");
+        for cut in (0..full.len()).step_by(7).chain([full.len() - 1]) {
+            let mut c = Chain::new();
+            c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+            let e = c.apply(&full[..cut], Some("s1"), Some("s2")).unwrap_err();
+            assert!(
+                matches!(e, DiffError::Truncated { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupted_streams_are_errors() {
+        let good = data("s1-s2.v1.diff");
+        let mut c = Chain::new();
+        c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+        let mut bad = good.clone();
+        bad[0] = b'R';
+        assert!(matches!(
+            c.apply(&bad, Some("s1"), Some("s2")),
+            Err(DiffError::Banner { .. })
+        ));
+        let mut bad = good.clone();
+        bad.insert(bad.len() - 1, b'q');
+        assert!(matches!(
+            c.apply(&bad, Some("s1"), Some("s2")),
+            Err(DiffError::UnknownRecord { tag: b'q', .. })
+        ));
+        let mut bad = good.clone();
+        bad.push(0);
+        assert!(
+            c.apply(&bad, Some("s1"), Some("s2"))
+                .unwrap_err()
+                .to_string()
+                .contains("after the end record")
+        );
+        // A write beyond the size the stream declared.
+        let mut bad = b"rbd diff v1\nt\x02\x00\x00\x00s2s".to_vec();
+        bad.extend(4096u64.to_le_bytes());
+        bad.push(b'w');
+        bad.extend(4000u64.to_le_bytes());
+        bad.extend(200u64.to_le_bytes());
+        bad.extend([1u8; 200]);
+        bad.push(b'e');
+        let e = c.apply(&bad, None, Some("s2")).unwrap_err();
+        assert!(e.to_string().contains("beyond the image size"), "{e}");
+    }
+
+    /// Ceph #45601: extents unsorted and overlapping are applied in stream order.
+    #[test]
+    fn unsorted_overlapping_extents_apply_in_order() {
+        let mut s = b"rbd diff v1\nt\x01\x00\x00\x00xs".to_vec();
+        s.extend((300_000u64).to_le_bytes());
+        let mut model = vec![0u8; 300_000];
+        let records: [(u8, u64, u64, u8); 5] = [
+            (b'w', 200_000, 50_000, 7),
+            (b'w', 10, 100_000, 3),
+            (b'z', 50_000, 10, 0),
+            (b'w', 60_000, 150_000, 9),
+            (b'z', 199_990, 100, 0),
+        ];
+        for (tag, off, len, byte) in records {
+            s.push(tag);
+            s.extend(off.to_le_bytes());
+            s.extend(len.to_le_bytes());
+            if tag == b'w' {
+                s.extend(std::iter::repeat_n(byte, len as usize));
+            }
+            model[off as usize..(off + len) as usize].fill(byte);
+        }
+        s.push(b'e');
+        let mut c = Chain::new();
+        c.apply(&s, None, Some("x")).unwrap();
+        assert!(std::fs::read(&c.image).unwrap() == model);
+    }
+}

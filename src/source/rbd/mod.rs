@@ -1,0 +1,3 @@
+//! The Ceph RBD sources: snapshots through the `rbd` CLI, diffs streamed into the clone.
+
+pub mod diff;
