@@ -75,6 +75,11 @@ impl ImageWriter {
         self.manifest.image_size()
     }
 
+    /// Number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.manifest.blocks()
+    }
+
     /// What has been changed so far.
     pub fn stats(&self) -> WriteStats {
         self.stats

@@ -252,7 +252,13 @@ pub struct Applied {
 
 /// Applies a whole diff stream to `writer`, checking it against `expect`.
 ///
-/// Memory stays at one block whatever the record sizes.
+/// An incremental diff (`expect.from_snap` set) patches the image as it is. A full
+/// diff (no from-snapshot) describes the whole image: what it does not cover reads
+/// as zeros, so blocks it never touches become holes, and the first touch of a
+/// block starts from zeros, not from the parent's data. Either way every block is
+/// compare-and-written, so data equal to the parent's stays shared.
+///
+/// Memory stays at one block plus one bit per block, whatever the record sizes.
 pub fn apply<R: Read>(
     input: R,
     writer: &mut ImageWriter,
@@ -262,6 +268,7 @@ pub fn apply<R: Read>(
     let mut applied = Applied::default();
     let (mut seen_from, mut seen_to, mut seen_size) = (None, None, false);
     let mut block = vec![0u8; writer.block_size() as usize];
+    let mut touched = expect.from_snap.is_none().then(Vec::<u64>::new);
     loop {
         let at = reader.position();
         let invalid = |what: String| DiffError::Invalid { at, what };
@@ -318,6 +325,9 @@ pub fn apply<R: Read>(
                 writer.resize(size)?;
                 applied.size = size;
                 seen_size = true;
+                if let Some(t) = touched.as_mut() {
+                    t.resize(writer.blocks().div_ceil(64) as usize, 0);
+                }
             }
             Record::Write { offset, len } | Record::Zero { offset, len } => {
                 let is_write = matches!(record, Record::Write { .. });
@@ -327,12 +337,25 @@ pub fn apply<R: Read>(
                         applied.size
                     )));
                 }
-                apply_extent(&mut reader, writer, offset, len, is_write, &mut block)?;
+                apply_extent(
+                    &mut reader,
+                    writer,
+                    offset,
+                    len,
+                    is_write,
+                    &mut block,
+                    touched.as_deref_mut(),
+                )?;
                 applied.bytes_in_records += len;
             }
             Record::End => {
                 if reader.has_trailing_bytes()? {
                     return Err(invalid("data after the end record".into()));
+                }
+                if let Some(t) = &touched {
+                    for index in (0..writer.blocks()).filter(|&i| !is_set(t, i)) {
+                        writer.put_zero_block(index)?;
+                    }
                 }
                 return Ok(applied);
             }
@@ -340,7 +363,12 @@ pub fn apply<R: Read>(
     }
 }
 
-/// Writes one `w` (data from the stream) or `z` extent, block by block.
+fn is_set(bits: &[u64], i: u64) -> bool {
+    bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+}
+
+/// Writes one `w` (data from the stream) or `z` extent, block by block. With
+/// `touched` (a full diff), a block's first touch starts from zeros.
 fn apply_extent<R: Read>(
     reader: &mut DiffReader<R>,
     writer: &mut ImageWriter,
@@ -348,6 +376,7 @@ fn apply_extent<R: Read>(
     len: u64,
     is_write: bool,
     block: &mut [u8],
+    mut touched: Option<&mut [u64]>,
 ) -> Result<(), DiffError> {
     let bs = writer.block_size();
     let end = offset + len;
@@ -359,7 +388,17 @@ fn apply_extent<R: Read>(
         let stop = end.min(start + blen as u64);
         let buf = &mut block[..blen];
         let whole = pos == start && stop == start + blen as u64;
-        if !whole {
+        let first_touch = match touched.as_deref_mut() {
+            Some(bits) => {
+                let first = !is_set(bits, index);
+                bits[(index / 64) as usize] |= 1 << (index % 64);
+                first
+            }
+            None => false,
+        };
+        if first_touch {
+            buf.fill(0);
+        } else if !whole {
             writer.read_block(index, buf)?;
         }
         let part = &mut buf[(pos - start) as usize..(stop - start) as usize];
@@ -482,6 +521,21 @@ mod tests {
         let a = c.apply(&data("s4-head.v1.diff"), Some("s4"), None).unwrap();
         assert_eq!(a.bytes_in_records, 0);
         assert_eq!(sha(&c.image), expected_sha("s4"));
+    }
+
+    /// A full backup onto a clone of another revision: what the diff does not
+    /// cover must read as zeros afterwards, even where the parent had data.
+    #[test]
+    fn a_full_diff_onto_a_populated_clone_gives_the_snapshot() {
+        let mut c = Chain::new();
+        c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+        c.apply(&data("s1-s2.v1.diff"), Some("s1"), Some("s2"))
+            .unwrap();
+        c.apply(&data("s2-s3.grow.v1.diff"), Some("s2"), Some("s3"))
+            .unwrap();
+        // Now the image is s3 (20 MiB with data at 18M); a full s1 diff must undo it all.
+        c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+        assert_eq!(sha(&c.image), expected_sha("s1"));
     }
 
     #[test]
