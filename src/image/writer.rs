@@ -37,6 +37,9 @@ pub struct ImageWriter {
     path: PathBuf,
     manifest: Manifest,
     parent_digests_trusted: bool,
+    /// Without trusted digests: which blocks got a digest (one bit per block), so
+    /// `finish` can hash the rest from the image.
+    touched: Vec<u64>,
     punch_supported: bool,
     old: Vec<u8>,
     stats: WriteStats,
@@ -59,6 +62,7 @@ impl ImageWriter {
             path: path.to_owned(),
             manifest,
             parent_digests_trusted,
+            touched: Vec::new(),
             punch_supported: true,
             old: Vec::new(),
             stats: WriteStats::default(),
@@ -91,6 +95,15 @@ impl ImageWriter {
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
         self.manifest.resize(size)?;
+        if !self.parent_digests_trusted {
+            let blocks = self.blocks();
+            let words = blocks.div_ceil(64) as usize;
+            // Blocks beyond a shrink are gone; a later grow starts them untouched.
+            if let Some(w) = self.touched.get_mut((blocks / 64) as usize) {
+                *w &= (1u64 << (blocks % 64)).wrapping_sub(1);
+            }
+            self.touched.resize(words, 0);
+        }
         Ok(())
     }
 
@@ -134,6 +147,9 @@ impl ImageWriter {
         let n = read_full_at(&self.image, &mut old, offset)
             .map_err(Error::io("cannot read image", &self.path))?;
         old[n..].fill(0);
+        if !self.parent_digests_trusted {
+            self.touched[(block / 64) as usize] |= 1 << (block % 64);
+        }
         let result = if digest.is_zero() {
             if is_zero(&old) {
                 Ok(())
@@ -199,7 +215,21 @@ impl ImageWriter {
     }
 
     /// Flushes and fsyncs image and manifest; returns them for verification.
+    ///
+    /// Without trusted parent digests, blocks the source never handed over (a diff
+    /// covers only changes) are hashed from the image here, so the manifest is
+    /// complete either way.
     pub fn finish(mut self) -> Result<(File, Manifest, WriteStats)> {
+        if !self.parent_digests_trusted {
+            let mut buf = vec![0u8; self.block_size() as usize];
+            for block in 0..self.blocks() {
+                if self.touched[(block / 64) as usize] & (1 << (block % 64)) == 0 {
+                    let len = self.block_len(block);
+                    self.read_block(block, &mut buf[..len])?;
+                    self.manifest.set(block, Digest::of(&buf[..len]))?;
+                }
+            }
+        }
         self.image
             .sync_all()
             .map_err(Error::io("cannot sync image", &self.path))?;

@@ -471,13 +471,30 @@ mod tests {
             from: Option<&str>,
             to: Option<&str>,
         ) -> Result<Applied, DiffError> {
+            self.apply_with(diff, from, to, true)
+        }
+
+        /// `trusted: false` starts from a fresh manifest, as after a parent made by
+        /// backy 2.1: `finish` must hash what the diff did not touch.
+        fn apply_with(
+            &mut self,
+            diff: &[u8],
+            from: Option<&str>,
+            to: Option<&str>,
+            trusted: bool,
+        ) -> Result<Applied, DiffError> {
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&self.image)
                 .unwrap();
-            let manifest = Manifest::open(&self.sums, true).unwrap();
-            let mut writer = ImageWriter::new(file, &self.image, manifest, true);
+            let manifest = if trusted {
+                Manifest::open(&self.sums, true).unwrap()
+            } else {
+                std::fs::remove_file(&self.sums).unwrap();
+                Manifest::create(&self.sums, 0).unwrap()
+            };
+            let mut writer = ImageWriter::new(file, &self.image, manifest, trusted);
             let expect = Expect {
                 from_snap: from.map(String::from),
                 to_snap: to.map(String::from),
@@ -520,6 +537,19 @@ mod tests {
         assert_eq!(sha(&c.image), expected_sha("s4"));
         let a = c.apply(&data("s4-head.v1.diff"), Some("s4"), None).unwrap();
         assert_eq!(a.bytes_in_records, 0);
+        assert_eq!(sha(&c.image), expected_sha("s4"));
+    }
+
+    #[test]
+    fn an_incremental_diff_without_trusted_digests_still_gets_a_full_manifest() {
+        let mut c = Chain::new();
+        c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+        c.apply_with(&data("s1-s2.v1.diff"), Some("s1"), Some("s2"), false)
+            .unwrap();
+        c.apply_with(&data("s2-s3.grow.v1.diff"), Some("s2"), Some("s3"), false)
+            .unwrap();
+        c.apply_with(&data("s3-s4.shrink.v1.diff"), Some("s3"), Some("s4"), false)
+            .unwrap();
         assert_eq!(sha(&c.image), expected_sha("s4"));
     }
 
