@@ -1,0 +1,167 @@
+//! Running the `rbd` command line tool (`$BACKY_RBD`, default `rbd`).
+//!
+//! `CEPH_ARGS`, `CEPH_CLUSTER` and `CEPH_CONF` reach rbd through the inherited
+//! environment, untouched. A failing rbd brings its stderr into the error. Its
+//! stderr is drained on a thread while we read stdout, so neither pipe can fill
+//! up and deadlock the two processes.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// The rbd tool.
+#[derive(Debug, Clone)]
+pub struct Rbd {
+    program: OsString,
+}
+
+/// How an rbd call failed.
+fn failed(args: &[&str], status: Option<ExitStatus>, stderr: &str) -> Error {
+    let how = match status {
+        Some(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => format!("ended with {s}"),
+        },
+        None => "could not be waited for".into(),
+    };
+    let stderr = stderr.trim();
+    Error::Other(format!(
+        "'rbd {}' {how}{}",
+        args.join(" "),
+        if stderr.is_empty() {
+            String::new()
+        } else {
+            format!(": {stderr}")
+        }
+    ))
+}
+
+impl Rbd {
+    /// `$BACKY_RBD` or `rbd`.
+    pub fn from_env() -> Rbd {
+        Rbd {
+            program: std::env::var_os("BACKY_RBD").unwrap_or_else(|| "rbd".into()),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("--no-progress").args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    fn spawn(&self, args: &[&str]) -> Result<(Child, JoinHandle<String>)> {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::Other(format!(
+                    "cannot run '{}': {e}; install ceph-common or set BACKY_RBD",
+                    self.program.to_string_lossy()
+                ))
+            })?;
+        let mut stderr = child.stderr.take().expect("piped");
+        let drain = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        });
+        Ok((child, drain))
+    }
+
+    /// Runs rbd to completion and returns its stdout; non-zero exit is an error.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let (mut child, drain) = self.spawn(args)?;
+        let mut out = Vec::new();
+        let read = child.stdout.take().expect("piped").read_to_end(&mut out);
+        let status = child.wait().ok();
+        let stderr = drain.join().unwrap_or_default();
+        match (read, status) {
+            (Ok(_), Some(s)) if s.success() => Ok(String::from_utf8_lossy(&out).into_owned()),
+            (_, status) => Err(failed(args, status, &stderr)),
+        }
+    }
+
+    /// Runs rbd and lets `consume` read its stdout as a stream. The result stands
+    /// only if both `consume` succeeded and rbd exited 0; if `consume` fails first,
+    /// rbd is killed and `consume`'s error is returned (with rbd's stderr added).
+    pub fn stream<T>(
+        &self,
+        args: &[&str],
+        consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+    ) -> Result<T> {
+        let (mut child, drain) = self.spawn(args)?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let result = consume(&mut stdout);
+        if result.is_err() {
+            let _ = child.kill();
+        }
+        drop(stdout);
+        let status = child.wait().ok();
+        let stderr = drain.join().unwrap_or_default();
+        match result {
+            Ok(value) if status.is_some_and(|s| s.success()) => Ok(value),
+            Ok(_) => Err(failed(args, status, &stderr)),
+            Err(e) => {
+                let stderr = stderr.trim();
+                if stderr.is_empty() {
+                    Err(e)
+                } else {
+                    Err(Error::Other(format!("{e} (rbd said: {stderr})")))
+                }
+            }
+        }
+    }
+
+    /// Whether `pool/image@snap` exists (`rbd info`).
+    pub fn snap_exists(&self, spec: &str) -> Result<bool> {
+        let (mut child, drain) = self.spawn(&["info", spec])?;
+        let _ = io::copy(&mut child.stdout.take().expect("piped"), &mut io::sink());
+        let status = child.wait().ok();
+        let stderr = drain.join().unwrap_or_default();
+        match status {
+            Some(s) if s.success() => Ok(true),
+            // rbd reports a missing image or snapshot as ENOENT.
+            Some(_)
+                if stderr.contains("No such file or directory")
+                    || stderr.contains("error setting snapshot context") =>
+            {
+                Ok(false)
+            }
+            _ => Err(failed(&["info", spec], status, &stderr)),
+        }
+    }
+
+    /// Snapshot names of `pool/image`.
+    pub fn snap_list(&self, image: &str) -> Result<Vec<String>> {
+        let json = self.run(&["snap", "ls", "--format", "json", image])?;
+        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+            Error::Other(format!("cannot read 'rbd snap ls' output for {image}: {e}"))
+        })?;
+        Ok(value
+            .as_array()
+            .map(|snaps| {
+                snaps
+                    .iter()
+                    .filter_map(|s| s["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The size in bytes of `pool/image@snap`.
+    pub fn size(&self, spec: &str) -> Result<u64> {
+        let json = self.run(&["info", "--format", "json", spec])?;
+        let value: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| Error::Other(format!("cannot read 'rbd info' output for {spec}: {e}")))?;
+        value["size"]
+            .as_u64()
+            .ok_or_else(|| Error::Other(format!("'rbd info' gave no size for {spec}")))
+    }
+}
