@@ -26,6 +26,10 @@ pub enum SourceConfig {
         image: String,
         /// Never use diffs.
         full_always: bool,
+        /// Ask rbd for whole-object diffs (`--whole-object`).
+        whole_object: bool,
+        /// Seconds sampled verification may take (default 300).
+        verification_timeout: Option<u64>,
     },
     /// Ceph plus a Consul request that freezes the guest first.
     FlyingCircus {
@@ -81,6 +85,8 @@ impl SourceConfig {
                     pool,
                     image,
                     full_always: false,
+                    whole_object: false,
+                    verification_timeout: None,
                 })
             }
             "flyingcircus" => {
@@ -159,11 +165,19 @@ impl JobConfig {
                 pool,
                 image,
                 full_always,
+                whole_object,
+                verification_timeout,
             } => {
                 m.insert("pool".into(), pool.clone().into());
                 m.insert("image".into(), image.clone().into());
                 if *full_always {
                     m.insert("full-always".into(), true.into());
+                }
+                if *whole_object {
+                    m.insert("whole-object".into(), true.into());
+                }
+                if let Some(t) = verification_timeout {
+                    m.insert("verification-timeout".into(), (*t).into());
                 }
             }
             SourceConfig::FlyingCircus {
@@ -214,6 +228,15 @@ fn parse_source(map: &Mapping) -> std::result::Result<SourceConfig, String> {
             pool: string(map, "pool")?,
             image: string(map, "image")?,
             full_always: flag(map, "full-always")?,
+            whole_object: flag(map, "whole-object")?,
+            verification_timeout: match map.get("verification-timeout") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().filter(|&t| t > 0).ok_or_else(|| {
+                    format!(
+                        "'verification-timeout' must be a positive number of seconds, not {v:?}"
+                    )
+                })?),
+            },
         }),
         "flyingcircus" => Ok(SourceConfig::FlyingCircus {
             pool: string(map, "pool")?,

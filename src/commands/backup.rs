@@ -69,12 +69,22 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
     job.write_rev(&rev)?;
     failpoint::hit("after-incomplete-rev");
 
-    let result = make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), allow_copy);
+    let plan = source::Plan {
+        id: rev.id.clone(),
+        parent: rev.parent.clone(),
+        parent_distrusted: parent
+            .as_ref()
+            .is_some_and(|p| p.trust == Trust::Distrusted),
+    };
+    let result = source
+        .prepare(&plan)
+        .and_then(|()| make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), allow_copy));
     match result {
         Ok(()) => {}
         Err(e) => {
             // Leave nothing that looks like a revision behind; if even that fails the
             // next backup removes it, since it has no duration.
+            source.abort();
             if let Err(cleanup) = job.discard_incomplete(&rev.id, &lock) {
                 tracing::warn!("Could not remove incomplete revision {}: {cleanup}", rev.id);
             }
@@ -91,6 +101,12 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
     job.revisions.push(rev.clone());
     job.update_last()?;
     failpoint::hit("after-last");
+    if let Err(e) = source.cleanup(&rev.id) {
+        tracing::warn!(
+            "Revision {} is complete, but cleaning up the source failed: {e}",
+            rev.id
+        );
+    }
     verify_newest_distrusted(&job);
     tracing::info!(
         "Revision {} complete: {} bytes changed in {:.1} s",
@@ -154,30 +170,21 @@ fn make_revision(
     failpoint::hit("after-patch");
 
     let mut progress = Progress::new("verify", manifest.image_size());
-    let verify =
-        image::verify_against_manifest(&image_file, &image_path, &mut manifest, &mut |n| {
-            progress.inc(n)
-        })?;
+    let verified = source.verify(&image_file, &image_path, &mut manifest, &mut |n| {
+        progress.inc(n)
+    })?;
     progress.finish();
-    if !verify.bad_offsets.is_empty() {
-        let shown: Vec<String> = verify
-            .bad_offsets
-            .iter()
-            .take(10)
-            .map(u64::to_string)
-            .collect();
+    let bad = &verified.report.bad_offsets;
+    if !bad.is_empty() {
+        let shown: Vec<String> = bad.iter().take(10).map(u64::to_string).collect();
         return Err(Error::VerificationFailed {
             id: rev.id.clone(),
             detail: format!(
-                "{} of {} blocks differ from the source (offsets {}{})",
-                verify.bad_offsets.len(),
-                verify.blocks,
+                "{} of {} blocks checked differ from the source (offsets {}{})",
+                bad.len(),
+                verified.report.blocks,
                 shown.join(", "),
-                if verify.bad_offsets.len() > 10 {
-                    ", ..."
-                } else {
-                    ""
-                }
+                if bad.len() > 10 { ", ..." } else { "" }
             ),
         });
     }
@@ -192,7 +199,9 @@ fn make_revision(
     rev.set_stat("bytes_changed", stats.bytes_changed);
     rev.set_stat("blocks_unchanged", stats.blocks_unchanged);
     rev.set_stat("reflink", kind == CloneKind::Reflink);
-    rev.set_stat("verification", "full");
+    for (key, value) in report.stats.into_iter().chain(verified.stats) {
+        rev.set_stat(key, value);
+    }
     Ok(())
 }
 

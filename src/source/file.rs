@@ -83,6 +83,7 @@ impl Source for FileSource {
         }
         Ok(SourceReport {
             bytes_written: self.size,
+            stats: Vec::new(),
         })
     }
 }

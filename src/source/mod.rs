@@ -1,23 +1,60 @@
 //! Sources: where a revision's data comes from. A source patches the new image
-//! through [`ImageWriter`] and never touches the job directory.
+//! through [`ImageWriter`], verifies it, and never touches the job directory.
 
 pub mod file;
 pub mod rbd;
 
+use std::fs::File;
+use std::path::Path;
+
+use serde_norway::Value;
+
 use crate::config::SourceConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::image::sums::Manifest;
 use crate::image::writer::ImageWriter;
+use crate::image::{self, VerifyReport};
+
+/// What the backup is about to make, as a source needs to know it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The new revision's id.
+    pub id: String,
+    /// The parent revision's id, if any.
+    pub parent: Option<String>,
+    /// The parent is distrusted: do not take shortcuts based on it.
+    pub parent_distrusted: bool,
+}
 
 /// What a source reports after patching an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceReport {
     /// `stats.bytes_written` as the original reported it (the source size for
-    /// file sources and full backups).
+    /// file sources and full backups, `w`+`z` lengths for diffs).
     pub bytes_written: u64,
+    /// Extra statistics for the revision (`stats.<key>`).
+    pub stats: Vec<(&'static str, Value)>,
+}
+
+/// How verification went.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    /// Offsets of blocks that differ from the source.
+    pub report: VerifyReport,
+    /// Extra statistics for the revision (`stats.<key>`).
+    pub stats: Vec<(&'static str, Value)>,
 }
 
 /// A backup source.
 pub trait Source {
+    /// Gets ready for the revision (a Ceph source takes its snapshot here).
+    fn prepare(&mut self, _plan: &Plan) -> Result<()> {
+        Ok(())
+    }
+
+    /// The source's size in bytes, as far as known (after `prepare`).
+    fn size(&self) -> u64;
+
     /// Makes `writer`'s image equal to the source, writing only what differs.
     /// `progress` is called with the number of source bytes handled.
     fn patch(
@@ -26,17 +63,37 @@ pub trait Source {
         progress: &mut dyn FnMut(u64),
     ) -> Result<SourceReport>;
 
-    /// The source's size in bytes, as far as known before patching.
-    fn size(&self) -> u64;
+    /// Checks the new image. By default in full: every block against the
+    /// checksums taken from the source while patching.
+    fn verify(
+        &mut self,
+        image: &File,
+        path: &Path,
+        manifest: &mut Manifest,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Verified> {
+        Ok(Verified {
+            report: image::verify_against_manifest(image, path, manifest, progress)?,
+            stats: vec![("verification", "full".into())],
+        })
+    }
+
+    /// After the revision is complete: keep only what the newest complete
+    /// revision needs (a Ceph source removes older snapshots).
+    fn cleanup(&mut self, _newest_complete: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// After a failure: undo `prepare`. Best effort; logs instead of failing.
+    fn abort(&mut self) {}
 }
 
 /// Opens the source a job's config describes.
 pub fn open(config: &SourceConfig) -> Result<Box<dyn Source>> {
     match config {
         SourceConfig::File { filename } => Ok(Box::new(file::FileSource::open(filename)?)),
-        other => Err(Error::Other(format!(
-            "the {} source is not available in this build yet; back up this job with backy 2.1 for now",
-            other.type_name()
-        ))),
+        SourceConfig::CephRbd { .. } | SourceConfig::FlyingCircus { .. } => {
+            Ok(Box::new(rbd::CephRbd::new(config)?))
+        }
     }
 }
