@@ -73,7 +73,13 @@ pub enum Command {
     /// Copy a revision to a file, a block device, or - (stdout).
     Restore {
         /// The revision (see SPEC in the man page).
-        #[arg(short, long, value_name = "SPEC", default_value = "latest")]
+        #[arg(
+            short,
+            long,
+            value_name = "SPEC",
+            allow_negative_numbers = true,
+            default_value = "latest"
+        )]
         revision: String,
         /// Overwrite an existing non-empty target file.
         #[arg(short, long)]
@@ -84,7 +90,13 @@ pub enum Command {
     /// Print the absolute path of a revision's image.
     Find {
         /// The revision.
-        #[arg(short, long, value_name = "SPEC", default_value = "latest")]
+        #[arg(
+            short,
+            long,
+            value_name = "SPEC",
+            allow_negative_numbers = true,
+            default_value = "latest"
+        )]
         revision: String,
     },
     /// Show all revisions.
@@ -96,13 +108,13 @@ pub enum Command {
     /// Check revisions against their checksum manifests.
     Verify {
         /// Only this revision (default: every complete revision, newest first).
-        #[arg(short, long, value_name = "SPEC")]
+        #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: Option<String>,
     },
     /// Delete one revision.
     Forget {
         /// The revision.
-        #[arg(short, long, value_name = "SPEC")]
+        #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: String,
     },
 }

@@ -341,7 +341,6 @@ fn source_shrinks_during_backup() {
 /// The job's filesystem fills up mid-backup: the backup fails naming the full
 /// filesystem and leaves no incomplete revision; the first revision restores.
 #[test]
-#[ignore = "backy bug: read_sequential deadlocks when the consumer fails (here ENOSPC): the producer blocks in tx.send because rx outlives the scope; the backup hangs forever"]
 fn target_filesystem_fills_up() {
     let job_fs = require_fs!(FsKind::Btrfs, 128);
     let src_fs = require_fs!(FsKind::Btrfs, 512);
@@ -430,7 +429,6 @@ fn negative_number_spec() {
 /// `-r -1` as two words, as the original's argparse accepted it: the message
 /// must be about the negative number, not an unknown option.
 #[test]
-#[ignore = "backy bug: `find -r -1` is a clap usage error (\"unexpected argument '-1' found\", exit 2) instead of the negative-SPEC error"]
 fn negative_number_spec_as_separate_argument() {
     let Some(fx) = Fixture::new(256, 4 * MIB) else {
         return;

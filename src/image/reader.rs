@@ -54,6 +54,9 @@ pub fn read_sequential(
     let path_buf = path.to_owned();
     std::thread::scope(|scope| {
         scope.spawn(move || produce(&file, &path_buf, size, align, &tx, &recycle_rx));
+        // Owned here, so an early return drops it and the producer's next send
+        // fails instead of blocking the scope's join forever.
+        let rx = rx;
         for item in rx.iter() {
             let chunk = item?;
             consume(&chunk)?;
@@ -61,7 +64,6 @@ pub fn read_sequential(
                 let _ = recycle_tx.try_send(buf);
             }
         }
-        // Dropping `rx` (by returning early on error) stops the producer at its next send.
         Ok(())
     })
 }
@@ -216,6 +218,21 @@ mod tests {
         assert_eq!(got, std::fs::read(&p).unwrap());
         // Whether the filesystem reports holes is its business; correctness is not.
         assert!(holes <= size);
+    }
+
+    /// A consumer that fails early must not leave the producer blocked on a full
+    /// channel (it did: the backup hung when the job's filesystem filled up).
+    #[test]
+    fn a_failing_consumer_stops_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![1u8; 40 << 20]).unwrap();
+        let f = File::open(&p).unwrap();
+        let err = read_sequential(&f, &p, 40 << 20, 4096, |_| {
+            Err(Error::Other("disk full".into()))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
     }
 
     #[test]
