@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the test suite needs, and nothing when it is already there:
 #
-# - Debian packages for the test filesystems, NBD and image tools;
+# - Debian packages for the test filesystems, NBD and image tools, and Ceph
+#   for the throw-away test clusters (scripts/ceph-cluster.sh; librbd1 for
+#   backy's librbd reads, python3-rbd for the harness's exact writes);
 # - the original Python backy 2.1.5 in a venv at target/backy21, with the
 #   launcher target/backy21/bin/backy21 that the tests run as the peer
 #   (tests/util/mod.rs, python_backy()).
@@ -15,7 +17,8 @@ venv="$repo/target/backy21"
 launcher="$venv/bin/backy21"
 python=${PYTHON:-python3}
 
-packages=(btrfs-progs xfsprogs e2fsprogs util-linux nbdkit libnbd-bin qemu-utils python3-venv)
+packages=(btrfs-progs xfsprogs e2fsprogs util-linux nbdkit libnbd-bin qemu-utils python3-venv
+    ceph-mon ceph-osd ceph-common librbd1 python3-rbd)
 
 say() { printf 'setup-test-deps: %s\n' "$*" >&2; }
 
