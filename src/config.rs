@@ -231,10 +231,8 @@ fn parse_source(map: &Mapping) -> std::result::Result<SourceConfig, String> {
             whole_object: flag(map, "whole-object")?,
             verification_timeout: match map.get("verification-timeout") {
                 None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().filter(|&t| t > 0).ok_or_else(|| {
-                    format!(
-                        "'verification-timeout' must be a positive number of seconds, not {v:?}"
-                    )
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    format!("'verification-timeout' must be a whole number of seconds, not {v:?}")
                 })?),
             },
         }),

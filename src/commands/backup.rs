@@ -155,6 +155,7 @@ fn make_revision(
     }
 
     failpoint::hit("after-clone");
+    let phase = Instant::now();
     let (manifest, trusted) = parent_manifest(job, parent, &sums_path, allow_copy)?;
     let image_file = OpenOptions::new()
         .read(true)
@@ -168,6 +169,11 @@ fn make_revision(
     progress.finish();
     let (image_file, mut manifest, stats) = writer.finish()?;
     failpoint::hit("after-patch");
+    tracing::debug!(
+        "Patched the image in {:.2} s: {stats:?}",
+        phase.elapsed().as_secs_f64()
+    );
+    let phase = Instant::now();
 
     let mut progress = Progress::new("verify", manifest.image_size());
     let verified = source.verify(&image_file, &image_path, &mut manifest, &mut |n| {
@@ -190,6 +196,7 @@ fn make_revision(
     }
 
     failpoint::hit("after-verify");
+    tracing::debug!("Verified in {:.2} s", phase.elapsed().as_secs_f64());
     for path in [&image_path, &sums_path] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
             .map_err(Error::io("cannot make read-only", path))?;

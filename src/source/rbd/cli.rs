@@ -40,6 +40,28 @@ fn failed(args: &[&str], status: Option<ExitStatus>, stderr: &str) -> Error {
     ))
 }
 
+/// Whether an rbd command can show a progress bar and so takes `--no-progress`.
+/// It is not a global option: `ls`, `info`, `snap ls` and others reject it.
+fn shows_progress(args: &[&str]) -> bool {
+    match args {
+        ["snap", sub, ..] => matches!(*sub, "create" | "rm" | "remove" | "purge" | "rollback"),
+        [cmd, ..] => matches!(
+            *cmd,
+            "export"
+                | "export-diff"
+                | "import"
+                | "import-diff"
+                | "create"
+                | "resize"
+                | "rm"
+                | "remove"
+                | "cp"
+                | "copy"
+        ),
+        [] => false,
+    }
+}
+
 impl Rbd {
     /// `$BACKY_RBD` or `rbd`.
     pub fn from_env() -> Rbd {
@@ -50,7 +72,10 @@ impl Rbd {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.arg("--no-progress").args(args).stdin(Stdio::null());
+        cmd.args(args).stdin(Stdio::null());
+        if shows_progress(args) {
+            cmd.arg("--no-progress");
+        }
         cmd
     }
 

@@ -287,6 +287,8 @@ pub fn apply<R: Read>(
                     return Err(invalid("a misplaced from-snapshot record".into()));
                 }
                 if expect.from_snap.as_deref() != Some(name.as_str()) {
+                    // The name came off the wire: show it escaped.
+                    let name = name.escape_debug();
                     return Err(invalid(match &expect.from_snap {
                         Some(want) => format!(
                             "it starts from snapshot '{name}', not from '{want}' as the parent revision needs"
@@ -303,6 +305,7 @@ pub fn apply<R: Read>(
                     return Err(invalid("a misplaced to-snapshot record".into()));
                 }
                 if expect.to_snap.as_deref() != Some(name.as_str()) {
+                    let name = name.escape_debug();
                     return Err(invalid(format!(
                         "it ends at snapshot '{name}', not at '{}'",
                         expect.to_snap.as_deref().unwrap_or("(the image head)")
