@@ -239,7 +239,12 @@ pub struct Expect {
     pub from_snap: Option<String>,
     /// The `t` record: `Some(name)` demands it, `None` forbids it (the image head).
     pub to_snap: Option<String>,
+    /// The `s` record must say this size (as `rbd info` of the snapshot did).
+    pub size: Option<u64>,
 }
+
+/// Largest image size a diff may declare (1 PiB; RBD's own limit is far below).
+pub const MAX_IMAGE_SIZE: u64 = 1 << 50;
 
 /// What applying a diff did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -316,6 +321,14 @@ pub fn apply<R: Read>(
             Record::Size(size) => {
                 if seen_size {
                     return Err(invalid("a second size record".into()));
+                }
+                if expect.size.is_some_and(|want| want != size) || size > MAX_IMAGE_SIZE {
+                    return Err(invalid(format!(
+                        "it declares an image size of {size} bytes, but the snapshot has {}",
+                        expect
+                            .size
+                            .map_or("at most 1 PiB".into(), |s| s.to_string())
+                    )));
                 }
                 if seen_from.is_none() && expect.from_snap.is_some() {
                     return Err(invalid(
@@ -501,6 +514,7 @@ mod tests {
             let expect = Expect {
                 from_snap: from.map(String::from),
                 to_snap: to.map(String::from),
+                size: None,
             };
             let r = apply(diff, &mut writer, &expect);
             let (file, mut manifest, _) = writer.finish().unwrap();
@@ -643,6 +657,12 @@ mod tests {
                 .to_string()
                 .contains("after the end record")
         );
+        // A size other than the snapshot's, or absurdly large.
+        let mut bad = b"rbd diff v1\nt\x02\x00\x00\x00s2s".to_vec();
+        bad.extend(u64::MAX.to_le_bytes());
+        bad.push(b'e');
+        let e = c.apply(&bad, None, Some("s2")).unwrap_err();
+        assert!(e.to_string().contains("declares an image size of"), "{e}");
         // A write beyond the size the stream declared.
         let mut bad = b"rbd diff v1\nt\x02\x00\x00\x00s2s".to_vec();
         bad.extend(4096u64.to_le_bytes());
@@ -681,5 +701,66 @@ mod tests {
         let mut c = Chain::new();
         c.apply(&s, None, Some("x")).unwrap();
         assert!(std::fs::read(&c.image).unwrap() == model);
+    }
+
+    fn stream(size: u64, records: &[(bool, u64, u64, u8)]) -> Vec<u8> {
+        let mut s = b"rbd diff v1\nt\x01\x00\x00\x00xs".to_vec();
+        s.extend(size.to_le_bytes());
+        for &(write, off, len, byte) in records {
+            s.push(if write { b'w' } else { b'z' });
+            s.extend(off.to_le_bytes());
+            s.extend(len.to_le_bytes());
+            if write {
+                s.extend(std::iter::repeat_n(byte, len as usize));
+            }
+        }
+        s.push(b'e');
+        s
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Random, unsorted, overlapping w/z records onto a random previous
+        /// image, with trusted or untrusted digests: the image equals the model
+        /// and the manifest describes it.
+        #[test]
+        fn applying_random_records_matches_a_model(
+            size in 1u64..600_000,
+            before in prop::collection::vec((0u64..600_000, 1u64..100_000, 1u8..255), 0..4),
+            records in prop::collection::vec((any::<bool>(), 0u64..600_000, 1u64..150_000, prop_oneof![Just(0u8), 1u8..255]), 0..10),
+            trusted in any::<bool>(),
+        ) {
+            let mut c = Chain::new();
+            let mut model = vec![0u8; size as usize];
+            let clip = |off: u64, len: u64| (off.min(size), (off + len).min(size));
+            let before: Vec<(bool, u64, u64, u8)> = before.into_iter().map(|(o, l, b)| { let (a, e) = clip(o, l); (true, a, e - a, b) }).filter(|r| r.2 > 0).collect();
+            c.apply(&stream(size, &before), None, Some("x")).unwrap();
+            for &(_, off, len, byte) in &before {
+                model[off as usize..(off + len) as usize].fill(byte);
+            }
+            let records: Vec<(bool, u64, u64, u8)> = records.into_iter().map(|(w, o, l, b)| { let (a, e) = clip(o, l); (w, a, e - a, b) }).filter(|r| r.2 > 0).collect();
+            let mut diff = stream(size, &records);
+            // Make it incremental: from-snap "x", to-snap "y".
+            diff.splice(12..12, b"f\x01\x00\x00\x00x".iter().copied());
+            let at = diff.iter().position(|&b| b == b't').unwrap();
+            diff[at + 5] = b'y';
+            c.apply_with(&diff, Some("x"), Some("y"), trusted).unwrap();
+            for &(w, off, len, byte) in &records {
+                model[off as usize..(off + len) as usize].fill(if w { byte } else { 0 });
+            }
+            prop_assert!(std::fs::read(&c.image).unwrap() == model);
+        }
+
+        /// Whatever the bytes, the parser and applier return; they never panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut c = Chain::new();
+            let mut input = b"rbd diff v1\n".to_vec();
+            input.extend(tail);
+            let _ = c.apply(&input, None, Some("s1"));
+        }
     }
 }

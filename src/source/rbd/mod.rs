@@ -147,6 +147,7 @@ impl Source for CephRbd {
         let expect = diff::Expect {
             from_snap: self.from.clone(),
             to_snap: Some(snap),
+            size: Some(self.size),
         };
         tracing::info!(
             "{} backup of {to}{}",
