@@ -298,3 +298,23 @@ fn a_protected_old_snapshot_does_not_fail_the_backup() {
     s.backup("daily").success();
     assert_eq!(s.backy_snaps().len(), 1);
 }
+
+/// Whole-object diffs resend unchanged data; blocks equal to the parent's
+/// checksums are not rewritten, so the revision still stores only the change.
+#[test]
+fn whole_object_diffs_rewrite_only_what_changed() {
+    let Some(s) = setup("whole-object: true\n") else {
+        return;
+    };
+    s.backup("daily").success();
+    s.ceph.write("img", 40 * MIB + 8192, b"one small change");
+    s.backup("daily").success().stderr_has("Incremental backup");
+    let rev = s.newest();
+    assert!(rev["bytes_written"].as_u64().unwrap() >= 4 * MIB, "{rev}");
+    assert!(rev["bytes_changed"].as_u64().unwrap() <= 4096, "{rev}");
+    let truth = s.export_newest("truth");
+    s.restore_equals("0", &truth);
+    run_ok(&mut Command::new("sync"));
+    let id = rev["id"].as_str().unwrap();
+    assert!(exclusive_bytes(&s.fs, &s.job.join(id)) <= 64 * 1024);
+}
