@@ -88,6 +88,17 @@ pub fn drop_page_cache(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
+/// Asks the kernel to start reading `[offset, offset+len)` of `file` in the
+/// background (`POSIX_FADV_WILLNEED`).
+pub fn prefetch(file: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
+    );
+}
+
 /// Tells the kernel `file` will be read sequentially.
 pub fn advise_sequential(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);

@@ -139,6 +139,11 @@ fn produce(
         }
         while pos < data_end {
             let len = (data_end - pos).min(CHUNK - pos % CHUNK) as usize;
+            // Keep the next chunks in flight while this one is copied and hashed.
+            let ahead = pos + len as u64;
+            if ahead < data_end {
+                sys::prefetch(file, ahead, (data_end - ahead).min(2 * CHUNK));
+            }
             let mut buf = recycle.try_recv().unwrap_or_default();
             buf.resize(len, 0);
             let sent = match read_full_at(file, &mut buf, pos) {

@@ -7,6 +7,7 @@ use super::{Source, SourceReport};
 use crate::error::{Error, Result};
 use crate::image::file_size;
 use crate::image::reader::{Chunk, read_sequential};
+use crate::image::sums::Digest;
 use crate::image::writer::ImageWriter;
 
 /// A file or block device backed up block by block.
@@ -56,11 +57,16 @@ impl Source for FileSource {
     ) -> Result<SourceReport> {
         writer.resize(self.size)?;
         let bs = writer.block_size();
+        let mut digests = Vec::new();
         read_sequential(&self.file, &self.path, self.size, bs, |chunk| {
             match *chunk {
                 Chunk::Data { offset, ref buf } => {
-                    for (i, block) in buf.chunks(bs as usize).enumerate() {
-                        writer.put_block(offset / bs + i as u64, block)?;
+                    let first = offset / bs;
+                    digests.clear();
+                    digests.extend(buf.chunks(bs as usize).map(Digest::of));
+                    writer.prefetch(first, &digests)?;
+                    for (i, (block, digest)) in buf.chunks(bs as usize).zip(&digests).enumerate() {
+                        writer.put_block_with_digest(first + i as u64, block, *digest)?;
                     }
                     progress(buf.len() as u64);
                 }
