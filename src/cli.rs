@@ -117,11 +117,43 @@ pub enum Command {
         #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: String,
     },
+    /// Run the scheduler daemon in the foreground.
+    Scheduler {
+        /// The scheduler configuration.
+        #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
+        config: PathBuf,
+    },
+    /// Nagios check of all jobs (exit 0 OK, 2 CRITICAL, 3 UNKNOWN).
+    Check {
+        /// The scheduler configuration.
+        #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
+        config: PathBuf,
+    },
+    /// Apply the job's retention rules now (the scheduler does this after each run).
+    Expire {
+        /// The scheduler configuration that holds the job's schedule.
+        #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
+        config: PathBuf,
+        /// Show, per revision, which tag keeps it or why it goes; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
     /// Commands whose output is a report on stdout (no progress log needed).
     pub fn is_report(&self) -> bool {
-        matches!(self, Command::Find { .. } | Command::Status { .. })
+        matches!(
+            self,
+            Command::Find { .. }
+                | Command::Status { .. }
+                | Command::Check { .. }
+                | Command::Completions { .. }
+        )
     }
 }

@@ -111,12 +111,29 @@ pub enum Error {
         /// The target.
         path: PathBuf,
     },
+    /// Another scheduler holds the base directory's lock.
+    #[error("another backy scheduler is running on {} (it holds {}); stop it first", base_dir.display(), lock.display())]
+    SchedulerRunning {
+        /// The base directory.
+        base_dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
 }
 
 impl Error {
+    /// The process exit code for this error: 69 for a running scheduler (as the
+    /// original, for init scripts), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::SchedulerRunning { .. } => 69,
+            _ => 1,
+        }
+    }
+
     /// Wraps an I/O error with what we were doing and the file concerned.
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();

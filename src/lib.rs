@@ -56,6 +56,7 @@ pub mod job;
 pub mod logging;
 pub mod progress;
 pub mod revision;
+pub mod schedule;
 pub mod source;
 pub mod spec;
 pub mod sys;

@@ -15,9 +15,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     tracing::info!("$ {}", argv.join(" "));
     match backy::commands::run(&cli) {
-        Ok(()) => {
+        Ok(code) => {
             tracing::info!("Backy operation complete.");
-            ExitCode::SUCCESS
+            ExitCode::from(code)
         }
         Err(e) => {
             tracing::error!("{e}");
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             if cli.logfile.is_some() {
                 eprintln!("backy: {e}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

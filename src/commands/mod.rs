@@ -1,20 +1,29 @@
 //! One module per subcommand; [`run`] dispatches.
 
 mod backup;
+mod check;
+mod completions;
+mod expire;
 mod find;
 mod forget;
 mod init;
 mod restore;
+mod scheduler;
 mod status;
 mod verify;
 
 use crate::cli::{Cli, Command};
 use crate::error::Result;
 
-/// Runs the parsed command line.
-pub fn run(cli: &Cli) -> Result<()> {
+/// Runs the parsed command line; returns the exit code of a successful run
+/// (0, or `check`'s Nagios code).
+pub fn run(cli: &Cli) -> Result<u8> {
     let dir = &cli.backupdir;
-    match &cli.command {
+    let done = match &cli.command {
+        Command::Check { config } => return check::run(config),
+        Command::Scheduler { config } => scheduler::run(config, cli),
+        Command::Expire { config, dry_run } => expire::run(dir, config, *dry_run),
+        Command::Completions { shell } => completions::run(*shell),
         Command::Init {
             source_type,
             source,
@@ -29,5 +38,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),
         Command::Forget { revision } => forget::run(dir, revision),
-    }
+    };
+    done.map(|()| 0)
 }

@@ -1,0 +1,12 @@
+//! `backy completions SHELL`: shell completion scripts from the clap definitions.
+
+use clap::CommandFactory;
+
+use crate::cli::Cli;
+use crate::error::Result;
+
+/// Writes the completion script for `shell` to stdout.
+pub fn run(shell: clap_complete::Shell) -> Result<()> {
+    clap_complete::generate(shell, &mut Cli::command(), "backy", &mut std::io::stdout());
+    Ok(())
+}
