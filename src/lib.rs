@@ -49,6 +49,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod failpoint;
 pub mod image;

@@ -1,0 +1,150 @@
+//! What the scheduler knows about each job, as the status file, `backy check`
+//! and the console show it.
+
+use std::path::Path;
+
+use comfy_table::{CellAlignment, ContentArrangement, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::job::write_atomic;
+
+/// One job's line in the status file (SPEC section 7), in this key order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Job name.
+    pub job: String,
+    /// `OK` or `TOO OLD`.
+    pub sla: String,
+    /// `waiting for deadline`, `queued for execution`, `running`, `failed`, `finished`.
+    pub status: String,
+    /// Newest complete revision, `%Y-%m-%d %H:%M:%S UTC`, or `-`.
+    pub last_time: String,
+    /// Its tags, comma-joined by interval.
+    pub last_tags: String,
+    /// Its duration (`50.7 s`) or `-`.
+    pub last_duration: String,
+    /// Next run, same format as `last_time`.
+    pub next_time: String,
+    /// Tags of the next run.
+    pub next_tags: String,
+}
+
+impl JobStatus {
+    /// Whether the job is within its SLA.
+    pub fn ok(&self) -> bool {
+        self.sla == "OK"
+    }
+}
+
+/// Writes the status file atomically.
+pub fn write_status_file(path: &Path, jobs: &[JobStatus]) -> Result<()> {
+    let text = serde_norway::to_string(jobs)
+        .map_err(|e| Error::Other(format!("cannot encode the status file: {e}")))?;
+    write_atomic(path, text.as_bytes(), 0o644)
+}
+
+/// Reads a status file.
+pub fn read_status_file(path: &Path) -> Result<Vec<JobStatus>> {
+    let text = std::fs::read_to_string(path).map_err(Error::io("cannot read status file", path))?;
+    serde_norway::from_str(&text).map_err(|e| {
+        Error::Other(format!(
+            "status file {} is malformed: {e}; it is rewritten by the scheduler every status-interval",
+            path.display()
+        ))
+    })
+}
+
+/// The console's `jobs` table (SPEC section 9; times without ` UTC`).
+pub fn jobs_table(jobs: &[JobStatus]) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset("||--+-++|    ++++++")
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header([
+            "Job",
+            "SLA",
+            "Status",
+            "Last Backup (UTC)",
+            "Last Tags",
+            "Last Dur",
+            "Next Backup (UTC)",
+            "Next Tags",
+        ]);
+    let bare = |t: &str| t.trim_end_matches(" UTC").to_string();
+    for j in jobs {
+        table.add_row([
+            j.job.clone(),
+            j.sla.clone(),
+            j.status.clone(),
+            bare(&j.last_time),
+            j.last_tags.clone(),
+            j.last_duration.clone(),
+            bare(&j.next_time),
+            j.next_tags.clone(),
+        ]);
+    }
+    if let Some(c) = table.column_mut(5) {
+        c.set_cell_alignment(CellAlignment::Right);
+    }
+    table.to_string()
+}
+
+/// The console's `status` table: jobs per status.
+pub fn status_counts(jobs: &[JobStatus]) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for j in jobs {
+        *counts.entry(j.status.as_str()).or_default() += 1;
+    }
+    let mut table = Table::new();
+    table
+        .load_preset("||--+-++|    ++++++")
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(["Status", "#"]);
+    for (status, n) in counts {
+        table.add_row([status.to_string(), n.to_string()]);
+    }
+    if let Some(c) = table.column_mut(1) {
+        c.set_cell_alignment(CellAlignment::Right);
+    }
+    table.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, sla: &str) -> JobStatus {
+        JobStatus {
+            job: name.into(),
+            sla: sla.into(),
+            status: "waiting for deadline".into(),
+            last_time: "2015-11-05 11:56:10 UTC".into(),
+            last_tags: "daily".into(),
+            last_duration: "50.7 s".into(),
+            next_time: "2015-11-06 11:56:10 UTC".into(),
+            next_tags: "daily,weekly".into(),
+        }
+    }
+
+    #[test]
+    fn status_file_round_trips_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("status");
+        let jobs = vec![job("test01", "OK"), job("test02", "TOO OLD")];
+        write_status_file(&p, &jobs).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("- job: test01\n  sla: OK\n  status: waiting for deadline\n  last_time: 2015-11-05 11:56:10 UTC\n"), "{text}");
+        assert_eq!(read_status_file(&p).unwrap(), jobs);
+    }
+
+    #[test]
+    fn jobs_table_looks_like_the_original() {
+        let t = jobs_table(&[job("test01", "OK")]);
+        assert!(
+            t.contains("| Job    | SLA | Status               | Last Backup (UTC)   |"),
+            "{t}"
+        );
+        assert!(t.contains("| test01 | OK  | waiting for deadline | 2015-11-05 11:56:10 | daily     |   50.7 s |"), "{t}");
+    }
+}
