@@ -2,3 +2,5 @@
 //! day, ideal run times with catch-up and backoff, and retention as a plan.
 //! Everything here takes the time as an argument, so tests run days in
 //! milliseconds.
+
+pub mod spread;
