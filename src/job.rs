@@ -133,7 +133,9 @@ impl Job {
         Ok(rev)
     }
 
-    fn open_lock_file(&self, name: &str) -> Result<(File, PathBuf)> {
+    /// Opens (creating) and flocks `<job>/<name>` without waiting; `what` names
+    /// the holder we would be waiting for, for the error message.
+    fn try_lock(&self, name: &str, exclusive: bool, what: &str) -> Result<File> {
         let path = self.dir.join(name);
         let file = OpenOptions::new()
             .read(true)
@@ -143,55 +145,41 @@ impl Job {
             .mode(0o640)
             .open(&path)
             .map_err(Error::io("cannot open lock file", &path))?;
-        Ok((file, path))
-    }
-
-    fn locked(&self, path: PathBuf, what: &str) -> impl FnOnce(std::fs::TryLockError) -> Error {
-        let what = format!("{what} {}", self.dir.display());
-        move |e| match e {
-            std::fs::TryLockError::WouldBlock => Error::Locked { what, path },
-            std::fs::TryLockError::Error(e) => Error::io("cannot lock", path)(e),
+        let locked = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match locked {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+                what: format!("{what} {}", self.dir.display()),
+                path,
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", path)(e)),
         }
     }
 
     /// Takes the backup lock: `.backup` exclusive, then `.purge` shared. Never waits.
     pub fn lock_backup(&self) -> Result<BackupLock> {
-        let (backup, bpath) = self.open_lock_file(".backup")?;
-        backup
-            .try_lock()
-            .map_err(self.locked(bpath, "a backup of job"))?;
-        let (purge, ppath) = self.open_lock_file(".purge")?;
-        purge
-            .try_lock_shared()
-            .map_err(self.locked(ppath, "revision removal in job"))?;
         Ok(BackupLock {
-            _backup: backup,
-            _purge: purge,
+            _backup: self.try_lock(".backup", true, "a backup of job")?,
+            _purge: self.try_lock(".purge", false, "revision removal in job")?,
         })
     }
 
     /// Takes the read lock (`.purge` shared) so no revision is deleted under a reader.
     pub fn lock_read(&self) -> Result<ReadLock> {
-        let (purge, ppath) = self.open_lock_file(".purge")?;
-        purge
-            .try_lock_shared()
-            .map_err(self.locked(ppath, "revision removal in job"))?;
-        Ok(ReadLock { _purge: purge })
+        Ok(ReadLock {
+            _purge: self.try_lock(".purge", false, "revision removal in job")?,
+        })
     }
 
     /// Takes the purge lock: `.backup` and `.purge` exclusive. Never waits.
     pub fn lock_purge(&self) -> Result<PurgeLock> {
-        let (backup, bpath) = self.open_lock_file(".backup")?;
-        backup
-            .try_lock()
-            .map_err(self.locked(bpath, "a backup of job"))?;
-        let (purge, ppath) = self.open_lock_file(".purge")?;
-        purge
-            .try_lock()
-            .map_err(self.locked(ppath, "a restore or export of job"))?;
         Ok(PurgeLock {
-            _backup: backup,
-            _purge: purge,
+            _backup: self.try_lock(".backup", true, "a backup of job")?,
+            _purge: self.try_lock(".purge", true, "a restore or export of job")?,
         })
     }
 
