@@ -55,6 +55,7 @@ pub mod failpoint;
 pub mod image;
 pub mod job;
 pub mod logging;
+pub mod manpage;
 pub mod progress;
 pub mod revision;
 pub mod schedule;

@@ -1,0 +1,121 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_backy_global_optspecs
+    string join \n v/verbose l/logfile= b/backupdir= h/help V/version
+end
+
+function __fish_backy_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_backy_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_backy_using_subcommand
+    set -l cmd (__fish_backy_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c backy -n "__fish_backy_needs_command" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_needs_command" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_needs_command" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_needs_command" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_needs_command" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_needs_command" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "backup" -d 'Make one new revision'
+complete -c backy -n "__fish_backy_needs_command" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "find" -d 'Print the absolute path of a revision\'s image'
+complete -c backy -n "__fish_backy_needs_command" -f -a "status" -d 'Show all revisions'
+complete -c backy -n "__fish_backy_needs_command" -f -a "verify" -d 'Check revisions against their checksum manifests'
+complete -c backy -n "__fish_backy_needs_command" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_needs_command" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
+complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c backy -n "__fish_backy_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c backy -n "__fish_backy_using_subcommand init" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand init" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand init" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand init" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand init" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand backup" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand backup" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand backup" -l allow-copy -d 'Where the filesystem cannot reflink, make a full sparse copy of the parent instead of refusing (each revision then costs its full size)'
+complete -c backy -n "__fish_backy_using_subcommand backup" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand backup" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand backup" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand restore" -s r -l revision -d 'The revision (see SPEC in the man page)' -r
+complete -c backy -n "__fish_backy_using_subcommand restore" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand restore" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand restore" -s f -l force -d 'Overwrite an existing non-empty target file'
+complete -c backy -n "__fish_backy_using_subcommand restore" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand restore" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand restore" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand find" -s r -l revision -d 'The revision' -r
+complete -c backy -n "__fish_backy_using_subcommand find" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand find" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand find" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand find" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand find" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand status" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand status" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand status" -l json -d 'Print JSON instead of the table'
+complete -c backy -n "__fish_backy_using_subcommand status" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand status" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand status" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand verify" -s r -l revision -d 'Only this revision (default: every complete revision, newest first)' -r
+complete -c backy -n "__fish_backy_using_subcommand verify" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand verify" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand verify" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand verify" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand forget" -s r -l revision -d 'The revision' -r
+complete -c backy -n "__fish_backy_using_subcommand forget" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand forget" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand forget" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand forget" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand forget" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand scheduler" -s c -l config -d 'The scheduler configuration' -r -F
+complete -c backy -n "__fish_backy_using_subcommand scheduler" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand scheduler" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand scheduler" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand scheduler" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand scheduler" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand check" -s c -l config -d 'The scheduler configuration' -r -F
+complete -c backy -n "__fish_backy_using_subcommand check" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand check" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand check" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand check" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand check" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand expire" -s c -l config -d 'The scheduler configuration that holds the job\'s schedule' -r -F
+complete -c backy -n "__fish_backy_using_subcommand expire" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand expire" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand expire" -l dry-run -d 'Show, per revision, which tag keeps it or why it goes; change nothing'
+complete -c backy -n "__fish_backy_using_subcommand expire" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand expire" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand expire" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand completions" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand completions" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand completions" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "backup" -d 'Make one new revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "status" -d 'Show all revisions'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
