@@ -3,4 +3,5 @@
 //! Everything here takes the time as an argument, so tests run days in
 //! milliseconds.
 
+pub mod config;
 pub mod spread;
