@@ -4,4 +4,5 @@
 //! milliseconds.
 
 pub mod config;
+pub mod plan;
 pub mod spread;
