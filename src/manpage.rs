@@ -592,16 +592,17 @@ As `ceph-rbd`, plus `vm` (the guest) and optionally `consul_acl_token`: the snap
 is requested through Consul so that the hypervisor freezes the guest's filesystems
 first.
 
-Any job may also say `allow-copy: true` (see `backup --allow-copy`).
+A job's `config` may also say `allow-copy: true` (see `backup --allow-copy`).
 ";
 
 const SCHEDULER_CONFIGURATION: &str = "\
 # SCHEDULER CONFIGURATION
 `backy scheduler` and `backy check` read a YAML file, by default `/etc/backy.conf`,
 with three top-level keys. Unknown keys, unknown schedules, unknown source types and
-bad values are errors whose message names the key. Keys that later backy versions
-know (`backend`, `backup-completed-callback`, `cow`) are accepted with a warning and
-have no effect.
+bad values are errors: all problems are reported at once, one line each, starting
+with the key's path (such as `jobs.vm01.source.type`). Keys that later backy versions
+know (`backend`, `backup-completed-callback`, `cow`, and backy 2.5's `api` and
+`peers` sections) are accepted with a warning and have no effect.
 ## global
 Scheduler settings (`config` is accepted as another name for this key, as the backy
 2.0 manual called it):
@@ -613,9 +614,11 @@ How many backups run at the same time. Default 1.
 : `status-file: `*PATH*
 The status file that `backy check` reads. Default *base-dir*`/status`.
 : `status-interval: `*SECONDS*
-How often the status file is rewritten. Default 30.
+How often the status file is rewritten, in seconds or with a suffix as for
+`interval`. Default 30.
 : `telnet-addrs: `*ADDRESSES*
-Comma-separated addresses of the console. Default `::1, 127.0.0.1`.
+Comma-separated addresses of the console. Default `::1, 127.0.0.1`; an empty string
+turns the console off.
 : `telnet-port: `*PORT*
 Port of the console. Default 6023.
 ## schedules
@@ -637,6 +640,9 @@ One of the schedules.
 : `source:`
 A mapping with the source `type` and its keys (see SOURCE TYPES). The scheduler
 writes it to the job's `config` file before each run when it changed.
+: `allow-copy: true`
+Back up this job even on a filesystem without reflinks, with full copies (see
+`backup --allow-copy`).
 ## Example
 ```
 global:
@@ -771,8 +777,8 @@ Starts the job's backup now instead of at its next run time. An unknown job gets
 As `run`, for every job.
 : `help`
 Lists the commands.
-: `quit`
-Closes the connection.
+: `quit`, `exit`
+Close the connection.
 
 Anything else gets *cmd*`: command not found.` The console runs nothing but these
 commands.

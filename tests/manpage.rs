@@ -156,6 +156,45 @@ fn man_page_has_the_operator_sections() {
     assert!(page.contains("Do not defragment revisions."));
 }
 
+/// The verbatim example after `.SS heading` in the rendered page, unescaped.
+fn man_page_example(heading: &str) -> String {
+    let page = backy::manpage::render();
+    let section = page
+        .split_once(&format!(".SS {heading}\n"))
+        .unwrap_or_else(|| panic!("no subsection {heading}"))
+        .1;
+    let example = section.split_once(".EX\n").unwrap().1;
+    let example = example.split_once(".EE\n").unwrap().0;
+    example
+        .lines()
+        .map(|line| match line {
+            ".sp" => String::new(),
+            _ => line
+                .replace(r"\-", "-")
+                .replace(r"\&", "")
+                .replace(r"\*(Aq", "'")
+                .replace(r"\\", r"\"),
+        })
+        .map(|line| line + "\n")
+        .collect()
+}
+
+#[test]
+fn example_configurations_are_valid() {
+    let examples = [
+        (
+            "contrib/backy.conf.example",
+            fs::read_to_string(repo_path("contrib/backy.conf.example")).unwrap(),
+        ),
+        ("the man page's example", man_page_example("Example")),
+    ];
+    for (name, text) in examples {
+        if let Err(problems) = backy::schedule::config::Config::parse(&text) {
+            panic!("{name} is not a valid configuration:\n{problems}\n\n{text}");
+        }
+    }
+}
+
 /// `groff -man -ww` over the page, at `width` columns; returns (stdout, stderr).
 fn groff(width: u32) -> Option<(String, String)> {
     let Some(groff) = find_tool("groff") else {
