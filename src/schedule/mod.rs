@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod plan;
+pub mod retention;
 pub mod spread;
