@@ -685,7 +685,10 @@ fn parse_source(map: &Mapping, path: &str, p: &mut Problems) -> Option<(SourceCo
             .trim()
             .to_ascii_lowercase();
         let hint = if SOURCE_TYPES.contains(&cleaned.as_str()) {
-            comma_hint(type_name).to_string()
+            match comma_hint(type_name) {
+                "" => format!("; did you mean '{cleaned}'?"),
+                comma => comma.to_string(),
+            }
         } else if cleaned == "ceph" || cleaned == "rbd" {
             "; did you mean 'ceph-rbd'?".to_string()
         } else {
@@ -971,6 +974,10 @@ jobs:
             (
                 "jobs: {a: {source: {type: ceph, pool: rbd, image: a}}}",
                 "did you mean 'ceph-rbd'?",
+            ),
+            (
+                "jobs: {a: {source: {type: File, filename: /a}}}",
+                "unknown source type 'File' (known: file, ceph-rbd, flyingcircus); did you mean 'file'?",
             ),
             (
                 "jobs: {a: {source: {type: 7}}}",
