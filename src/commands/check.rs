@@ -1,11 +1,62 @@
-//! `backy check` (in progress).
+//! `backy check -c CONFIG`: the Nagios check of all jobs (SPEC section 8).
+//!
+//! One status line first, then details; exit 0 OK, 2 CRITICAL, 3 UNKNOWN.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
-use crate::error::{Error, Result};
+use crate::daemon::status::read_status_file;
+use crate::error::Result;
+use crate::schedule::config::Config;
 
-/// Not yet available.
-pub fn run(config: &Path) -> Result<u8> {
-    let _ = config;
-    Err(Error::Other("'check' is not implemented yet".into()))
+/// Nagios exit codes.
+const OK: u8 = 0;
+const CRITICAL: u8 = 2;
+const UNKNOWN: u8 = 3;
+
+/// A status file older than this means the scheduler is not running.
+const MAX_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// Prints the check result and returns its exit code.
+pub fn run(config_path: &Path) -> Result<u8> {
+    let (text, code) = evaluate(config_path, SystemTime::now());
+    println!("{text}");
+    Ok(code)
+}
+
+/// The check's output and exit code at time `now`.
+pub fn evaluate(config_path: &Path, now: SystemTime) -> (String, u8) {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return (format!("UNKNOWN: {e}"), UNKNOWN),
+    };
+    let path = &config.status_file;
+    let modified = match std::fs::metadata(path).and_then(|m| m.modified()) {
+        Ok(t) => t,
+        Err(_) => {
+            return (
+                format!("UNKNOWN: No status file found at {}", path.display()),
+                UNKNOWN,
+            );
+        }
+    };
+    if now.duration_since(modified).unwrap_or_default() > MAX_AGE {
+        return (
+            "CRITICAL: Status file is older than 5 minutes".into(),
+            CRITICAL,
+        );
+    }
+    let jobs = match read_status_file(path) {
+        Ok(jobs) => jobs,
+        Err(e) => return (format!("UNKNOWN: {e}"), UNKNOWN),
+    };
+    let late: Vec<_> = jobs.iter().filter(|j| !j.ok()).collect();
+    if late.is_empty() {
+        return (format!("OK: {} jobs within SLA", jobs.len()), OK);
+    }
+    let mut text = format!("CRITICAL: {} jobs not within SLA", late.len());
+    for j in late {
+        text.push_str(&format!("\n{} (last time: {})", j.job, j.last_time));
+    }
+    (text, CRITICAL)
 }

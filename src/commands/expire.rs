@@ -1,11 +1,31 @@
-//! `backy expire` (in progress).
+//! `backy expire -c CONFIG [--dry-run]`: apply the job's retention now.
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use chrono::Utc;
 
-/// Not yet available.
-pub fn run(dir: &Path, config: &Path, dry_run: bool) -> Result<()> {
-    let _ = (config, dir, dry_run);
-    Err(Error::Other("'expire' is not implemented yet".into()))
+use crate::error::{Error, Result};
+use crate::schedule::config::Config;
+
+/// Expires the job in `dir`, whose schedule the scheduler config names by the
+/// directory's name; with `dry_run`, only prints the plan.
+pub fn run(dir: &Path, config_path: &Path, dry_run: bool) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let dir = std::path::absolute(dir).map_err(Error::io("cannot resolve", dir))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let schedule = config.schedule_of(&name).ok_or_else(|| {
+        Error::Other(format!(
+            "job '{name}' is not in {}; run expire with -b pointing at a job directory the scheduler config lists",
+            config_path.display()
+        ))
+    })?;
+    let plan = crate::expire::expire(&dir, schedule, Utc::now(), dry_run)?;
+    print!("{plan}");
+    if dry_run {
+        println!("(dry run: nothing changed)");
+    }
+    Ok(())
 }

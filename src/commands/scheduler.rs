@@ -1,11 +1,10 @@
-//! `backy scheduler` (in progress).
+//! `backy scheduler -c CONFIG`: the daemon, in the foreground.
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-/// Not yet available.
-pub fn run(config: &Path, cli: &crate::cli::Cli) -> Result<()> {
-    let _ = (config, cli);
-    Err(Error::Other("'scheduler' is not implemented yet".into()))
+/// Runs the scheduler until it is told to stop.
+pub fn run(config: &Path, _cli: &crate::cli::Cli) -> Result<()> {
+    crate::daemon::run_forever(config)
 }

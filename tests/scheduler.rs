@@ -1,0 +1,421 @@
+//! The real scheduler end to end: file jobs with schedules of a few seconds on
+//! a loop-mounted btrfs, run for a bounded time.
+
+mod util;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+const MIB: u64 = 1 << 20;
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: &Path, env: &[(&str, &Path)]) -> Daemon {
+        let mut cmd = backy();
+        cmd.arg("-l")
+            .arg(log)
+            .arg("scheduler")
+            .arg("-c")
+            .arg(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, needle: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no {needle:?} in the scheduler log after {limit:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        run_ok(Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]));
+    }
+
+    fn console_port(&self) -> u16 {
+        let log = self.wait_for_log("Console listening on 127.0.0.1:", Duration::from_secs(10));
+        let line = log
+            .lines()
+            .find(|l| l.contains("Console listening on 127.0.0.1:"))
+            .unwrap();
+        line.rsplit(':').next().unwrap().trim().parse().unwrap()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "scheduler did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn status_json(job: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_str(&run_ok(backy_job(job).args(["status", "--json"])).stdout).unwrap()
+}
+
+/// A `$BACKY_CMD` that records when each backup starts and ends, then runs the
+/// real backy, so the test can observe concurrency.
+fn recording_backy(dir: &Path) -> (PathBuf, PathBuf) {
+    let record = dir.join("runs.log");
+    let script = dir.join("backy-recording");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\necho \"start $(date +%s.%N) $2\" >> {rec}\n{backy} \"$@\"\nrc=$?\necho \"end $(date +%s.%N) $2\" >> {rec}\nexit $rc\n",
+            rec = record.display(),
+            backy = env!("CARGO_BIN_EXE_backy")
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    (script, record)
+}
+
+fn max_concurrency(record: &Path) -> usize {
+    let mut events: Vec<(f64, i32)> = fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let kind = w.next().unwrap();
+            let t: f64 = w.next().unwrap().parse().unwrap();
+            (t, if kind == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+fn console(port: u16, commands: &[&str]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut transcript = String::new();
+    let prompt = format!("backy-{} % ", env!("CARGO_PKG_VERSION"));
+    let read_to_prompt = |reader: &mut BufReader<TcpStream>, out: &mut String| {
+        let mut buf = Vec::new();
+        while !buf.ends_with(prompt.as_bytes()) {
+            let mut b = [0u8; 1];
+            if reader.read(&mut b).unwrap() == 0 {
+                break;
+            }
+            buf.push(b[0]);
+        }
+        out.push_str(&String::from_utf8_lossy(&buf));
+    };
+    read_to_prompt(&mut reader, &mut transcript);
+    for cmd in commands {
+        stream.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        transcript.push_str(cmd);
+        transcript.push('\n');
+        if *cmd == "quit" {
+            let mut rest = String::new();
+            let _ = reader.read_line(&mut rest);
+            assert!(
+                rest.is_empty(),
+                "the connection stays open after quit: {rest:?}"
+            );
+            break;
+        }
+        read_to_prompt(&mut reader, &mut transcript);
+    }
+    transcript
+}
+
+fn config(base: &Path, jobs: &str, workers: usize) -> String {
+    format!(
+        "global:\n  base-dir: {base}\n  worker-limit: {workers}\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n    rarely: {{interval: 6s, keep: 1}}\njobs:\n{jobs}",
+        base = base.display()
+    )
+}
+
+#[test]
+fn scheduler_backs_up_expires_reports_and_answers() {
+    let fs = require_fs!(FsKind::Btrfs, 512);
+    let base = fs.join("base");
+    let mut jobs = String::new();
+    for n in 1..=3 {
+        let src = fs.join(format!("src{n}.img"));
+        write_file(&src, 4 * MIB, &[(0, &pattern_bytes(n, MIB as usize))]);
+        jobs.push_str(&format!(
+            "  job{n}: {{schedule: fast, source: {{type: file, filename: {}}}}}\n",
+            src.display()
+        ));
+    }
+    jobs.push_str(
+        "  broken: {schedule: fast, source: {type: file, filename: /nonexistent/disk.img}}\n",
+    );
+    let conf = fs.join("backy.conf");
+    fs::write(&conf, config(&base, &jobs, 2)).unwrap();
+    let (cmd, record) = recording_backy(fs.path());
+    let daemon = Daemon::start(&conf, &fs.join("scheduler.log"), &[("BACKY_CMD", &cmd)]);
+    let port = daemon.console_port();
+
+    // A second scheduler on the same base directory refuses with 69.
+    run(backy().arg("scheduler").arg("-c").arg(&conf))
+        .code(69)
+        .stderr_has("another backy scheduler is running");
+
+    daemon.wait_for_log("Job broken failed", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(9));
+
+    let session = console(
+        port,
+        &[
+            "jobs",
+            "jobs ^job[12]$",
+            "status",
+            "run job3",
+            "run nosuch",
+            "frobnicate",
+            "quit",
+        ],
+    );
+    eprintln!("{session}");
+    for needle in [
+        "| Job    | SLA     | Status",
+        "4 jobs shown",
+        "2 jobs shown",
+        "Triggered immediate run for job3",
+        "Unknown job nosuch",
+        "frobnicate: command not found.",
+        "| failed ",
+    ] {
+        assert!(
+            session.contains(needle),
+            "console lacks {needle:?}:\n{session}"
+        );
+    }
+
+    // Junk and a client vanishing mid-line do not disturb the daemon.
+    let mut junk = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    junk.write_all(&[255, 251, 1, 0, 200, 13, 10]).unwrap();
+    junk.write_all(&vec![b'x'; 100_000]).unwrap();
+    junk.write_all(b"\r\nhalf a comm").unwrap();
+    drop(junk);
+    assert!(console(port, &["jobs job1"]).contains("1 jobs shown"));
+
+    // Status file and check agree: the broken job is out of SLA, the others in.
+    let status = fs::read_to_string(base.join("status")).unwrap();
+    assert!(
+        status.contains("- job: broken\n  sla: TOO OLD\n  status: failed"),
+        "{status}"
+    );
+    let r = run(backy().arg("check").arg("-c").arg(&conf)).code(2);
+    assert!(
+        r.stdout
+            .starts_with("CRITICAL: 1 jobs not within SLA\nbroken (last time: -)\n"),
+        "{}",
+        r.stdout
+    );
+
+    // SIGHUP with a bad config keeps the old one; with a good one, reloads.
+    fs::write(&conf, "global: {worker-limit: many}\n").unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log("Keeping the old configuration", Duration::from_secs(10));
+    let jobs_without_broken: String = jobs
+        .lines()
+        .filter(|l| !l.contains("broken"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&conf, config(&base, &jobs_without_broken, 2)).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log(": 3 jobs", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let r = run(backy().arg("check").arg("-c").arg(&conf)).code(0);
+    assert_eq!(r.stdout, "OK: 3 jobs within SLA\n");
+
+    let status = daemon.stop();
+    assert!(status.success(), "scheduler exited with {status}");
+    let log = fs::read_to_string(fs.join("scheduler.log")).unwrap();
+    assert!(log.contains("Scheduler stopped"), "{log}");
+    assert!(
+        log.contains("Job broken failed with exit code 1") && log.contains("Retrying in 2 minutes"),
+        "{log}"
+    );
+
+    // worker-limit 2 held; backups happened with the right tags; retention kept
+    // at most `keep` of each tag beyond the newest run.
+    let most = max_concurrency(&record);
+    assert!(
+        (1..=2).contains(&most),
+        "{most} backups ran at once with worker-limit 2"
+    );
+    for n in 1..=3 {
+        let job = base.join(format!("job{n}"));
+        let revs = status_json(&job);
+        assert!(revs.len() >= 2, "job{n}: {revs:?}");
+        assert!(
+            revs.iter().all(|r| r["complete"] == true),
+            "job{n}: {revs:?}"
+        );
+        let count = |tag: &str| {
+            revs.iter()
+                .filter(|r| r["tags"].as_array().unwrap().iter().any(|t| t == tag))
+                .count()
+        };
+        assert!(
+            count("often") >= 1 && count("often") <= 3,
+            "job{n}: {revs:?}"
+        );
+        assert!(
+            count("rarely") >= 1 && count("rarely") <= 2,
+            "job{n}: {revs:?}"
+        );
+        // The first run carried every tag, as a job without history does.
+        let config = fs::read_to_string(job.join("config")).unwrap();
+        assert!(config.contains(&format!("src{n}.img")), "{config}");
+    }
+}
+
+#[test]
+fn worker_limit_one_serialises_and_sigterm_leaves_nothing_complete_that_is_not() {
+    let fs = require_fs!(FsKind::Btrfs, 1024);
+    let base = fs.join("base");
+    let mut jobs = String::new();
+    for n in 1..=3 {
+        let src = fs.join(format!("src{n}.img"));
+        write_file(&src, 64 * MIB, &[(0, &pattern_bytes(n, 48 * MIB as usize))]);
+        jobs.push_str(&format!(
+            "  job{n}: {{schedule: fast, source: {{type: file, filename: {}}}}}\n",
+            src.display()
+        ));
+    }
+    let conf = fs.join("backy.conf");
+    fs::write(&conf, config(&base, &jobs, 1)).unwrap();
+    let (cmd, record) = recording_backy(fs.path());
+    let daemon = Daemon::start(&conf, &fs.join("scheduler.log"), &[("BACKY_CMD", &cmd)]);
+    daemon.wait_for_log("Job job3 finished", Duration::from_secs(60));
+    // Stop while a backup is likely running.
+    daemon.wait_for_log("started (pid", Duration::from_secs(10));
+    let status = daemon.stop();
+    assert!(status.success());
+    assert_eq!(max_concurrency(&record), 1);
+    for n in 1..=3 {
+        let job = base.join(format!("job{n}"));
+        for rev in status_json(&job) {
+            if rev["complete"] == true {
+                let image = Path::new(rev["image"].as_str().unwrap());
+                run_ok(backy_job(&job).args(["verify", "-r", rev["id"].as_str().unwrap()]));
+                assert!(image.exists());
+            }
+        }
+    }
+}
+
+#[test]
+fn check_reports_missing_and_stale_status_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("backy.conf");
+    let base = dir.path().join("base");
+    fs::write(
+        &conf,
+        config(
+            &base,
+            "  a: {schedule: fast, source: {type: file, filename: /x.img}}\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let r = run(backy().arg("check").arg("-c").arg(&conf)).code(3);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "UNKNOWN: No status file found at {}\n",
+            base.join("status").display()
+        )
+    );
+    fs::create_dir_all(&base).unwrap();
+    fs::write(base.join("status"), "- job: a\n  sla: OK\n  status: finished\n  last_time: '-'\n  last_tags: ''\n  last_duration: '-'\n  next_time: '-'\n  next_tags: ''\n").unwrap();
+    let r = run(backy().arg("check").arg("-c").arg(&conf)).code(0);
+    assert_eq!(r.stdout, "OK: 1 jobs within SLA\n");
+    run_ok(
+        Command::new("touch")
+            .args(["-d", "10 minutes ago"])
+            .arg(base.join("status")),
+    );
+    let r = run(backy().arg("check").arg("-c").arg(&conf)).code(2);
+    assert_eq!(r.stdout, "CRITICAL: Status file is older than 5 minutes\n");
+    fs::write(&conf, "jobs: [").unwrap();
+    let r = run(backy().arg("check").arg("-c").arg(&conf)).code(3);
+    assert!(r.stdout.starts_with("UNKNOWN: "), "{}", r.stdout);
+}
+
+#[test]
+fn a_bad_config_stops_the_scheduler_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("backy.conf");
+    fs::write(
+        &conf,
+        "global: {base-dir: /tmp/x, wroker-limit: 2}\nschedules: {s: {daily: {interval: 1x, keep: 0}}}\njobs: {a/b: {schedule: t, source: {type: flyingcircus,}}}\n",
+    )
+    .unwrap();
+    let r = run(backy().arg("scheduler").arg("-c").arg(&conf)).code(1);
+    for needle in [
+        "global.wroker-limit",
+        "schedules.s.daily.interval",
+        "schedules.s.daily.keep",
+        "jobs.a/b",
+    ] {
+        if !r.stderr.contains(needle) {
+            r.fail(&format!("expected {needle:?} in the error"));
+        }
+    }
+}
