@@ -33,4 +33,8 @@ if [[ -f src/lib.rs ]]; then
     cargo test --doc
 fi
 
+# A bounded run of the rbd diff parser's fuzz target (fuzz/, its own workspace).
+step "scripts/fuzz.sh 60"
+scripts/fuzz.sh 60
+
 step "all tests passed"
