@@ -419,3 +419,68 @@ fn a_bad_config_stops_the_scheduler_from_starting() {
         }
     }
 }
+
+/// LESSONS 10 and 13: a storm of SIGHUPs leaves the daemon working; expiry
+/// never deletes what a reader (restore, NBD) holds, and waits for the next run;
+/// `expire --dry-run` says per revision which tag keeps it (LESSONS 16).
+#[test]
+fn sighup_storm_locked_expiry_and_dry_run() {
+    let fs = require_fs!(FsKind::Btrfs, 512);
+    let base = fs.join("base");
+    let src = fs.join("src.img");
+    write_file(&src, 4 * MIB, &[(0, &pattern_bytes(5, MIB as usize))]);
+    let jobs = format!(
+        "  job1: {{schedule: fast, source: {{type: file, filename: {}}}}}\n",
+        src.display()
+    );
+    let conf = fs.join("backy.conf");
+    fs::write(&conf, config(&base, &jobs, 1)).unwrap();
+    let daemon = Daemon::start(&conf, &fs.join("scheduler.log"), &[]);
+    let port = daemon.console_port();
+    for _ in 0..30 {
+        daemon.signal("HUP");
+    }
+    daemon.wait_for_log("Reloaded", Duration::from_secs(10));
+    assert!(console(port, &["jobs"]).contains("1 jobs shown"));
+
+    // A reader holds the job's purge lock (shared), as a restore does.
+    let job = base.join("job1");
+    daemon.wait_for_log("Job job1 finished", Duration::from_secs(20));
+    let reader = fs::File::open(job.join(".purge")).unwrap();
+    reader.try_lock_shared().unwrap();
+    let before = status_json(&job).len();
+    let log = daemon.wait_for_log(
+        "Could not expire revisions of job1",
+        Duration::from_secs(30),
+    );
+    assert!(log.contains("locked by another backy process"), "{log}");
+    let held = status_json(&job).len();
+    assert!(
+        held > before,
+        "no backup ran while the reader held the lock"
+    );
+    drop(reader);
+    std::thread::sleep(Duration::from_secs(5));
+    let status = daemon.stop();
+    assert!(status.success());
+    let after = status_json(&job);
+    assert!(
+        after.len() <= 3,
+        "expiry did not catch up after the reader left: {after:?}"
+    );
+
+    let r = run_ok(
+        backy_job(&job)
+            .arg("expire")
+            .arg("-c")
+            .arg(&conf)
+            .arg("--dry-run"),
+    );
+    assert!(
+        r.stdout.contains("(dry run: nothing changed)"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.stdout.lines().count(), after.len() + 1, "{}", r.stdout);
+    assert!(r.stdout.contains("keep"), "{}", r.stdout);
+}

@@ -57,7 +57,7 @@ impl ImageWriter {
         manifest: Manifest,
         parent_digests_trusted: bool,
     ) -> ImageWriter {
-        ImageWriter {
+        let mut writer = ImageWriter {
             image,
             path: path.to_owned(),
             manifest,
@@ -66,7 +66,11 @@ impl ImageWriter {
             punch_supported: true,
             old: Vec::new(),
             stats: WriteStats::default(),
+        };
+        if !parent_digests_trusted {
+            writer.resize_touched();
         }
+        writer
     }
 
     /// Bytes per block.
@@ -91,20 +95,42 @@ impl ImageWriter {
 
     /// Grows (with a hole) or shrinks the image.
     pub fn resize(&mut self, size: u64) -> Result<()> {
+        let old = self.size();
+        let bs = self.block_size();
         self.image
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
         self.manifest.resize(size)?;
-        if !self.parent_digests_trusted {
-            let blocks = self.blocks();
-            let words = blocks.div_ceil(64) as usize;
-            // Blocks beyond a shrink are gone; a later grow starts them untouched.
-            if let Some(w) = self.touched.get_mut((blocks / 64) as usize) {
-                *w &= (1u64 << (blocks % 64)).wrapping_sub(1);
+        // The block whose length changed (the old tail on a grow, the new tail on
+        // a shrink) keeps a digest of its old length; a source that does not
+        // rewrite it (a diff) would leave that digest stale.
+        let boundary = match size.cmp(&old) {
+            std::cmp::Ordering::Greater if !old.is_multiple_of(bs) => Some(old / bs),
+            std::cmp::Ordering::Less if !size.is_multiple_of(bs) => Some(size / bs),
+            _ => None,
+        };
+        if self.parent_digests_trusted {
+            if let Some(block) = boundary {
+                let mut buf = vec![0u8; self.block_len(block)];
+                self.read_block(block, &mut buf)?;
+                self.manifest.set(block, Digest::of(&buf))?;
             }
-            self.touched.resize(words, 0);
+        } else {
+            self.resize_touched();
+            if let Some(block) = boundary {
+                self.touched[(block / 64) as usize] &= !(1 << (block % 64));
+            }
         }
         Ok(())
+    }
+
+    /// Fits the touched-bit set to the block count; bits beyond the end clear.
+    fn resize_touched(&mut self) {
+        let blocks = self.blocks();
+        if let Some(w) = self.touched.get_mut((blocks / 64) as usize) {
+            *w &= (1u64 << (blocks % 64)).wrapping_sub(1);
+        }
+        self.touched.resize(blocks.div_ceil(64) as usize, 0);
     }
 
     /// Makes block `block` equal to `data` (a full block, or the short tail block).

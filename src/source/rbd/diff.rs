@@ -763,4 +763,37 @@ mod tests {
             let _ = c.apply(&input, None, Some("s1"));
         }
     }
+
+    fn incremental(size: u64) -> Vec<u8> {
+        let mut d = stream(size, &[]);
+        d.splice(12..12, b"f\x01\x00\x00\x00x".iter().copied());
+        let at = d.iter().position(|&b| b == b't').unwrap();
+        d[at + 5] = b'y';
+        d
+    }
+
+    /// Found by the fuzzer: an incremental diff that only resizes an image whose
+    /// old or new size is not a multiple of the block size left the boundary
+    /// block's digest stale, and verification failed.
+    #[test]
+    fn resizing_to_and_from_unaligned_sizes_keeps_digests_right() {
+        for (from, to) in [
+            (199_608, 199_609),
+            (199_608, 100_000),
+            (199_608, 59_000),
+            (199_608, 6 << 20),
+            (131_072, 100_001),
+        ] {
+            for trusted in [true, false] {
+                let mut c = Chain::new();
+                c.apply(&stream(from, &[(true, 0, from, 7)]), None, Some("x"))
+                    .unwrap();
+                c.apply_with(&incremental(to), Some("x"), Some("y"), trusted)
+                    .unwrap();
+                let mut want = vec![7u8; from.min(to) as usize];
+                want.resize(to as usize, 0);
+                assert!(std::fs::read(&c.image).unwrap() == want, "{from} -> {to}");
+            }
+        }
+    }
 }
