@@ -84,6 +84,12 @@ struct JobState {
     pid: Option<u32>,
     /// Complete revisions (timestamp, tags, duration), oldest first.
     history: Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)>,
+    /// When the last successful run started and its tags: planning counts it even
+    /// if no revision shows it (a `$BACKY_CMD` that makes none), so a job is never
+    /// re-run in a loop.
+    last_success: Option<(DateTime<Utc>, BTreeSet<String>)>,
+    /// When the current run started.
+    started: Option<DateTime<Utc>>,
     known_since: DateTime<Utc>,
 }
 
@@ -229,6 +235,8 @@ impl Scheduler {
                     queued_deadline: None,
                     pid: None,
                     history: Vec::new(),
+                    last_success: None,
+                    started: None,
                     known_since: std::fs::metadata(dir.join("config"))
                         .and_then(|m| m.modified())
                         .map(DateTime::<Utc>::from)
@@ -387,6 +395,7 @@ impl Scheduler {
         let job = self.jobs.get_mut(name).expect("queued job exists");
         job.phase = Phase::Running;
         job.pid = Some(pid);
+        job.started = Some(Utc::now());
         Ok(())
     }
 
@@ -463,6 +472,7 @@ impl Scheduler {
             job.failures = 0;
             job.backoff_until = None;
             job.phase = Phase::Finished;
+            job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
             match expire::expire(&dir, &job.schedule, now, false) {
                 Ok(plan) => tracing::debug!("Retention for {name}:\n{plan}"),
                 Err(e) => tracing::warn!("Could not expire revisions of {name}: {e}"),
@@ -541,11 +551,16 @@ fn fail(job: &mut JobState, now: DateTime<Utc>) {
 /// Sets the next run from the schedule and the history; after a failure the
 /// failed run's tags are retried (at the backoff time) with whatever else is due.
 fn reschedule(job: &mut JobState, now: DateTime<Utc>) {
-    let history: Vec<(DateTime<Utc>, BTreeSet<String>)> = job
+    let mut history: Vec<(DateTime<Utc>, BTreeSet<String>)> = job
         .history
         .iter()
         .map(|(t, tags, _)| (*t, tags.clone()))
         .collect();
+    if let Some((t, tags)) = &job.last_success
+        && history.last().is_none_or(|(newest, _)| newest < t)
+    {
+        history.push((*t, tags.clone()));
+    }
     job.next = next_run(&job.schedule, job.spread, &history, now);
     if job.phase == Phase::Failed {
         job.next.tags.extend(job.run_tags.iter().cloned());
