@@ -464,8 +464,10 @@ fn sighup_storm_locked_expiry_and_dry_run() {
     let status = daemon.stop();
     assert!(status.success());
     let after = status_json(&job);
+    // Retention keeps what is younger than keep*interval (6 s for `rarely`):
+    // with a backup every 2 s that is at most 4 revisions, plus the newest.
     assert!(
-        after.len() <= 3,
+        after.len() <= 5 && after.len() < held.max(6),
         "expiry did not catch up after the reader left: {after:?}"
     );
 
