@@ -615,3 +615,35 @@ fn log_file_gets_argv_and_outcome_and_is_reopened_after_rotation() {
         "{text}"
     );
 }
+
+/// A progress bar on a terminal (here a pty from `script`), plain log lines
+/// otherwise.
+#[test]
+fn progress_bar_only_on_a_terminal() {
+    let fs = require_fs!(FsKind::Btrfs, 256);
+    let src = fs.join("src.img");
+    make_vm_image(&src, 64 * MIB, 9);
+    let job = fs.join("job");
+    init(&job, &src);
+    let r = backup(&job, "daily").success();
+    assert!(
+        !r.stderr.contains('\u{1b}'),
+        "escape codes without a terminal: {}",
+        r.stderr
+    );
+    let Some(script) = find_tool("script") else {
+        let _: Option<()> = skip("`script` (util-linux) is needed for a pty");
+        return;
+    };
+    let inner = format!(
+        "{} -b {} restore -r 0 - > /dev/null",
+        env!("CARGO_BIN_EXE_backy"),
+        job.display()
+    );
+    let r = run_ok(std::process::Command::new(script).args(["-qec", &inner, "/dev/null"]));
+    assert!(
+        r.stdout.contains("restore") && r.stdout.contains("=>"),
+        "no progress bar on the pty: {:?}",
+        r.stdout
+    );
+}
