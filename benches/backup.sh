@@ -1,0 +1,448 @@
+#!/usr/bin/env bash
+# Benchmark: backy (this repository) against the original Python backy 2.1.5 on a
+# 2 GiB VM-like image, with cold caches, on a loop-mounted btrfs.
+#
+#   benches/backup.sh      (as root, after scripts/setup-test-deps.sh; about 3 minutes,
+#                           7-8 with BENCH_REPEAT=3)
+#
+# What it does:
+#   * a 10 GiB sparse btrfs (source image and both job directories; 4 GiB more per
+#     extra repetition) and a 6 GiB ext4
+#     (restore target: another filesystem, so restore really copies), each on a loop
+#     device, all inside one `mktemp -d` directory that the EXIT trap unmounts,
+#     detaches and removes;
+#   * a 2 GiB source image of 1 MiB regions in a seeded random order: 15 % holes,
+#     15 % written zeros, 40 % random bytes, 30 % repeated text (log-like lines);
+#   * steps, each preceded by a cold `cat SRC >/dev/null` of the same source state
+#     (the baseline), then one run of backy and one of backy 2.1.5, each into its own
+#     job directory, so both tools always back up byte-identical source states:
+#       full backup; incremental with no change; apply change set 1 % -> incremental;
+#       apply change set 10 % -> incremental; restore of the newest revision to ext4.
+#     With BENCH_REPEAT=N the incremental and restore steps run N times (each
+#     incremental with a fresh change set of the same size) and the table shows
+#     medians;
+#   * before every measured step: `sync; echo 3 > /proc/sys/vm/drop_caches` (plus the
+#     memory warm-up explained at drop_caches() below, on guests that report free
+#     pages to their host); each step is the wall time of the command alone;
+#   * a change set is 64 KiB writes of seeded random bytes at 4 KiB-aligned random
+#     offsets, added until the number of DISTINCT 4 KiB pages touched reaches the
+#     percentage of the image's pages (overlaps count once). It is generated once and
+#     applied once to the source. "changed bytes" = distinct 4 KiB pages whose content
+#     really differs afterwards (old content is read back and compared) x 4096; the
+#     script prints writes, pages touched and pages changed;
+#   * after each incremental: `sync`, `btrfs filesystem sync`, then the Exclusive
+#     column of `btrfs filesystem du --raw` of the new revision's image, divided by
+#     the changed bytes. backy's new `.sums` manifest is reported on its own line;
+#   * checks, printed as PASS/MISS: each backy incremental within 2.2x of the cold
+#     cat; backy faster than 2.1.5 for each incremental; backy's new image at most
+#     1.2x the changed bytes (at most 64 KiB for "no change"); and, as a sanity check,
+#     restored image sha256 == source sha256 (FAIL exits 1).
+#
+# Environment: BENCH_SIZE_MIB (default 2048; e.g. 128 for a smoke run), BENCH_SEED
+# (default 20240521), BENCH_REPEAT (default 1), BENCH_WARM_GIB (see drop_caches),
+# BENCH_STRICT=1 (exit 1 when a performance target is missed), BACKY21 (default
+# target/backy21/bin/backy21).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SIZE_MIB=${BENCH_SIZE_MIB:-2048}
+SEED=${BENCH_SEED:-20240521}
+REPEAT=${BENCH_REPEAT:-1}
+STRICT=${BENCH_STRICT:-0}
+BACKY21=${BACKY21:-$ROOT/target/backy21/bin/backy21}
+
+die() { echo "backup.sh: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (loop devices, mount, drop_caches)"
+for tool in losetup mkfs.btrfs mkfs.ext4 btrfs python3 sha256sum awk cargo mountpoint; do
+    command -v "$tool" >/dev/null || die "missing tool: $tool"
+done
+[[ -x $BACKY21 ]] || die "no backy 2.1.5 launcher at $BACKY21; run scripts/setup-test-deps.sh first"
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive integer"
+
+echo "== building backy (cargo build --release)"
+(cd "$ROOT" && cargo build --release --quiet)
+BACKY=$ROOT/target/release/backy
+[[ -x $BACKY ]] || die "cargo build produced no $BACKY"
+
+WORK=$(mktemp -d)
+LOOPS=()
+MOUNTS=()
+cleanup() {
+    local rc=$? m dev ok=1
+    set +e
+    cd /
+    for m in "${MOUNTS[@]}"; do
+        if mountpoint -q "$m"; then
+            umount "$m" 2>/dev/null || { sleep 1; umount "$m"; } || ok=0
+        fi
+    done
+    for dev in "${LOOPS[@]}"; do
+        losetup -d "$dev" 2>/dev/null
+    done
+    if [[ $ok -eq 1 ]]; then
+        rm -rf "$WORK"
+    else
+        echo "backup.sh: could not unmount everything; left $WORK in place" >&2
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+attach() { # backing file -> loop device (direct I/O: no second copy in the page cache)
+    losetup --find --show --direct-io=on "$1" 2>/dev/null || losetup --find --show "$1"
+}
+
+echo "== preparing filesystems in $WORK"
+# The source (2 GiB), two full backups and, per repetition, about 1.9 GiB of new
+# revisions (backy 2.1.5 alone stores 1.5 GiB for the 10 % step) must fit with room
+# to spare, since an almost full btrfs allocates more slowly.
+truncate -s $((10 + 4 * (REPEAT - 1)))G "$WORK/btrfs.img"
+truncate -s 6G "$WORK/ext4.img"
+BTRFS_DEV=$(attach "$WORK/btrfs.img")
+LOOPS+=("$BTRFS_DEV")
+EXT4_DEV=$(attach "$WORK/ext4.img")
+LOOPS+=("$EXT4_DEV")
+mkfs.btrfs -q -f "$BTRFS_DEV" >/dev/null
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$EXT4_DEV" >/dev/null
+mkdir -p "$WORK/btrfs" "$WORK/ext4"
+mount "$BTRFS_DEV" "$WORK/btrfs"
+MOUNTS+=("$WORK/btrfs")
+mount "$EXT4_DEV" "$WORK/ext4"
+MOUNTS+=("$WORK/ext4")
+
+BT=$WORK/btrfs
+SRC=$BT/vm.img
+JOB_NEW=$BT/job-backy
+JOB_OLD=$BT/job-backy21
+LOG=$WORK/logs
+mkdir -p "$LOG"
+
+# ---------------------------------------------------------------------------
+# Seeded generator for the image and the change sets (system python3, stdlib only).
+cat >"$WORK/gen.py" <<'PY'
+import os, random, sys
+
+MiB = 1 << 20
+PAGE = 4096
+WRITE = 64 * 1024
+
+def build(path, size_mib, seed):
+    rng = random.Random(seed)
+    n = size_mib
+    n_hole = n * 15 // 100
+    n_zero = n * 15 // 100
+    n_rand = n * 40 // 100
+    n_text = n - n_hole - n_zero - n_rand
+    kinds = ["hole"] * n_hole + ["zero"] * n_zero + ["rand"] * n_rand + ["text"] * n_text
+    rng.shuffle(kinds)
+    zero = bytes(MiB)
+    lines = ("kernel: usb 1-1: new high-speed USB device number %d using ehci-pci\n",
+             "systemd[1]: Started Session %d of user root.\n",
+             "INSERT INTO log VALUES (%d, 'ok', NULL);\n",
+             "<div class=\"row\"><span>%d</span></div>\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, n * MiB)
+        for i, kind in enumerate(kinds):
+            if kind == "hole":
+                continue
+            if kind == "zero":
+                data = zero
+            elif kind == "rand":
+                data = rng.randbytes(MiB)
+            else:
+                line = (rng.choice(lines) % rng.randrange(1000)).encode()
+                data = (line * (MiB // len(line) + 1))[:MiB]
+            os.pwrite(fd, data, i * MiB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    print("regions: %d x 1 MiB: %d holes, %d zero-filled, %d random, %d repeated text"
+          % (n, n_hole, n_zero, n_rand, n_text))
+
+def change(path, percent, seed):
+    rng = random.Random(seed)
+    size = os.path.getsize(path)
+    target = -(-(size // PAGE) * percent // 100)
+    writes, touched = [], set()
+    while len(touched) < target:
+        off = rng.randrange(0, (size - WRITE) // PAGE + 1) * PAGE
+        writes.append((off, rng.randbytes(WRITE)))
+        touched.update(range(off // PAGE, (off + WRITE) // PAGE))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        old = {p: os.pread(fd, PAGE, p * PAGE) for p in touched}
+        for off, data in writes:
+            os.pwrite(fd, data, off)
+        os.fsync(fd)
+        changed = sum(1 for p in touched if os.pread(fd, PAGE, p * PAGE) != old[p])
+    finally:
+        os.close(fd)
+    print("writes=%d touched_pages=%d changed_pages=%d overlapping_pages=%d"
+          % (len(writes), len(touched), changed, len(writes) * (WRITE // PAGE) - len(touched)))
+
+if sys.argv[1] == "build":
+    build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+else:
+    change(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+PY
+
+cat >"$WORK/warm.py" <<'PY'
+import mmap, sys
+n = int(sys.argv[1]) << 30
+m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+step = 4096
+try:
+    m.madvise(mmap.MADV_HUGEPAGE)
+    step = 2 << 20
+except (AttributeError, OSError):
+    pass
+for off in range(0, n, step):
+    m[off] = 1
+m.close()
+PY
+
+echo "== building the ${SIZE_MIB} MiB source image (seed $SEED; not measured)"
+python3 "$WORK/gen.py" build "$SRC" "$SIZE_MIB" "$SEED"
+echo "   allocated on disk: $(du -B1 "$SRC" | cut -f1) of $(stat -c %s "$SRC") bytes"
+
+# ---------------------------------------------------------------------------
+# Free page reporting (virtio-balloon with VIRTIO_BALLOON_F_REPORTING, as in
+# Firecracker and QEMU guests) hands the pages drop_caches freed back to the host
+# after about 2 s; refilling the page cache then costs a host page fault per page.
+# Measured on the 2-core Firecracker guest this was written on: a cold cat of the
+# source took 1.4 s right after drop_caches but 2.9-4.0 s ten seconds later, and
+# reading the source plus a 1.5 GB image cold took 7.3 s instead of 2.6-3.0 s. Left
+# alone, each step's speed would depend on how much page cache the previous step
+# happened to free, which favours whichever tool runs after a big reader. So when
+# the guest reports free pages, every measured step starts alike: drop the page
+# cache, then touch and free WARM_GIB of anonymous memory, so that the step's page
+# cache comes from memory the host still backs (as on bare metal). BENCH_WARM_GIB=0
+# turns this off, any other value sets the size.
+page_reporting() {
+    local d f
+    for d in /sys/bus/virtio/devices/*; do
+        [[ -r $d/device && $(cat "$d/device") == 0x0005 ]] || continue
+        f=$(cat "$d/features" 2>/dev/null) || continue
+        [[ ${f:5:1} == 1 ]] && return 0
+    done
+    return 1
+}
+if [[ -n ${BENCH_WARM_GIB:-} ]]; then
+    WARM_GIB=$BENCH_WARM_GIB
+elif page_reporting; then
+    WARM_GIB=6
+else
+    WARM_GIB=0
+fi
+avail_gib=$(awk '/^MemAvailable:/ { print int($2 / 1048576) }' /proc/meminfo)
+if ((WARM_GIB > avail_gib - 2)); then
+    WARM_GIB=$((avail_gib > 2 ? avail_gib - 2 : 0))
+fi
+
+drop_caches() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    if ((WARM_GIB > 0)); then python3 "$WORK/warm.py" "$WARM_GIB"; fi
+}
+
+# Samples: S[key] holds space-separated values, one per repetition.
+declare -A S
+add() { S[$1]="${S[$1]:+${S[$1]} }$2"; }
+med() { # key [printf format] -> median of its samples
+    tr ' ' '\n' <<<"${S[$1]}" | sort -g | awk -v f="${2:-%.2f}" '{ a[NR] = $1 }
+        END { printf f "\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+human() {
+    awk -v b="$1" 'BEGIN { split("B KiB MiB GiB", u); i = 1
+        while (b >= 1024 && i < 4) { b /= 1024; i++ }
+        if (i == 1) printf "%d %s", b, u[i]; else printf "%.1f %s", b, u[i] }'
+}
+
+# measure KEY LOGFILE CMD... : cold caches, then the wall time of CMD, added to S[KEY]
+LAST=0
+measure() {
+    local key=$1 log=$2 t0 t1 rc=0
+    shift 2
+    drop_caches
+    t0=$EPOCHREALTIME
+    "$@" >>"$log" 2>&1 || rc=$?
+    t1=$EPOCHREALTIME
+    if [[ $rc -ne 0 ]]; then
+        echo "backup.sh: '$*' failed with exit $rc; last lines of $log:" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+    LAST=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+    add "$key" "$LAST"
+}
+
+cat_src() { cat "$SRC" >/dev/null; }
+
+exclusive() { # file -> btrfs Exclusive bytes
+    btrfs filesystem du --raw "$1" | awk 'NR == 2 { print $2 }'
+}
+
+CHANGED=0
+apply_change() { # percent seed
+    local out pages
+    out=$(python3 "$WORK/gen.py" change "$SRC" "$1" "$2")
+    echo "   change set $1 % (seed $2): $out"
+    pages=${out##*changed_pages=}
+    pages=${pages%% *}
+    CHANGED=$((pages * 4096))
+}
+
+# run_step STEP : cold cat, backy, backy 2.1.5 on the current source state
+run_step() {
+    local step=$1 c b o
+    measure "cat:$step" "$LOG/cat.log" cat_src
+    c=$LAST
+    measure "backy:$step" "$LOG/backy.log" "$BACKY" -b "$JOB_NEW" backup daily
+    b=$LAST
+    add "xcat:backy:$step" "$(div "$b" "$c")"
+    measure "old:$step" "$LOG/backy21.log" "$BACKY21" -b "$JOB_OLD" backup daily
+    o=$LAST
+    add "xcat:old:$step" "$(div "$o" "$c")"
+    printf '   %-9s cold cat %6.2f s | backy %6.2f s | backy 2.1.5 %6.2f s\n' "$step" "$c" "$b" "$o"
+}
+
+# record_storage STEP : exclusive bytes of each tool's new image vs $CHANGED
+record_storage() {
+    local step=$1 img e
+    sync
+    btrfs filesystem sync "$BT" >/dev/null
+    add "chg:$step" "$CHANGED"
+    img=$(readlink -f "$JOB_NEW/last")
+    e=$(exclusive "$img")
+    add "ex:backy:$step" "$e"
+    add "sums:$step" "$(exclusive "$img.sums")"
+    add "bchg:$step" "$("$BACKY" -b "$JOB_NEW" status --json 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)[-1].get("bytes_changed", -1))')"
+    ((CHANGED > 0)) && add "rt:backy:$step" "$(div "$e" "$CHANGED")"
+    e=$(exclusive "$(readlink -f "$JOB_OLD/last")")
+    add "ex:old:$step" "$e"
+    ((CHANGED > 0)) && add "rt:old:$step" "$(div "$e" "$CHANGED")"
+    return 0
+}
+
+if ((WARM_GIB > 0)); then
+    echo "== measuring (before every step: drop the page cache, then warm $WARM_GIB GiB of memory)"
+else
+    echo "== measuring (before every step: drop the page cache)"
+fi
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+"$BACKY" -b "$JOB_NEW" init file "$SRC" >>"$LOG/backy.log" 2>&1
+"$BACKY21" -b "$JOB_OLD" init file "$SRC" >>"$LOG/backy21.log" 2>&1
+
+run_step full
+for ((r = 1; r <= REPEAT; r++)); do
+    run_step nochange
+    CHANGED=0
+    record_storage nochange
+done
+for ((r = 1; r <= REPEAT; r++)); do
+    apply_change 1 $((SEED + 100 * r + 1))
+    run_step inc1
+    record_storage inc1
+done
+for ((r = 1; r <= REPEAT; r++)); do
+    apply_change 10 $((SEED + 100 * r + 10))
+    run_step inc10
+    record_storage inc10
+done
+SRC_SHA=$(sha256sum "$SRC" | cut -d' ' -f1)
+for ((r = 1; r <= REPEAT; r++)); do
+    rm -f "$WORK/ext4/restored-backy.img" "$WORK/ext4/restored-backy21.img"
+    measure cat:restore "$LOG/cat.log" cat_src
+    c=$LAST
+    measure backy:restore "$LOG/backy.log" "$BACKY" -b "$JOB_NEW" restore -r 0 "$WORK/ext4/restored-backy.img"
+    add xcat:backy:restore "$(div "$LAST" "$c")"
+    b=$LAST
+    measure old:restore "$LOG/backy21.log" "$BACKY21" -b "$JOB_OLD" restore -r 0 "$WORK/ext4/restored-backy21.img"
+    add xcat:old:restore "$(div "$LAST" "$c")"
+    printf '   %-9s cold cat %6.2f s | backy %6.2f s | backy 2.1.5 %6.2f s\n' restore "$c" "$b" "$LAST"
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+BTRFS_USED=$(df -B1M --output=used,size "$BT" | awk 'NR == 2 { printf "%d of %d MiB", $1, $2 }')
+SHA_NEW=$(sha256sum "$WORK/ext4/restored-backy.img" | cut -d' ' -f1)
+SHA_OLD=$(sha256sum "$WORK/ext4/restored-backy21.img" | cut -d' ' -f1)
+
+# ---------------------------------------------------------------------------
+stored() { # tool step -> "1.00x (20.5 MiB)", or the bytes when nothing changed
+    [[ -n ${S[ex:$1:$2]:-} ]] || return 0
+    if [[ -n ${S[rt:$1:$2]:-} ]]; then
+        printf '%sx (%s)' "$(med "rt:$1:$2")" "$(human "$(med "ex:$1:$2" %.0f)")"
+    else
+        human "$(med "ex:$1:$2" %.0f)"
+    fi
+}
+declare -A LABEL=([full]="full backup" [nochange]="incremental, no change"
+    [inc1]="incremental, 1 % changed" [inc10]="incremental, 10 % changed"
+    [restore]="restore newest to ext4")
+STEPS=(full nochange inc1 inc10 restore)
+
+echo
+echo "Source: $SIZE_MIB MiB VM-like image (seed $SEED) on a loop-mounted btrfs; restore to ext4."
+echo "Wall seconds with a cold page cache$( ((REPEAT > 1)) && echo ", medians of $REPEAT runs (full backup: 1 run)")."
+echo "'cat s' = cold 'cat SRC >/dev/null' right before the step; 'x cat' = tool / that cat."
+echo "'stored' = btrfs Exclusive bytes of the new image / changed bytes"
+echo "(changed = distinct 4 KiB pages whose content differs x 4096)."
+echo "Load average before/after the measurements: $LOAD_BEFORE / $LOAD_AFTER (other work on the"
+echo "machine makes wall times noisy; BENCH_REPEAT=3 gives medians). btrfs used: $BTRFS_USED."
+echo
+FMT='%-26s | %6s | %7s %5s %-18s | %7s %5s %-18s\n'
+printf "$FMT" step "cat s" "backy s" "x cat" stored "2.1.5 s" "x cat" stored
+echo "---------------------------+--------+----------------------------------+----------------------------------"
+for step in "${STEPS[@]}"; do
+    printf "$FMT" "${LABEL[$step]}" "$(med "cat:$step")" \
+        "$(med "backy:$step")" "$(med "xcat:backy:$step")" "$(stored backy "$step")" \
+        "$(med "old:$step")" "$(med "xcat:old:$step")" "$(stored old "$step")"
+done
+echo
+for step in inc1 inc10; do
+    echo "${LABEL[$step]}: changed bytes ${S[chg:$step]}; backy stats.bytes_changed" \
+        "${S[bchg:$step]}; backy new .sums exclusive $(human "$(med "sums:$step" %.0f)")"
+done
+
+echo
+MISSES=0
+check() { # result(1/0) description
+    if [[ $1 -eq 1 ]]; then echo "PASS  $2"; else echo "MISS  $2"; MISSES=$((MISSES + 1)); fi
+}
+le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? 1 : 0 }'; }
+for step in nochange inc1 inc10; do
+    x=$(med "xcat:backy:$step")
+    check "$(le "$x" 2.2)" "backy ${LABEL[$step]} within 2.2x of cold cat (${x}x)"
+done
+for step in nochange inc1 inc10; do
+    b=$(med "backy:$step") o=$(med "old:$step")
+    check "$(awk -v b="$b" -v o="$o" 'BEGIN { print (b < o) ? 1 : 0 }')" \
+        "backy faster than 2.1.5, ${LABEL[$step]} ($b s vs $o s)"
+done
+e=$(med ex:backy:nochange %.0f)
+check "$(le "$e" 65536)" "backy stores at most 64 KiB, ${LABEL[nochange]} ($(human "$e"))"
+for step in inc1 inc10; do
+    x=$(med "rt:backy:$step")
+    check "$(le "$x" 1.2)" "backy stores at most 1.2x the changed bytes, ${LABEL[$step]} (${x}x)"
+done
+SHA_FAIL=0
+if [[ $SHA_NEW == "$SRC_SHA" ]]; then
+    echo "PASS  backy restore sha256 == source sha256 ($SRC_SHA)"
+else
+    echo "FAIL  backy restore sha256 $SHA_NEW != source $SRC_SHA"
+    SHA_FAIL=1
+fi
+if [[ $SHA_OLD == "$SRC_SHA" ]]; then
+    echo "PASS  backy 2.1.5 restore sha256 == source sha256"
+else
+    echo "FAIL  backy 2.1.5 restore sha256 $SHA_OLD != source $SRC_SHA"
+    SHA_FAIL=1
+fi
+echo
+echo "$MISSES performance target(s) missed."
+((SHA_FAIL == 0)) || exit 1
+[[ $STRICT != 1 || $MISSES -eq 0 ]] || exit 1
+exit 0
