@@ -1,12 +1,23 @@
-//! Crash injection for tests: `BACKY_FAILPOINT=<name>` makes the process abort
-//! (as `kill -9` would, without unwinding or cleanup) when it reaches that point.
+//! Fault injection for tests: `BACKY_FAILPOINT=<name>` makes the process abort
+//! (as `kill -9` would, without unwinding or cleanup) when it reaches that point,
+//! or, for the few faults that are not crashes, makes the code misbehave there.
 //!
-//! The points mark the steps of a backup's durability order (see the crate docs),
-//! so tests can prove a crash between any two steps leaves a consistent job.
+//! The crash points mark the steps of a backup's durability order (see the crate
+//! docs), so tests can prove a crash between any two steps leaves a consistent job.
+
+use std::ffi::OsString;
+use std::sync::LazyLock;
+
+static ACTIVE: LazyLock<Option<OsString>> = LazyLock::new(|| std::env::var_os("BACKY_FAILPOINT"));
+
+/// Whether `BACKY_FAILPOINT` names this point.
+pub fn active(name: &str) -> bool {
+    ACTIVE.as_deref().is_some_and(|v| v == name)
+}
 
 /// Aborts the process if `BACKY_FAILPOINT` names this point.
 pub fn hit(name: &str) {
-    if std::env::var_os("BACKY_FAILPOINT").is_some_and(|v| v == name) {
+    if active(name) {
         eprintln!("backy: failpoint {name} reached, aborting");
         std::process::abort();
     }

@@ -163,23 +163,38 @@ fn make_revision(
         .open(&image_path)
         .map_err(Error::io("cannot open", &image_path))?;
     let mut writer = ImageWriter::new(image_file, &image_path, manifest, trusted);
+    if source.verifies_while_patching() {
+        writer.verify_while_writing()?;
+    }
 
     let mut progress = Progress::new("backup", source.size());
     let report = source.patch(&mut writer, &mut |n| progress.inc(n))?;
     progress.finish();
+    let verified_inline = writer.end_verification()?;
     let (image_file, mut manifest, stats) = writer.finish()?;
     failpoint::hit("after-patch");
     tracing::debug!(
-        "Patched the image in {:.2} s: {stats:?}",
+        "Patched {}the image in {:.2} s: {stats:?}",
+        if verified_inline.is_some() {
+            "and verified "
+        } else {
+            ""
+        },
         phase.elapsed().as_secs_f64()
     );
     let phase = Instant::now();
 
-    let mut progress = Progress::new("verify", manifest.image_size());
-    let verified = source.verify(&image_file, &image_path, &mut manifest, &mut |n| {
-        progress.inc(n)
-    })?;
-    progress.finish();
+    let verified = match verified_inline {
+        Some(report) => source::Verified::full(report),
+        None => {
+            let mut progress = Progress::new("verify", manifest.image_size());
+            let verified = source.verify(&image_file, &image_path, &mut manifest, &mut |n| {
+                progress.inc(n)
+            })?;
+            progress.finish();
+            verified
+        }
+    };
     let bad = &verified.report.bad_offsets;
     if !bad.is_empty() {
         let shown: Vec<String> = bad.iter().take(10).map(u64::to_string).collect();

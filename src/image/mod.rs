@@ -5,6 +5,7 @@
 
 pub mod reader;
 pub mod sums;
+pub mod verify;
 pub mod writer;
 
 use std::fs::{File, OpenOptions};

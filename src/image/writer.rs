@@ -11,8 +11,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::VerifyReport;
 use super::reader::read_full_at;
 use super::sums::{Digest, Manifest, is_zero};
+use super::verify::InlineVerifier;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -43,6 +45,7 @@ pub struct ImageWriter {
     punch_supported: bool,
     old: Vec<u8>,
     stats: WriteStats,
+    verifier: Option<InlineVerifier>,
 }
 
 impl ImageWriter {
@@ -66,6 +69,7 @@ impl ImageWriter {
             punch_supported: true,
             old: Vec::new(),
             stats: WriteStats::default(),
+            verifier: None,
         };
         if !parent_digests_trusted {
             writer.resize_touched();
@@ -97,6 +101,11 @@ impl ImageWriter {
     pub fn resize(&mut self, size: u64) -> Result<()> {
         let old = self.size();
         let bs = self.block_size();
+        if let Some(v) = &mut self.verifier
+            && size != old
+        {
+            v.resized();
+        }
         self.image
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
@@ -187,8 +196,35 @@ impl ImageWriter {
         (self.size() - block * bs).min(bs) as usize
     }
 
+    /// Starts full verification beside the patch (see [`super::verify`]): every
+    /// block put from now on is read back and checked against its digest by a
+    /// second thread, shortly after it is final. For sources that put every block
+    /// once, in order; [`ImageWriter::end_verification`] says whether that held.
+    pub fn verify_while_writing(&mut self) -> Result<()> {
+        self.verifier = Some(InlineVerifier::start(&self.path, self.block_size())?);
+        Ok(())
+    }
+
+    /// Waits for the verification [`ImageWriter::verify_while_writing`] started.
+    /// `None` when none ran or it did not see every block exactly once, in order:
+    /// then the image still needs a full verification.
+    pub fn end_verification(&mut self) -> Result<Option<VerifyReport>> {
+        match self.verifier.take() {
+            Some(v) => v.finish(self.blocks()),
+            None => Ok(None),
+        }
+    }
+
     /// Makes block `block` equal to `data` whose digest the caller computed.
     pub fn put_block_with_digest(&mut self, block: u64, data: &[u8], digest: Digest) -> Result<()> {
+        self.patch_block(block, data, digest)?;
+        if let Some(v) = &mut self.verifier {
+            v.record(block, data.len(), digest);
+        }
+        Ok(())
+    }
+
+    fn patch_block(&mut self, block: u64, data: &[u8], digest: Digest) -> Result<()> {
         debug_assert_eq!(data.len(), self.block_len(block));
         if self.parent_digests_trusted && self.manifest.get(block)? == digest {
             self.stats.blocks_unchanged += 1;
@@ -241,8 +277,16 @@ impl ImageWriter {
                 self.zero_range(at, run.len() as u64)?;
             } else {
                 self.image
-                    .write_all_at(&new[run], at)
+                    .write_all_at(&new[run.clone()], at)
                     .map_err(Error::io("cannot write image", &self.path))?;
+                if crate::failpoint::active("garble-write") {
+                    // Test fault: the write lands with one byte flipped, as a bad
+                    // disk or filesystem bug would leave it; verification must notice.
+                    let byte = [!new[run.start]];
+                    self.image
+                        .write_all_at(&byte, at)
+                        .map_err(Error::io("cannot write image", &self.path))?;
+                }
             }
         }
         Ok(())

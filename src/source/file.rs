@@ -50,6 +50,10 @@ impl Source for FileSource {
         self.size
     }
 
+    fn verifies_while_patching(&self) -> bool {
+        true
+    }
+
     fn patch(
         &mut self,
         writer: &mut ImageWriter,

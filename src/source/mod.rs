@@ -45,6 +45,16 @@ pub struct Verified {
     pub stats: Vec<(&'static str, Value)>,
 }
 
+impl Verified {
+    /// Every block was read back and matched.
+    pub fn full(report: VerifyReport) -> Verified {
+        Verified {
+            report,
+            stats: vec![("verification", "full".into())],
+        }
+    }
+}
+
 /// A backup source.
 pub trait Source {
     /// Gets ready for the revision (a Ceph source takes its snapshot here).
@@ -63,6 +73,13 @@ pub trait Source {
         progress: &mut dyn FnMut(u64),
     ) -> Result<SourceReport>;
 
+    /// Whether `patch` puts every block exactly once, in order, so the full
+    /// verification can run beside it instead of after it (see
+    /// [`crate::image::verify`]). `verify` is then called only if that did not work out.
+    fn verifies_while_patching(&self) -> bool {
+        false
+    }
+
     /// Checks the new image. By default in full: every block against the
     /// checksums taken from the source while patching.
     fn verify(
@@ -72,10 +89,9 @@ pub trait Source {
         manifest: &mut Manifest,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Verified> {
-        Ok(Verified {
-            report: image::verify_against_manifest(image, path, manifest, progress)?,
-            stats: vec![("verification", "full".into())],
-        })
+        Ok(Verified::full(image::verify_against_manifest(
+            image, path, manifest, progress,
+        )?))
     }
 
     /// After the revision is complete: keep only what the newest complete

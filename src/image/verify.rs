@@ -1,0 +1,286 @@
+//! Full verification beside the patch: a thread reads back each range of the new
+//! image as soon as the writer is done with it and compares it with the digests
+//! taken from the source.
+//!
+//! Verifying after the patch costs a second pass over the image, and the blocks
+//! that did not change are cold on disk (they are the parent's extents), so that
+//! pass is as slow as reading the source. Running it a few megabytes behind the
+//! writer overlaps the two reads. The check is the same: every block of the image
+//! as the filesystem returns it, against the digest of the source's block.
+//!
+//! The writer reports blocks in order; anything else (a diff that jumps around)
+//! makes the result unusable and the caller verifies afterwards instead.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use super::VerifyReport;
+use super::reader::read_full_at;
+use super::sums::Digest;
+use crate::error::{Error, Result};
+use crate::sys::{self, NextData};
+
+/// Bytes handed to the verifier at a time.
+const BATCH: u64 = 4 << 20;
+/// Batches queued before the writer waits: how far the verifier may lag behind.
+const QUEUED: usize = 16;
+
+/// Consecutive blocks the writer has finished, with the source's digests.
+struct Batch {
+    first_block: u64,
+    /// Byte length of each block (the image's last block may be short).
+    lens: Vec<u32>,
+    digests: Vec<Digest>,
+}
+
+impl Batch {
+    fn new(first_block: u64) -> Batch {
+        Batch {
+            first_block,
+            lens: Vec::new(),
+            digests: Vec::new(),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.lens.iter().map(|&l| u64::from(l)).sum()
+    }
+}
+
+/// The writer's end of an inline verification.
+pub struct InlineVerifier {
+    tx: Option<SyncSender<Batch>>,
+    thread: Option<JoinHandle<Result<VerifyReport>>>,
+    stop: Arc<AtomicBool>,
+    pending: Batch,
+    block_size: u64,
+    /// The block the next report must be about; `None` once order was broken.
+    next_block: Option<u64>,
+}
+
+impl InlineVerifier {
+    /// Starts a verifier thread reading `path` (opened anew, so its read-ahead
+    /// is its own) in blocks of `block_size`.
+    pub fn start(path: &Path, block_size: u64) -> Result<InlineVerifier> {
+        let image = File::open(path).map_err(Error::io("cannot open for verification", path))?;
+        sys::advise_sequential(&image);
+        let (tx, rx) = sync_channel(QUEUED);
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = path.to_owned();
+        let stop_flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("verify".into())
+            .spawn(move || check_batches(&image, &path, block_size, &rx, &stop_flag))
+            .map_err(|e| Error::Other(format!("cannot start the verification thread: {e}")))?;
+        Ok(InlineVerifier {
+            tx: Some(tx),
+            thread: Some(thread),
+            stop,
+            pending: Batch::new(0),
+            block_size,
+            next_block: Some(0),
+        })
+    }
+
+    /// Block `block` (`len` bytes) is final in the image and must equal `digest`.
+    pub fn record(&mut self, block: u64, len: usize, digest: Digest) {
+        if self.next_block != Some(block) {
+            self.next_block = None;
+            return;
+        }
+        self.next_block = Some(block + 1);
+        self.pending.lens.push(len as u32);
+        self.pending.digests.push(digest);
+        if self.pending.lens.len() as u64 * self.block_size >= BATCH {
+            self.send();
+        }
+    }
+
+    /// The image changed size: blocks reported so far may have had other lengths.
+    pub fn resized(&mut self) {
+        if self.next_block != Some(0) {
+            self.next_block = None;
+        }
+    }
+
+    fn send(&mut self) {
+        let next = self.next_block.unwrap_or(0);
+        let batch = std::mem::replace(&mut self.pending, Batch::new(next));
+        if batch.lens.is_empty() {
+            return;
+        }
+        // A send fails only when the thread has ended with an error; `finish`
+        // reports that error.
+        if let Some(tx) = &self.tx
+            && tx.send(batch).is_err()
+        {
+            self.tx = None;
+        }
+    }
+
+    /// Waits for the verifier. Returns its report when it saw exactly blocks
+    /// `0..blocks` in order, `None` when it cannot stand for a full verification.
+    pub fn finish(mut self, blocks: u64) -> Result<Option<VerifyReport>> {
+        if self.next_block.is_some() {
+            self.send();
+        }
+        self.tx = None;
+        let report = self
+            .thread
+            .take()
+            .expect("joined once")
+            .join()
+            .map_err(|_| Error::Other("the verification thread panicked".into()))??;
+        Ok((self.next_block == Some(blocks) && report.blocks == blocks).then_some(report))
+    }
+}
+
+impl Drop for InlineVerifier {
+    fn drop(&mut self) {
+        // On an error path: stop reading and let the thread end.
+        self.stop.store(true, Ordering::Relaxed);
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn check_batches(
+    image: &File,
+    path: &PathBuf,
+    block_size: u64,
+    rx: &Receiver<Batch>,
+    stop: &AtomicBool,
+) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let mut buf = Vec::new();
+    for batch in rx.iter() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let offset = batch.first_block * block_size;
+        let len = batch.bytes();
+        report.blocks += batch.lens.len() as u64;
+        if batch.digests.iter().all(Digest::is_zero) && is_hole(image, offset, len) {
+            continue;
+        }
+        buf.resize(len as usize, 0);
+        let n =
+            read_full_at(image, &mut buf, offset).map_err(Error::io("cannot read back", path))?;
+        buf[n..].fill(0);
+        let mut at = 0usize;
+        for (i, (&blen, digest)) in batch.lens.iter().zip(&batch.digests).enumerate() {
+            let block = &buf[at..at + blen as usize];
+            // A block the image does not hold in full (it ended early) fails too.
+            if at + blen as usize > n || Digest::of(block) != *digest {
+                report.bad_offsets.push(offset + i as u64 * block_size);
+            }
+            at += blen as usize;
+        }
+    }
+    Ok(report)
+}
+
+/// Whether `[offset, offset+len)` of `file` is known to be a hole.
+fn is_hole(file: &File, offset: u64, len: u64) -> bool {
+    match sys::seek_data(file, offset) {
+        Ok(NextData::None) => true,
+        Ok(NextData::At(data)) => data >= offset + len,
+        Ok(NextData::Unknown) | Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    const BS: u64 = 65536;
+
+    fn image(dir: &Path, blocks: &[u8], tail: usize) -> PathBuf {
+        let p = dir.join("img");
+        let f = File::create(&p).unwrap();
+        for (i, &b) in blocks.iter().enumerate() {
+            if b != 0 {
+                f.write_all_at(&vec![b; BS as usize], i as u64 * BS)
+                    .unwrap();
+            }
+        }
+        f.set_len(blocks.len() as u64 * BS - (BS - tail as u64))
+            .unwrap();
+        p
+    }
+
+    fn digest(b: u8, len: usize) -> Digest {
+        if b == 0 {
+            Digest::ZERO
+        } else {
+            Digest::of(&vec![b; len])
+        }
+    }
+
+    /// Many batches, holes, a short tail block: a clean image passes in full.
+    #[test]
+    fn a_matching_image_passes_every_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks: Vec<u8> = (0..300u32)
+            .map(|i| if i % 7 < 3 { 0 } else { i as u8 | 1 })
+            .collect();
+        let p = image(dir.path(), &blocks, 1000);
+        let mut v = InlineVerifier::start(&p, BS).unwrap();
+        for (i, &b) in blocks.iter().enumerate() {
+            let len = if i == blocks.len() - 1 {
+                1000
+            } else {
+                BS as usize
+            };
+            v.record(i as u64, len, digest(b, len));
+        }
+        let report = v.finish(300).unwrap().expect("in order");
+        assert_eq!(report.blocks, 300);
+        assert!(report.bad_offsets.is_empty(), "{:?}", report.bad_offsets);
+    }
+
+    #[test]
+    fn a_differing_block_is_reported_at_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = vec![5u8; 100];
+        let p = image(dir.path(), &blocks, BS as usize);
+        let mut v = InlineVerifier::start(&p, BS).unwrap();
+        for i in 0..100 {
+            let b = if i == 70 || i == 3 { 6 } else { 5 };
+            v.record(i, BS as usize, digest(b, BS as usize));
+        }
+        let report = v.finish(100).unwrap().unwrap();
+        assert_eq!(report.bad_offsets, vec![3 * BS, 70 * BS]);
+    }
+
+    #[test]
+    fn out_of_order_or_incomplete_reports_are_not_a_full_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = image(dir.path(), &[1, 2, 3], BS as usize);
+        let mut v = InlineVerifier::start(&p, BS).unwrap();
+        v.record(0, BS as usize, digest(1, BS as usize));
+        v.record(2, BS as usize, digest(3, BS as usize));
+        assert_eq!(v.finish(3).unwrap(), None);
+        let mut v = InlineVerifier::start(&p, BS).unwrap();
+        v.record(0, BS as usize, digest(1, BS as usize));
+        assert_eq!(v.finish(3).unwrap(), None);
+    }
+
+    #[test]
+    fn dropping_it_midway_ends_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = image(dir.path(), &[1; 200], BS as usize);
+        let mut v = InlineVerifier::start(&p, BS).unwrap();
+        for i in 0..200 {
+            v.record(i, BS as usize, digest(1, BS as usize));
+        }
+        drop(v);
+    }
+}
