@@ -47,6 +47,32 @@ pub fn read_sequential(
     align: u64,
     mut consume: impl FnMut(&Chunk) -> Result<()>,
 ) -> Result<()> {
+    read_sequential_ahead(file, path, size, align, |stage, chunk| match stage {
+        Stage::Ahead => Ok(()),
+        Stage::Consume => consume(chunk),
+    })
+}
+
+/// Which look a chunk gets in [`read_sequential_ahead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A first look, while the previous chunk has yet to be consumed.
+    Ahead,
+    /// Its turn.
+    Consume,
+}
+
+/// As [`read_sequential`], but shows `handle` each chunk twice: first with
+/// [`Stage::Ahead`] before the previous chunk is consumed, then with
+/// [`Stage::Consume`]. So the caller can start work the chunk will wait for (such
+/// as prefetching what it must compare) one chunk early.
+pub fn read_sequential_ahead(
+    file: &File,
+    path: &Path,
+    size: u64,
+    align: u64,
+    mut handle: impl FnMut(Stage, &Chunk) -> Result<()>,
+) -> Result<()> {
     let file = file.try_clone().map_err(Error::io("cannot read", path))?;
     sys::advise_sequential(&file);
     let (tx, rx) = sync_channel::<Result<Chunk>>(IN_FLIGHT);
@@ -57,27 +83,47 @@ pub fn read_sequential(
         // Owned here, so an early return drops it and the producer's next send
         // fails instead of blocking the scope's join forever.
         let rx = rx;
-        for item in rx.iter() {
-            let chunk = item?;
-            consume(&chunk)?;
+        let done = |chunk: Chunk| {
             if let Chunk::Data { buf, .. } = chunk {
                 let _ = recycle_tx.try_send(buf);
             }
+        };
+        let mut held: Option<Chunk> = None;
+        for item in rx.iter() {
+            let chunk = item?;
+            handle(Stage::Ahead, &chunk)?;
+            if let Some(previous) = held.replace(chunk) {
+                handle(Stage::Consume, &previous)?;
+                done(previous);
+            }
+        }
+        if let Some(last) = held {
+            handle(Stage::Consume, &last)?;
+            done(last);
         }
         Ok(())
     })
 }
 
 /// Where holes and data alternate, as far as the file tells.
-struct HoleMap<'a> {
+pub(crate) struct HoleMap<'a> {
     file: &'a File,
     supported: bool,
 }
 
 impl HoleMap<'_> {
-    /// The data range starting at or after `pos`, as (start, end), aligned outwards;
-    /// `None` when only a hole remains.
-    fn next_data(
+    /// A map of `file`'s holes.
+    pub(crate) fn new(file: &File) -> HoleMap<'_> {
+        HoleMap {
+            file,
+            supported: true,
+        }
+    }
+
+    /// The data range starting at or after `pos` and before `size`, as (start,
+    /// end), aligned outwards to `align` (but within `pos..size`); `None` when only
+    /// a hole remains. Without hole support all of `pos..size` is data.
+    pub(crate) fn next_data(
         &mut self,
         pos: u64,
         size: u64,
@@ -113,10 +159,7 @@ fn produce(
     tx: &SyncSender<Result<Chunk>>,
     recycle: &Receiver<Vec<u8>>,
 ) {
-    let mut holes = HoleMap {
-        file,
-        supported: true,
-    };
+    let mut holes = HoleMap::new(file);
     let mut pos = 0;
     while pos < size {
         let (data_start, data_end) = match holes.next_data(pos, size, align) {
@@ -238,6 +281,53 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.to_string(), "disk full");
+    }
+
+    /// Every chunk is seen ahead exactly once, one chunk before it is consumed.
+    #[test]
+    fn chunks_are_seen_one_ahead_then_consumed_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = File::create(&p).unwrap();
+        let size = 5 * CHUNK + 999;
+        f.set_len(size).unwrap();
+        f.write_all_at(&[3u8; 100], 2 * CHUNK + 7).unwrap();
+        f.write_all_at(&[4u8; 100], size - 100).unwrap();
+        let f = File::open(&p).unwrap();
+        let mut events = Vec::new();
+        read_sequential_ahead(&f, &p, size, 4096, |stage, chunk| {
+            let offset = match *chunk {
+                Chunk::Data { offset, .. } | Chunk::Hole { offset, .. } => offset,
+            };
+            events.push((stage, offset));
+            Ok(())
+        })
+        .unwrap();
+        let ahead: Vec<u64> = events
+            .iter()
+            .filter(|e| e.0 == Stage::Ahead)
+            .map(|e| e.1)
+            .collect();
+        let consumed: Vec<u64> = events
+            .iter()
+            .filter(|e| e.0 == Stage::Consume)
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(ahead, consumed);
+        assert!(ahead.windows(2).all(|w| w[0] < w[1]));
+        for (i, &offset) in consumed.iter().enumerate() {
+            let consumed_at = events
+                .iter()
+                .position(|&e| e == (Stage::Consume, offset))
+                .unwrap();
+            if let Some(&next) = ahead.get(i + 1) {
+                let next_seen = events
+                    .iter()
+                    .position(|&e| e == (Stage::Ahead, next))
+                    .unwrap();
+                assert!(next_seen < consumed_at, "{events:?}");
+            }
+        }
     }
 
     #[test]

@@ -19,10 +19,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use super::VerifyReport;
-use super::reader::read_full_at;
+use super::reader::{HoleMap, read_full_at};
 use super::sums::Digest;
 use crate::error::{Error, Result};
-use crate::sys::{self, NextData};
+use crate::sys;
 
 /// Bytes handed to the verifier at a time.
 const BATCH: u64 = 4 << 20;
@@ -158,41 +158,53 @@ fn check_batches(
     stop: &AtomicBool,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
+    let mut holes = HoleMap::new(image);
     let mut buf = Vec::new();
     for batch in rx.iter() {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let offset = batch.first_block * block_size;
-        let len = batch.bytes();
+        let start = batch.first_block * block_size;
+        let end = start + batch.bytes();
         report.blocks += batch.lens.len() as u64;
-        if batch.digests.iter().all(Digest::is_zero) && is_hole(image, offset, len) {
-            continue;
-        }
-        buf.resize(len as usize, 0);
-        let n =
-            read_full_at(image, &mut buf, offset).map_err(Error::io("cannot read back", path))?;
-        buf[n..].fill(0);
-        let mut at = 0usize;
-        for (i, (&blen, digest)) in batch.lens.iter().zip(&batch.digests).enumerate() {
-            let block = &buf[at..at + blen as usize];
-            // A block the image does not hold in full (it ended early) fails too.
-            if at + blen as usize > n || Digest::of(block) != *digest {
-                report.bad_offsets.push(offset + i as u64 * block_size);
+        // Blocks in a hole read as zeros: their digest must be the zero digest, and
+        // reading them would only make the kernel fill pages with zeros.
+        let mut pos = start;
+        while pos < end {
+            let (data_start, data_end) = holes
+                .next_data(pos, end, block_size)
+                .map_err(Error::io("cannot read back", path))?
+                .unwrap_or((end, end));
+            for block in pos / block_size..data_start.div_ceil(block_size) {
+                if !batch.digests[(block - batch.first_block) as usize].is_zero() {
+                    report.bad_offsets.push(block * block_size);
+                }
             }
-            at += blen as usize;
+            if data_start < data_end {
+                let data = buf_of(&mut buf, data_end - data_start);
+                let n = read_full_at(image, data, data_start)
+                    .map_err(Error::io("cannot read back", path))?;
+                let first = data_start / block_size;
+                for (i, block) in data.chunks(block_size as usize).enumerate() {
+                    let index = first + i as u64;
+                    // A block the image does not hold in full (it ended early) fails too.
+                    let held = i * block_size as usize + block.len() <= n;
+                    let want = batch.digests[(index - batch.first_block) as usize];
+                    if !held || Digest::of(block) != want {
+                        report.bad_offsets.push(index * block_size);
+                    }
+                }
+            }
+            pos = data_end;
         }
     }
     Ok(report)
 }
 
-/// Whether `[offset, offset+len)` of `file` is known to be a hole.
-fn is_hole(file: &File, offset: u64, len: u64) -> bool {
-    match sys::seek_data(file, offset) {
-        Ok(NextData::None) => true,
-        Ok(NextData::At(data)) => data >= offset + len,
-        Ok(NextData::Unknown) | Err(_) => false,
-    }
+/// `buf` resized to `len` bytes.
+fn buf_of(buf: &mut Vec<u8>, len: u64) -> &mut [u8] {
+    buf.resize(len as usize, 0);
+    buf
 }
 
 #[cfg(test)]

@@ -328,10 +328,15 @@ impl ImageWriter {
                 }
             }
         }
+        let started = std::time::Instant::now();
         self.image
             .sync_all()
             .map_err(Error::io("cannot sync image", &self.path))?;
         self.manifest.sync()?;
+        tracing::debug!(
+            "Synced the image and its manifest in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok((self.image, self.manifest, self.stats))
     }
 }

@@ -1,12 +1,13 @@
 //! The `file` source: an image file or block device, read once, sequentially.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{Source, SourceReport};
 use crate::error::{Error, Result};
 use crate::image::file_size;
-use crate::image::reader::{Chunk, read_sequential};
+use crate::image::reader::{Chunk, Stage, read_sequential_ahead};
 use crate::image::sums::Digest;
 use crate::image::writer::ImageWriter;
 
@@ -61,20 +62,31 @@ impl Source for FileSource {
     ) -> Result<SourceReport> {
         writer.resize(self.size)?;
         let bs = writer.block_size();
-        let mut digests = Vec::new();
-        read_sequential(&self.file, &self.path, self.size, bs, |chunk| {
-            match *chunk {
-                Chunk::Data { offset, ref buf } => {
-                    let first = offset / bs;
+        // Digests of the data chunks seen ahead and not yet consumed.
+        let mut pending: VecDeque<Vec<Digest>> = VecDeque::with_capacity(2);
+        let mut spare: Vec<Vec<Digest>> = Vec::new();
+        read_sequential_ahead(&self.file, &self.path, self.size, bs, |stage, chunk| {
+            match (stage, chunk) {
+                (Stage::Ahead, &Chunk::Data { offset, ref buf }) => {
+                    let mut digests = spare.pop().unwrap_or_default();
                     digests.clear();
                     digests.extend(buf.chunks(bs as usize).map(Digest::of));
-                    writer.prefetch(first, &digests)?;
+                    // Blocks that differ must be read from the image before
+                    // they are compared; ask for them now, a chunk early.
+                    writer.prefetch(offset / bs, &digests)?;
+                    pending.push_back(digests);
+                }
+                (Stage::Ahead, Chunk::Hole { .. }) => {}
+                (Stage::Consume, &Chunk::Data { offset, ref buf }) => {
+                    let first = offset / bs;
+                    let digests = pending.pop_front().expect("seen ahead");
                     for (i, (block, digest)) in buf.chunks(bs as usize).zip(&digests).enumerate() {
                         writer.put_block_with_digest(first + i as u64, block, *digest)?;
                     }
+                    spare.push(digests);
                     progress(buf.len() as u64);
                 }
-                Chunk::Hole { offset, len } => {
+                (Stage::Consume, &Chunk::Hole { offset, len }) => {
                     for block in offset / bs..(offset + len).div_ceil(bs) {
                         writer.put_zero_block(block)?;
                     }
