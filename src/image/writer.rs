@@ -77,6 +77,13 @@ impl ImageWriter {
         writer
     }
 
+    /// A second handle of the image, for reading ahead on another thread.
+    pub fn image_handle(&self) -> Result<File> {
+        self.image
+            .try_clone()
+            .map_err(Error::io("cannot open image", &self.path))
+    }
+
     /// Bytes per block.
     pub fn block_size(&self) -> u64 {
         self.manifest.block_size()
@@ -217,40 +224,98 @@ impl ImageWriter {
 
     /// Makes block `block` equal to `data` whose digest the caller computed.
     pub fn put_block_with_digest(&mut self, block: u64, data: &[u8], digest: Digest) -> Result<()> {
-        self.patch_block(block, data, digest)?;
+        self.patch_block(block, data, digest, None)
+    }
+
+    /// Makes block `block` equal to `data`, which is `old` (the block as
+    /// [`ImageWriter::read_block`] gave it) with only the bytes in `changed`
+    /// replaced: the block is not read again and only the pages of `changed` are
+    /// compared.
+    pub fn put_block_over(
+        &mut self,
+        block: u64,
+        data: &[u8],
+        old: &[u8],
+        changed: std::ops::Range<usize>,
+    ) -> Result<()> {
+        debug_assert_eq!(data.len(), old.len());
+        let digest = Digest::of(data);
+        self.patch_block(block, data, digest, Some((old, changed)))
+    }
+
+    fn patch_block(
+        &mut self,
+        block: u64,
+        data: &[u8],
+        digest: Digest,
+        known: Option<(&[u8], std::ops::Range<usize>)>,
+    ) -> Result<()> {
+        self.patch(block, data, digest, known)?;
+        // Only now is the block final on disk, ready for the verifier to read.
         if let Some(v) = &mut self.verifier {
             v.record(block, data.len(), digest);
         }
         Ok(())
     }
 
-    fn patch_block(&mut self, block: u64, data: &[u8], digest: Digest) -> Result<()> {
+    fn patch(
+        &mut self,
+        block: u64,
+        data: &[u8],
+        digest: Digest,
+        known: Option<(&[u8], std::ops::Range<usize>)>,
+    ) -> Result<()> {
         debug_assert_eq!(data.len(), self.block_len(block));
         if self.parent_digests_trusted && self.manifest.get(block)? == digest {
             self.stats.blocks_unchanged += 1;
             return Ok(());
         }
         let offset = block * self.block_size();
+        if self.parent_digests_trusted && digest.is_zero() {
+            // The manifest says the block holds data: no need to read it.
+            self.stats.bytes_changed += data.len() as u64;
+            self.zero_range(offset, data.len() as u64)?;
+            return self.manifest.set(block, digest);
+        }
         self.stats.blocks_compared += 1;
-        let mut old = std::mem::take(&mut self.old);
-        old.resize(data.len(), 0);
-        let n = read_full_at(&self.image, &mut old, offset)
-            .map_err(Error::io("cannot read image", &self.path))?;
-        old[n..].fill(0);
         if !self.parent_digests_trusted {
             self.touched[(block / 64) as usize] |= 1 << (block % 64);
         }
+        let mut own = std::mem::take(&mut self.old);
+        let (old, pages) = match known {
+            // Outside `changed` the data is the old block: compare its pages only.
+            Some((old, changed)) => (
+                old,
+                changed.start / PAGE * PAGE
+                    ..changed
+                        .end
+                        .div_ceil(PAGE)
+                        .saturating_mul(PAGE)
+                        .min(data.len()),
+            ),
+            None => {
+                own.resize(data.len(), 0);
+                let n = read_full_at(&self.image, &mut own, offset)
+                    .map_err(Error::io("cannot read image", &self.path))?;
+                own[n..].fill(0);
+                (&own[..], 0..data.len())
+            }
+        };
         let result = if digest.is_zero() {
-            if is_zero(&old) {
+            if is_zero(old) {
                 Ok(())
             } else {
                 self.stats.bytes_changed += data.len() as u64;
                 self.zero_range(offset, data.len() as u64)
             }
         } else {
-            self.write_differing_pages(offset, data, &old)
+            self.write_differing_pages(
+                offset + pages.start as u64,
+                &data[pages.clone()],
+                &old[pages],
+            )
         };
-        self.old = old;
+        self.old = own;
         result?;
         self.manifest.set(block, digest)
     }

@@ -6,11 +6,15 @@
 //! up and deadlock the two processes.
 
 use std::ffi::OsString;
-use std::io::{self, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::Read;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
+
+/// The pipe size asked for rbd's streamed output, so rbd can run ahead of us
+/// by more than the default 64 KiB.
+pub const PIPE_BYTES: usize = 1 << 20;
 
 /// The rbd tool.
 #[derive(Debug, Clone)]
@@ -116,18 +120,21 @@ impl Rbd {
     /// Runs rbd and lets `consume` read its stdout as a stream. The result stands
     /// only if both `consume` succeeded and rbd exited 0; if `consume` fails first,
     /// rbd is killed and `consume`'s error is returned (with rbd's stderr added).
+    ///
+    /// `consume` owns rbd's stdout (a pipe enlarged to [`PIPE_BYTES`] where the
+    /// kernel allows) and may hand it to another thread.
     pub fn stream<T>(
         &self,
         args: &[&str],
-        consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+        consume: impl FnOnce(ChildStdout) -> Result<T>,
     ) -> Result<T> {
         let (mut child, drain) = self.spawn(args)?;
-        let mut stdout = child.stdout.take().expect("piped");
-        let result = consume(&mut stdout);
+        let stdout = child.stdout.take().expect("piped");
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_BYTES);
+        let result = consume(stdout);
         if result.is_err() {
             let _ = child.kill();
         }
-        drop(stdout);
         let status = child.wait().ok();
         let stderr = drain.join().unwrap_or_default();
         match result {
@@ -144,49 +151,23 @@ impl Rbd {
         }
     }
 
-    /// Whether `pool/image@snap` exists (`rbd info`).
-    pub fn snap_exists(&self, spec: &str) -> Result<bool> {
-        let (mut child, drain) = self.spawn(&["info", spec])?;
-        let _ = io::copy(&mut child.stdout.take().expect("piped"), &mut io::sink());
-        let status = child.wait().ok();
-        let stderr = drain.join().unwrap_or_default();
-        match status {
-            Some(s) if s.success() => Ok(true),
-            // rbd reports a missing image or snapshot as ENOENT.
-            Some(_)
-                if stderr.contains("No such file or directory")
-                    || stderr.contains("error setting snapshot context") =>
-            {
-                Ok(false)
-            }
-            _ => Err(failed(&["info", spec], status, &stderr)),
-        }
-    }
-
-    /// Snapshot names of `pool/image`.
-    pub fn snap_list(&self, image: &str) -> Result<Vec<String>> {
+    /// The snapshots of `pool/image`: name and size in bytes.
+    pub fn snap_list(&self, image: &str) -> Result<Vec<(String, u64)>> {
         let json = self.run(&["snap", "ls", "--format", "json", image])?;
-        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
-            Error::Other(format!("cannot read 'rbd snap ls' output for {image}: {e}"))
-        })?;
-        Ok(value
-            .as_array()
-            .map(|snaps| {
-                snaps
-                    .iter()
-                    .filter_map(|s| s["name"].as_str().map(String::from))
-                    .collect()
+        let bad = |what: &str| {
+            Error::Other(format!(
+                "cannot read 'rbd snap ls' output for {image}: {what}"
+            ))
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| bad(&e.to_string()))?;
+        let snaps = value.as_array().ok_or_else(|| bad("not a list"))?;
+        snaps
+            .iter()
+            .map(|s| match (s["name"].as_str(), s["size"].as_u64()) {
+                (Some(name), Some(size)) => Ok((name.to_string(), size)),
+                _ => Err(bad("a snapshot without name or size")),
             })
-            .unwrap_or_default())
-    }
-
-    /// The size in bytes of `pool/image@snap`.
-    pub fn size(&self, spec: &str) -> Result<u64> {
-        let json = self.run(&["info", "--format", "json", spec])?;
-        let value: serde_json::Value = serde_json::from_str(&json)
-            .map_err(|e| Error::Other(format!("cannot read 'rbd info' output for {spec}: {e}")))?;
-        value["size"]
-            .as_u64()
-            .ok_or_else(|| Error::Other(format!("'rbd info' gave no size for {spec}")))
+            .collect()
     }
 }

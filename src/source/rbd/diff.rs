@@ -269,15 +269,70 @@ pub fn apply<R: Read>(
     writer: &mut ImageWriter,
     expect: &Expect,
 ) -> Result<Applied, DiffError> {
-    let mut reader = DiffReader::new(input)?;
+    apply_records(DiffReader::new(input)?, writer, expect, &mut |_| {})
+}
+
+/// [`apply`] with the stream read and parsed ahead on a thread of its own, so the
+/// producer (rbd) never waits for the image, and the image blocks that records
+/// ahead will compare are read in the background (see [`Prefetch`]).
+///
+/// At most [`AHEAD_BATCHES`] batches of about [`BATCH_BYTES`] wait between the
+/// threads, so memory stays bounded whatever the stream holds. `progress` gets the
+/// stream bytes handled. If applying fails, the reader thread ends by itself once
+/// the input ends or fails (the caller kills rbd).
+pub fn apply_streamed<R: Read + Send + 'static>(
+    input: R,
+    writer: &mut ImageWriter,
+    expect: &Expect,
+    prefetch: Option<Prefetch>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Applied, DiffError> {
+    apply_records(Streamed::start(input, prefetch), writer, expect, progress)
+}
+
+/// Where [`apply_records`] gets its records from: the stream itself
+/// ([`DiffReader`]) or a reader thread ([`Streamed`]).
+trait Records {
+    /// The next record and the stream position where it starts.
+    fn next_record(&mut self) -> Result<(u64, Record), DiffError>;
+    /// The next `buf.len()` data bytes of the current `w` record.
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), DiffError>;
+    /// After the end record: whether anything follows it.
+    fn has_trailing_bytes(&mut self) -> Result<bool, DiffError>;
+}
+
+impl<R: Read> Records for DiffReader<R> {
+    fn next_record(&mut self) -> Result<(u64, Record), DiffError> {
+        let at = self.position();
+        Ok((at, DiffReader::next_record(self)?))
+    }
+
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), DiffError> {
+        DiffReader::read_data(self, buf)
+    }
+
+    fn has_trailing_bytes(&mut self) -> Result<bool, DiffError> {
+        DiffReader::has_trailing_bytes(self)
+    }
+}
+
+fn apply_records(
+    mut reader: impl Records,
+    writer: &mut ImageWriter,
+    expect: &Expect,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Applied, DiffError> {
     let mut applied = Applied::default();
+    let mut reported = 0;
     let (mut seen_from, mut seen_to, mut seen_size) = (None, None, false);
     let mut block = vec![0u8; writer.block_size() as usize];
+    let mut old = vec![0u8; writer.block_size() as usize];
     let mut touched = expect.from_snap.is_none().then(Vec::<u64>::new);
     loop {
-        let at = reader.position();
+        let (at, record) = reader.next_record()?;
+        progress(at - reported);
+        reported = at;
         let invalid = |what: String| DiffError::Invalid { at, what };
-        let record = reader.next_record()?;
         if !seen_size
             && !matches!(
                 record,
@@ -359,7 +414,7 @@ pub fn apply<R: Read>(
                     offset,
                     len,
                     is_write,
-                    &mut block,
+                    (&mut block, &mut old),
                     touched.as_deref_mut(),
                 )?;
                 applied.bytes_in_records += len;
@@ -379,19 +434,257 @@ pub fn apply<R: Read>(
     }
 }
 
+/// Data bytes a reader-thread batch collects before it is handed over.
+pub const BATCH_BYTES: usize = 1 << 20;
+/// Batches that may wait for the applier: the read-ahead, about 16 MiB.
+pub const AHEAD_BATCHES: usize = 16;
+/// Records a batch may hold, so small records do not make a batch unbounded.
+const BATCH_RECORDS: usize = 4096;
+/// Threads asking for prefetches: the kernel may block in each request (btrfs
+/// looks up extents synchronously), so several keep enough reads in flight.
+const PREFETCH_THREADS: usize = 2;
+/// Ranges that may wait for the prefetch threads; more are dropped (advisory).
+const PREFETCH_QUEUE: usize = 1 << 16;
+
+/// Reading ahead, in the image, what the records to come will compare: each
+/// extent's first and last block when it covers them only in part (their other
+/// bytes must be read), and with `whole_blocks` also the blocks in between (read
+/// when their data differs from the parent's digest; off for whole-object diffs,
+/// which mostly resend unchanged data).
+pub struct Prefetch {
+    /// The image being patched (a second handle).
+    pub image: std::fs::File,
+    /// The writer's block size.
+    pub block_size: u64,
+    /// Also read fully covered blocks.
+    pub whole_blocks: bool,
+}
+
+impl Prefetch {
+    /// The byte ranges to read for extent `offset+len` of an image of `size` bytes.
+    fn ranges(&self, offset: u64, len: u64, size: u64) -> [Option<(u64, u64)>; 2] {
+        let bs = self.block_size;
+        let end = (offset + len).min(size);
+        if offset >= end {
+            return [None, None];
+        }
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        if self.whole_blocks {
+            return [Some((first * bs, (last + 1 - first) * bs)), None];
+        }
+        let partial = |b: u64| offset > b * bs || end < (b * bs + bs).min(size);
+        [
+            partial(first).then_some((first * bs, bs)),
+            (last != first && partial(last)).then_some((last * bs, bs)),
+        ]
+    }
+}
+
+/// One step of the stream as the reader thread hands it over.
+enum Item {
+    Record(u64, Record),
+    Data(Vec<u8>),
+    /// The end record (at its position), and whether bytes follow it.
+    End(u64, bool),
+    Failed(DiffError),
+}
+
+/// The applier's side of a reader thread that parses the stream ahead.
+struct Streamed {
+    batches: std::sync::mpsc::Receiver<Vec<Item>>,
+    items: std::vec::IntoIter<Item>,
+    /// The current data chunk and how much of it is used.
+    data: Vec<u8>,
+    used: usize,
+    trailing: Option<bool>,
+}
+
+impl Streamed {
+    fn start<R: Read + Send + 'static>(input: R, prefetch: Option<Prefetch>) -> Streamed {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_BATCHES);
+        let ranges = prefetch.map(|p| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(PREFETCH_QUEUE);
+            let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+            for _ in 0..PREFETCH_THREADS {
+                let (rx, image) = (rx.clone(), p.image.try_clone());
+                std::thread::spawn(move || {
+                    let Ok(image) = image else { return };
+                    loop {
+                        let next = rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok((offset, len))) = next else { return };
+                        crate::sys::prefetch(&image, offset, len);
+                    }
+                });
+            }
+            (p, tx)
+        });
+        std::thread::spawn(move || read_ahead(input, tx, ranges));
+        Streamed {
+            batches: rx,
+            items: Vec::new().into_iter(),
+            data: Vec::new(),
+            used: 0,
+            trailing: None,
+        }
+    }
+
+    fn next_item(&mut self) -> Result<Item, DiffError> {
+        loop {
+            if let Some(item) = self.items.next() {
+                return Ok(item);
+            }
+            self.items = self
+                .batches
+                .recv()
+                .map_err(|_| DiffError::Invalid {
+                    at: 0,
+                    what: "the thread reading the diff stream stopped (a backy bug)".into(),
+                })?
+                .into_iter();
+        }
+    }
+
+    fn out_of_step(what: &str) -> DiffError {
+        DiffError::Invalid {
+            at: 0,
+            what: format!("{what} out of step with the diff stream (a backy bug)"),
+        }
+    }
+}
+
+impl Records for Streamed {
+    fn next_record(&mut self) -> Result<(u64, Record), DiffError> {
+        if self.used < self.data.len() {
+            return Err(Self::out_of_step("data of a write record left unread"));
+        }
+        match self.next_item()? {
+            Item::Record(at, record) => Ok((at, record)),
+            Item::End(at, trailing) => {
+                self.trailing = Some(trailing);
+                Ok((at, Record::End))
+            }
+            Item::Failed(e) => Err(e),
+            Item::Data(_) => Err(Self::out_of_step("write data")),
+        }
+    }
+
+    fn read_data(&mut self, mut buf: &mut [u8]) -> Result<(), DiffError> {
+        while !buf.is_empty() {
+            if self.used == self.data.len() {
+                match self.next_item()? {
+                    Item::Data(chunk) => (self.data, self.used) = (chunk, 0),
+                    Item::Failed(e) => return Err(e),
+                    _ => return Err(Self::out_of_step("a record")),
+                }
+            }
+            let n = buf.len().min(self.data.len() - self.used);
+            buf[..n].copy_from_slice(&self.data[self.used..self.used + n]);
+            self.used += n;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    fn has_trailing_bytes(&mut self) -> Result<bool, DiffError> {
+        self.trailing
+            .ok_or_else(|| Self::out_of_step("the end record"))
+    }
+}
+
+/// The reader thread: parses `input`, hands over batches of records and data, and
+/// queues the prefetches of the image ranges the records will need. Ends at the end
+/// record, at the first error (handed over too), or when the applier is gone.
+fn read_ahead<R: Read>(
+    input: R,
+    batches: std::sync::mpsc::SyncSender<Vec<Item>>,
+    prefetch: Option<(Prefetch, std::sync::mpsc::SyncSender<(u64, u64)>)>,
+) {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut size = 0;
+    let push = |item: Item, batch: &mut Vec<Item>, bytes: &mut usize| -> bool {
+        let last = matches!(item, Item::End(..) | Item::Failed(_));
+        if let Item::Data(d) = &item {
+            *bytes += d.len();
+        }
+        batch.push(item);
+        if last || *bytes >= BATCH_BYTES || batch.len() >= BATCH_RECORDS {
+            *bytes = 0;
+            return batches.send(std::mem::take(batch)).is_ok() && !last;
+        }
+        true
+    };
+    let mut reader = match DiffReader::new(input) {
+        Ok(r) => r,
+        Err(e) => {
+            push(Item::Failed(e), &mut batch, &mut bytes);
+            return;
+        }
+    };
+    loop {
+        let at = reader.position();
+        let record = match reader.next_record() {
+            Ok(r) => r,
+            Err(e) => {
+                push(Item::Failed(e), &mut batch, &mut bytes);
+                return;
+            }
+        };
+        match record {
+            Record::Size(s) => size = s,
+            Record::Write { offset, len } | Record::Zero { offset, len } => {
+                if let Some((p, tx)) = &prefetch {
+                    for range in p.ranges(offset, len, size).into_iter().flatten() {
+                        let _ = tx.try_send(range);
+                    }
+                }
+            }
+            Record::End => {
+                let item = match reader.has_trailing_bytes() {
+                    Ok(trailing) => Item::End(at, trailing),
+                    Err(e) => Item::Failed(e),
+                };
+                push(item, &mut batch, &mut bytes);
+                return;
+            }
+            _ => {}
+        }
+        let data_len = match record {
+            Record::Write { len, .. } => len,
+            _ => 0,
+        };
+        if !push(Item::Record(at, record), &mut batch, &mut bytes) {
+            return;
+        }
+        let mut left = data_len;
+        while left > 0 {
+            let n = left.min(BATCH_BYTES as u64) as usize;
+            let mut chunk = vec![0u8; n];
+            if let Err(e) = reader.read_data(&mut chunk) {
+                push(Item::Failed(e), &mut batch, &mut bytes);
+                return;
+            }
+            left -= n as u64;
+            if !push(Item::Data(chunk), &mut batch, &mut bytes) {
+                return;
+            }
+        }
+    }
+}
+
 fn is_set(bits: &[u64], i: u64) -> bool {
     bits[(i / 64) as usize] & (1 << (i % 64)) != 0
 }
 
 /// Writes one `w` (data from the stream) or `z` extent, block by block. With
 /// `touched` (a full diff), a block's first touch starts from zeros.
-fn apply_extent<R: Read>(
-    reader: &mut DiffReader<R>,
+fn apply_extent(
+    reader: &mut impl Records,
     writer: &mut ImageWriter,
     offset: u64,
     len: u64,
     is_write: bool,
-    block: &mut [u8],
+    (block, old): (&mut [u8], &mut [u8]),
     mut touched: Option<&mut [u64]>,
 ) -> Result<(), DiffError> {
     let bs = writer.block_size();
@@ -412,18 +705,25 @@ fn apply_extent<R: Read>(
             }
             None => false,
         };
-        if first_touch {
+        let changed = (pos - start) as usize..(stop - start) as usize;
+        let over = !first_touch && !whole;
+        if over {
+            writer.read_block(index, &mut old[..blen])?;
+            buf.copy_from_slice(&old[..blen]);
+        } else if first_touch {
             buf.fill(0);
-        } else if !whole {
-            writer.read_block(index, buf)?;
         }
-        let part = &mut buf[(pos - start) as usize..(stop - start) as usize];
+        let part = &mut buf[changed.clone()];
         if is_write {
             reader.read_data(part)?;
         } else {
             part.fill(0);
         }
-        writer.put_block(index, buf)?;
+        if over {
+            writer.put_block_over(index, buf, &old[..blen], changed)?;
+        } else {
+            writer.put_block(index, buf)?;
+        }
         pos = stop;
     }
     Ok(())
@@ -516,7 +816,30 @@ mod tests {
                 to_snap: to.map(String::from),
                 size: None,
             };
-            let r = apply(diff, &mut writer, &expect);
+            // Alternate between the two ways in, so both are tested throughout:
+            // the reader thread (with both kinds of prefetch) and the plain parser.
+            let r = match self.n % 3 {
+                0 => apply(diff, &mut writer, &expect),
+                n => {
+                    let prefetch = Prefetch {
+                        image: writer.image_handle().unwrap(),
+                        block_size: writer.block_size(),
+                        whole_blocks: n == 1,
+                    };
+                    let mut seen = 0;
+                    let r = apply_streamed(
+                        std::io::Cursor::new(diff.to_vec()),
+                        &mut writer,
+                        &expect,
+                        Some(prefetch),
+                        &mut |n| seen += n,
+                    );
+                    if r.is_ok() {
+                        assert_eq!(seen, diff.len() as u64 - 1, "progress covers the stream");
+                    }
+                    r
+                }
+            };
             let (file, mut manifest, _) = writer.finish().unwrap();
             if r.is_ok() {
                 let report = crate::image::verify_against_manifest(
@@ -616,6 +939,51 @@ mod tests {
             .apply(&data("s1-s2.v1.diff"), Some("s1"), Some("s9"))
             .unwrap_err();
         assert!(e.to_string().contains("not at 's9'"), "{e}");
+    }
+
+    #[test]
+    fn the_reader_thread_reports_errors_as_the_parser_does() {
+        let full = data("s1-s2.v1.diff");
+        let mut bad = full.clone();
+        let end = bad.len() - 1;
+        bad[end] = b'q';
+        for input in [
+            full[..full.len() / 2].to_vec(),
+            bad,
+            b"rbd diff v2\n".to_vec(),
+        ] {
+            let mut c = Chain::new();
+            c.apply(&data("full-s1.v1.diff"), None, Some("s1")).unwrap();
+            let plain = c.apply(&input, Some("s1"), Some("s2")).unwrap_err();
+            let streamed = c.apply(&input, Some("s1"), Some("s2")).unwrap_err();
+            assert_eq!(plain.to_string(), streamed.to_string());
+        }
+    }
+
+    #[test]
+    fn prefetch_reads_partly_covered_edge_blocks_or_all() {
+        let file = tempfile::tempfile().unwrap();
+        let edges = Prefetch {
+            image: file.try_clone().unwrap(),
+            block_size: 100,
+            whole_blocks: false,
+        };
+        let all = Prefetch {
+            image: file,
+            block_size: 100,
+            whole_blocks: true,
+        };
+        let flat =
+            |p: &Prefetch, o, l, s| p.ranges(o, l, s).into_iter().flatten().collect::<Vec<_>>();
+        assert_eq!(flat(&edges, 50, 300, 1000), [(0, 100), (300, 100)]);
+        assert_eq!(flat(&edges, 100, 200, 1000), []);
+        assert_eq!(flat(&edges, 110, 20, 1000), [(100, 100)]);
+        // The short last block counts as covered when the extent reaches the end.
+        assert_eq!(flat(&edges, 900, 50, 950), []);
+        assert_eq!(flat(&edges, 0, 0, 950), []);
+        assert_eq!(flat(&edges, 2000, 10, 950), []);
+        assert_eq!(flat(&all, 50, 300, 1000), [(0, 400)]);
+        assert_eq!(flat(&all, 100, 100, 1000), [(100, 100)]);
     }
 
     #[test]

@@ -7,7 +7,6 @@ pub mod diff;
 pub mod librbd;
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,6 +36,8 @@ pub struct CephRbd {
     snap: Option<String>,
     /// The parent's snapshot when it exists and may be trusted: diff from it.
     from: Option<String>,
+    /// The image's snapshots (name, size) right after the new one was taken.
+    snaps: Vec<(String, u64)>,
     size: u64,
 }
 
@@ -64,6 +65,7 @@ impl CephRbd {
                 budget: verification_timeout.map_or(DEFAULT_VERIFY_BUDGET, Duration::from_secs),
                 snap: None,
                 from: None,
+                snaps: Vec::new(),
                 size: 0,
             }),
             other => Err(Error::Other(format!(
@@ -82,27 +84,29 @@ impl CephRbd {
     }
 }
 
-/// Counts bytes read from the diff stream for the progress display.
-struct Counting<'a> {
-    inner: &'a mut dyn Read,
-    progress: &'a mut dyn FnMut(u64),
-}
-
-impl Read for Counting<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        (self.progress)(n as u64);
-        Ok(n)
-    }
-}
-
 impl Source for CephRbd {
     fn prepare(&mut self, plan: &Plan) -> Result<()> {
         let snap = snap_name(&plan.id);
+        // One listing after the new snapshot serves three purposes: the parent's
+        // snapshot exists, the new one's size, and (afterwards) what to remove.
+        self.rbd.run(&["snap", "create", &self.spec(&snap)])?;
+        self.snap = Some(snap.clone());
+        self.snaps = self.rbd.snap_list(&self.image_spec())?;
+        self.size = self
+            .snaps
+            .iter()
+            .find(|(name, _)| *name == snap)
+            .map(|&(_, size)| size)
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "snapshot {} is missing right after 'rbd snap create' made it",
+                    self.spec(&snap)
+                ))
+            })?;
         self.from = match &plan.parent {
             Some(parent) if !self.full_always && !plan.parent_distrusted => {
                 let from = snap_name(parent);
-                if self.rbd.snap_exists(&self.spec(&from))? {
+                if self.snaps.iter().any(|(name, _)| *name == from) {
                     Some(from)
                 } else {
                     tracing::info!(
@@ -118,9 +122,6 @@ impl Source for CephRbd {
             }
             _ => None,
         };
-        self.rbd.run(&["snap", "create", &self.spec(&snap)])?;
-        self.snap = Some(snap.clone());
-        self.size = self.rbd.size(&self.spec(&snap))?;
         Ok(())
     }
 
@@ -161,12 +162,13 @@ impl Source for CephRbd {
                 .map(|f| format!(" since {f}"))
                 .unwrap_or_default()
         );
+        let prefetch = diff::Prefetch {
+            image: writer.image_handle()?,
+            block_size: writer.block_size(),
+            whole_blocks: !self.whole_object,
+        };
         let applied = self.rbd.stream(&args, |out| {
-            let mut counting = Counting {
-                inner: out,
-                progress,
-            };
-            diff::apply(&mut counting, writer, &expect)
+            diff::apply_streamed(out, writer, &expect, Some(prefetch), progress)
                 .map_err(|e| Error::Other(format!("rbd export-diff of {to}: {e}")))
         })?;
         let full = self.from.is_none();
@@ -249,7 +251,9 @@ impl Source for CephRbd {
 
     fn cleanup(&mut self, newest_complete: &str) -> Result<()> {
         let keep = (!self.full_always).then(|| snap_name(newest_complete));
-        for snap in self.rbd.snap_list(&self.image_spec())? {
+        // The listing prepare took: only this backup (holding the job's lock)
+        // has made backy snapshots of this image since.
+        for (snap, _) in std::mem::take(&mut self.snaps) {
             if !snap.starts_with("backy-") || Some(&snap) == keep.as_ref() {
                 continue;
             }
