@@ -33,6 +33,10 @@ pub struct WriteStats {
     pub blocks_compared: u64,
 }
 
+/// The block as it was before, when the caller has read it, and the byte range
+/// the new data replaced (outside it, old and new are the same).
+type Known<'a> = Option<(&'a [u8], std::ops::Range<usize>)>;
+
 /// Patches one image and its manifest.
 pub struct ImageWriter {
     image: File,
@@ -243,13 +247,7 @@ impl ImageWriter {
         self.patch_block(block, data, digest, Some((old, changed)))
     }
 
-    fn patch_block(
-        &mut self,
-        block: u64,
-        data: &[u8],
-        digest: Digest,
-        known: Option<(&[u8], std::ops::Range<usize>)>,
-    ) -> Result<()> {
+    fn patch_block(&mut self, block: u64, data: &[u8], digest: Digest, known: Known) -> Result<()> {
         self.patch(block, data, digest, known)?;
         // Only now is the block final on disk, ready for the verifier to read.
         if let Some(v) = &mut self.verifier {
@@ -258,13 +256,7 @@ impl ImageWriter {
         Ok(())
     }
 
-    fn patch(
-        &mut self,
-        block: u64,
-        data: &[u8],
-        digest: Digest,
-        known: Option<(&[u8], std::ops::Range<usize>)>,
-    ) -> Result<()> {
+    fn patch(&mut self, block: u64, data: &[u8], digest: Digest, known: Known) -> Result<()> {
         debug_assert_eq!(data.len(), self.block_len(block));
         if self.parent_digests_trusted && self.manifest.get(block)? == digest {
             self.stats.blocks_unchanged += 1;
