@@ -3,6 +3,7 @@
 //! Everything that reads or writes revision images goes through this module;
 //! sources see only [`writer::ImageWriter`].
 
+pub mod prefetch;
 pub mod reader;
 pub mod sums;
 pub mod verify;

@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::VerifyReport;
+use super::prefetch::Prefetcher;
 use super::reader::read_full_at;
 use super::sums::{Digest, Manifest, is_zero};
 use super::verify::InlineVerifier;
@@ -50,6 +51,8 @@ pub struct ImageWriter {
     old: Vec<u8>,
     stats: WriteStats,
     verifier: Option<InlineVerifier>,
+    /// Started by the first [`ImageWriter::prefetch`].
+    prefetcher: Option<Prefetcher>,
 }
 
 impl ImageWriter {
@@ -74,6 +77,7 @@ impl ImageWriter {
             old: Vec::new(),
             stats: WriteStats::default(),
             verifier: None,
+            prefetcher: None,
         };
         if !parent_digests_trusted {
             writer.resize_touched();
@@ -164,7 +168,12 @@ impl ImageWriter {
     /// (all of them without trusted digests). Many requests in flight are far
     /// faster than one random read at a time.
     pub fn prefetch(&mut self, first_block: u64, digests: &[Digest]) -> Result<()> {
-        let bs = self.block_size();
+        if self.prefetcher.is_none() {
+            self.prefetcher = Some(
+                Prefetcher::start(&self.image)
+                    .map_err(Error::io("cannot start reading ahead in", &self.path))?,
+            );
+        }
         let mut run: Option<(u64, u64)> = None;
         for (i, digest) in digests.iter().enumerate() {
             let block = first_block + i as u64;
@@ -172,18 +181,22 @@ impl ImageWriter {
             run = match (run, needed) {
                 (Some((start, end)), true) if end == block => Some((start, block + 1)),
                 (prev, true) => {
-                    if let Some((start, end)) = prev {
-                        sys::prefetch(&self.image, start * bs, (end - start) * bs);
-                    }
+                    self.request(prev);
                     Some((block, block + 1))
                 }
                 (prev, false) => prev,
             };
         }
-        if let Some((start, end)) = run {
-            sys::prefetch(&self.image, start * bs, (end - start) * bs);
-        }
+        self.request(run);
         Ok(())
+    }
+
+    /// Asks the prefetch threads for a run of blocks.
+    fn request(&self, run: Option<(u64, u64)>) {
+        if let (Some((start, end)), Some(p)) = (run, &self.prefetcher) {
+            let bs = self.block_size();
+            p.request(start * bs, (end - start) * bs);
+        }
     }
 
     /// Makes block `block` all zeros (a hole in the source).

@@ -440,12 +440,6 @@ pub const BATCH_BYTES: usize = 1 << 20;
 pub const AHEAD_BATCHES: usize = 16;
 /// Records a batch may hold, so small records do not make a batch unbounded.
 const BATCH_RECORDS: usize = 4096;
-/// Threads asking for prefetches: the kernel may block in each request (btrfs
-/// looks up extents synchronously), so several keep enough reads in flight.
-const PREFETCH_THREADS: usize = 2;
-/// Ranges that may wait for the prefetch threads; more are dropped (advisory).
-const PREFETCH_QUEUE: usize = 1 << 16;
-
 /// Reading ahead, in the image, what the records to come will compare: each
 /// extent's first and last block when it covers them only in part (their other
 /// bytes must be read), and with `whole_blocks` also the blocks in between (read
@@ -502,21 +496,9 @@ struct Streamed {
 impl Streamed {
     fn start<R: Read + Send + 'static>(input: R, prefetch: Option<Prefetch>) -> Streamed {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_BATCHES);
-        let ranges = prefetch.map(|p| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(PREFETCH_QUEUE);
-            let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-            for _ in 0..PREFETCH_THREADS {
-                let (rx, image) = (rx.clone(), p.image.try_clone());
-                std::thread::spawn(move || {
-                    let Ok(image) = image else { return };
-                    loop {
-                        let next = rx.lock().map(|rx| rx.recv());
-                        let Ok(Ok((offset, len))) = next else { return };
-                        crate::sys::prefetch(&image, offset, len);
-                    }
-                });
-            }
-            (p, tx)
+        let ranges = prefetch.and_then(|p| {
+            let threads = crate::image::prefetch::Prefetcher::start(&p.image).ok()?;
+            Some((p, threads))
         });
         std::thread::spawn(move || read_ahead(input, tx, ranges));
         Streamed {
@@ -597,7 +579,7 @@ impl Records for Streamed {
 fn read_ahead<R: Read>(
     input: R,
     batches: std::sync::mpsc::SyncSender<Vec<Item>>,
-    prefetch: Option<(Prefetch, std::sync::mpsc::SyncSender<(u64, u64)>)>,
+    prefetch: Option<(Prefetch, crate::image::prefetch::Prefetcher)>,
 ) {
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -633,9 +615,9 @@ fn read_ahead<R: Read>(
         match record {
             Record::Size(s) => size = s,
             Record::Write { offset, len } | Record::Zero { offset, len } => {
-                if let Some((p, tx)) = &prefetch {
-                    for range in p.ranges(offset, len, size).into_iter().flatten() {
-                        let _ = tx.try_send(range);
+                if let Some((p, threads)) = &prefetch {
+                    for (offset, len) in p.ranges(offset, len, size).into_iter().flatten() {
+                        threads.request(offset, len);
                     }
                 }
             }
