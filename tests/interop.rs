@@ -262,7 +262,7 @@ fn we_use_a_job_backy_21_wrote() {
 
     let table = run_ok(backy_job(&job).arg("status")).stdout;
     for id in &theirs {
-        assert!(table.contains(&format!("| {id} |")), "{table}");
+        assert!(table.contains(&format!("| {id} ")), "{table}");
     }
     assert!(table.contains("| daily,weekly |"), "{table}");
     assert!(
