@@ -28,6 +28,9 @@ pub enum SourceConfig {
         full_always: bool,
         /// Ask rbd for whole-object diffs (`--whole-object`).
         whole_object: bool,
+        /// Make every Nth backup a full compare even when a diff is possible
+        /// (LESSONS 6: diffs from buggy object maps can miss changes).
+        full_every: Option<u64>,
         /// Seconds sampled verification may take (default 300).
         verification_timeout: Option<u64>,
     },
@@ -86,6 +89,7 @@ impl SourceConfig {
                     image,
                     full_always: false,
                     whole_object: false,
+                    full_every: None,
                     verification_timeout: None,
                 })
             }
@@ -166,6 +170,7 @@ impl JobConfig {
                 image,
                 full_always,
                 whole_object,
+                full_every,
                 verification_timeout,
             } => {
                 m.insert("pool".into(), pool.clone().into());
@@ -175,6 +180,9 @@ impl JobConfig {
                 }
                 if *whole_object {
                     m.insert("whole-object".into(), true.into());
+                }
+                if let Some(n) = full_every {
+                    m.insert("full-every".into(), (*n).into());
                 }
                 if let Some(t) = verification_timeout {
                     m.insert("verification-timeout".into(), (*t).into());
@@ -229,6 +237,14 @@ fn parse_source(map: &Mapping) -> std::result::Result<SourceConfig, String> {
             image: string(map, "image")?,
             full_always: flag(map, "full-always")?,
             whole_object: flag(map, "whole-object")?,
+            full_every: match map.get("full-every") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().filter(|&n| n >= 1).ok_or_else(|| {
+                    format!(
+                        "'full-every' must be a whole number of backups, 1 or more (e.g. 7: every 7th backup is a full compare), not {v:?}"
+                    )
+                })?),
+            },
             verification_timeout: match map.get("verification-timeout") {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(v.as_u64().ok_or_else(|| {
@@ -285,9 +301,24 @@ mod tests {
             "{type: flyingcircus,}",
             "{type: nfs, filename: a}",
             "{type: file, filename: a, allow-copy: maybe}",
+            "{type: ceph-rbd, pool: rbd, image: a, full-every: 0}",
+            "{type: ceph-rbd, pool: rbd, image: a, full-every: weekly}",
         ] {
             assert!(JobConfig::parse(text).is_err(), "{text}");
         }
         assert!(SourceConfig::from_init_args("ceph-rbd", "noslash").is_err());
+    }
+
+    #[test]
+    fn full_every_round_trips() {
+        let c = JobConfig::parse("{type: ceph-rbd, pool: rbd, image: a, full-every: 7}").unwrap();
+        assert!(matches!(
+            c.source,
+            SourceConfig::CephRbd {
+                full_every: Some(7),
+                ..
+            }
+        ));
+        assert_eq!(JobConfig::parse(&c.to_yaml()).unwrap(), c);
     }
 }

@@ -584,7 +584,10 @@ compared with the clone. Only the newest revision's snapshot is kept; other
 The new revision is verified by sampling 1% of its 4 MiB blocks (at least one, plus
 the tail) against the snapshot within a time limit; the revision records
 `ceph-verification: partial`. Optional keys: `full-always: true` (never use diffs,
-keep no snapshot), `whole-object: true` (pass `--whole-object` to rbd),
+keep no snapshot), `full-every: `*N* (every *N*th backup compares the whole
+snapshot with the clone even when a diff is possible, so that changes a faulty
+object map hid from `export-diff` are caught; unchanged data stays shared),
+`whole-object: true` (pass `--whole-object` to rbd),
 `verification-timeout: `*SECONDS* (default 300). All calls go through the `rbd`
 command (see ENVIRONMENT); sampling uses librbd, loaded at run time.
 : `type: flyingcircus`

@@ -174,6 +174,43 @@ fn full_always_keeps_no_snapshot() {
     assert!(s.backy_snaps().is_empty(), "{:?}", s.backy_snaps());
 }
 
+/// LESSONS 6: `full-every: 2` makes every second backup compare the whole
+/// snapshot although a diff was possible; it still shares unchanged extents.
+#[test]
+fn full_every_compares_the_whole_snapshot_periodically() {
+    let Some(s) = setup("full-every: 2\n") else {
+        return;
+    };
+    let mode = |s: &Setup| {
+        let id = s.newest()["id"].as_str().unwrap().to_string();
+        let rev = fs::read_to_string(s.job.join(format!("{id}.rev"))).unwrap();
+        let line = rev.lines().find(|l| l.contains("backup_mode:")).unwrap();
+        line.split(':').nth(1).unwrap().trim().to_string()
+    };
+    let mut modes = Vec::new();
+    for n in 0..4u64 {
+        s.ceph
+            .write("img", (n * 8 + 2) * MIB, &pattern_bytes(n + 20, 128 * 1024));
+        let r = s.backup("daily").success();
+        modes.push(mode(&s));
+        if n == 2 {
+            r.stderr_has("comparing the whole snapshot this time");
+            let truth = s.export_newest("truth");
+            s.restore_equals("0", &truth);
+            run_ok(&mut Command::new("sync"));
+            let newest = s.newest()["id"].as_str().unwrap().to_string();
+            let excl = exclusive_bytes(&s.fs, &s.job.join(&newest));
+            assert!(
+                excl <= 128 * 1024 * 12 / 10 + 64 * 1024,
+                "the periodic full backup stores {excl} bytes alone for 128 KiB changed"
+            );
+        }
+    }
+    assert_eq!(modes, ["full", "diff", "full", "diff"]);
+    let newest = s.newest()["id"].as_str().unwrap().to_string();
+    assert_eq!(s.backy_snaps(), vec![format!("backy-{newest}")]);
+}
+
 /// A deleted base snapshot falls back to a full backup that still shares the
 /// unchanged extents with the parent (measured on btrfs).
 #[test]

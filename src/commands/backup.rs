@@ -75,6 +75,13 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
         parent_distrusted: parent
             .as_ref()
             .is_some_and(|p| p.trust == Trust::Distrusted),
+        diffs_in_a_row: job
+            .revisions
+            .iter()
+            .rev()
+            .filter(|r| r.is_complete())
+            .take_while(|r| r.stats.get("backup_mode").and_then(|m| m.as_str()) == Some("diff"))
+            .count() as u64,
     };
     let result = source
         .prepare(&plan)

@@ -400,7 +400,7 @@ defaults: &defaults {schedule: s}
 jobs:
   a:
     <<: *defaults
-    source: {type: ceph-rbd, pool: rbd, image: a.root, full-always: true, verification-timeout: 60}
+    source: {type: ceph-rbd, pool: rbd, image: a.root, full-always: true, full-every: 7, verification-timeout: 60}
   b:
     <<: *defaults
     allow-copy: true
@@ -423,6 +423,7 @@ jobs:
                 image: "a.root".into(),
                 full_always: true,
                 whole_object: false,
+                full_every: Some(7),
                 verification_timeout: Some(60),
             }
         );

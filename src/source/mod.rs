@@ -24,6 +24,9 @@ pub struct Plan {
     pub parent: Option<String>,
     /// The parent is distrusted: do not take shortcuts based on it.
     pub parent_distrusted: bool,
+    /// How many of the newest complete revisions in a row were made from a
+    /// diff (`stats.backup_mode: diff`), for `full-every`.
+    pub diffs_in_a_row: u64,
 }
 
 /// What a source reports after patching an image.

@@ -638,6 +638,7 @@ fn source_keys(type_name: &str) -> &'static [&'static str] {
             "image",
             "full-always",
             "whole-object",
+            "full-every",
             "verification-timeout",
             "allow-copy",
         ],

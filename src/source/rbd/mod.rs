@@ -31,6 +31,7 @@ pub struct CephRbd {
     image: String,
     full_always: bool,
     whole_object: bool,
+    full_every: Option<u64>,
     budget: Duration,
     /// The new revision's snapshot, once taken.
     snap: Option<String>,
@@ -55,6 +56,7 @@ impl CephRbd {
                 image,
                 full_always,
                 whole_object,
+                full_every,
                 verification_timeout,
             } => Ok(CephRbd {
                 rbd: Rbd::from_env(),
@@ -62,6 +64,7 @@ impl CephRbd {
                 image: image.clone(),
                 full_always: *full_always,
                 whole_object: *whole_object,
+                full_every: *full_every,
                 budget: verification_timeout.map_or(DEFAULT_VERIFY_BUDGET, Duration::from_secs),
                 snap: None,
                 from: None,
@@ -104,6 +107,18 @@ impl Source for CephRbd {
                 ))
             })?;
         self.from = match &plan.parent {
+            Some(_)
+                if self
+                    .full_every
+                    .is_some_and(|n| plan.diffs_in_a_row + 1 >= n) =>
+            {
+                tracing::info!(
+                    "The last {} backups used diffs and full-every is {}: comparing the whole snapshot this time",
+                    plan.diffs_in_a_row,
+                    self.full_every.unwrap_or_default()
+                );
+                None
+            }
             Some(parent) if !self.full_always && !plan.parent_distrusted => {
                 let from = snap_name(parent);
                 if self.snaps.iter().any(|(name, _)| *name == from) {
