@@ -65,6 +65,20 @@ impl Setup {
         assert_same_content(&out, truth);
     }
 
+    /// The newest revision restores to its snapshot and, measured on btrfs, holds
+    /// about `changed` bytes of its own: a full backup still shares with its parent.
+    fn newest_restores_and_stores_about(&self, changed: u64) {
+        let truth = self.export_newest("truth");
+        self.restore_equals("0", &truth);
+        run_ok(&mut Command::new("sync"));
+        let newest = self.newest()["id"].as_str().unwrap().to_string();
+        let excl = exclusive_bytes(&self.fs, &self.job.join(&newest));
+        assert!(
+            excl <= changed * 12 / 10 + 64 * 1024,
+            "the full backup stores {excl} bytes alone for {changed} changed"
+        );
+    }
+
     /// A `$BACKY_RBD` wrapper: `export-diff` runs through `pipeline` (a shell
     /// fragment reading the real stream on stdin); everything else is plain rbd.
     fn rbd_wrapper(&self, name: &str, pipeline: &str) -> PathBuf {
@@ -195,15 +209,7 @@ fn full_every_compares_the_whole_snapshot_periodically() {
         modes.push(mode(&s));
         if n == 2 {
             r.stderr_has("comparing the whole snapshot this time");
-            let truth = s.export_newest("truth");
-            s.restore_equals("0", &truth);
-            run_ok(&mut Command::new("sync"));
-            let newest = s.newest()["id"].as_str().unwrap().to_string();
-            let excl = exclusive_bytes(&s.fs, &s.job.join(&newest));
-            assert!(
-                excl <= 128 * 1024 * 12 / 10 + 64 * 1024,
-                "the periodic full backup stores {excl} bytes alone for 128 KiB changed"
-            );
+            s.newest_restores_and_stores_about(128 * 1024);
         }
     }
     assert_eq!(modes, ["full", "diff", "full", "diff"]);
@@ -223,15 +229,7 @@ fn lost_base_snapshot_falls_back_to_a_full_backup_that_shares() {
     s.backup("daily")
         .success()
         .stderr_has("is gone: making a full backup");
-    let truth = s.export_newest("truth");
-    s.restore_equals("0", &truth);
-    run_ok(&mut Command::new("sync"));
-    let newest = s.newest()["id"].as_str().unwrap().to_string();
-    let excl = exclusive_bytes(&s.fs, &s.job.join(&newest));
-    assert!(
-        excl <= 256 * 1024 * 12 / 10 + 64 * 1024,
-        "full backup stores {excl} bytes alone for 256 KiB changed"
-    );
+    s.newest_restores_and_stores_about(256 * 1024);
 }
 
 /// LESSONS 3: rbd killed mid-stream, a non-zero exit after complete-looking
