@@ -217,6 +217,41 @@ fn full_every_compares_the_whole_snapshot_periodically() {
     assert_eq!(s.backy_snaps(), vec![format!("backy-{newest}")]);
 }
 
+/// A job filesystem that fills up while the diff streams in: the backup fails
+/// with the filesystem's error instead of hanging (the reader thread and rbd
+/// must both stop), and leaves neither a revision nor its snapshot.
+#[test]
+fn a_full_job_filesystem_fails_the_backup_without_hanging() {
+    let Some(ceph) = TestCeph::start() else {
+        return;
+    };
+    let Some(fs) = TestFs::new(FsKind::Btrfs, 128) else {
+        return;
+    };
+    ceph.create_image("img", 256);
+    let data: Vec<Vec<u8>> = (0..4)
+        .map(|n| pattern_bytes(300 + n, 64 * MIB as usize))
+        .collect();
+    let ops: Vec<RbdOp> = data
+        .iter()
+        .enumerate()
+        .map(|(n, d)| RbdOp::Write(n as u64 * 64 * MIB, d))
+        .collect();
+    ceph.write_ops("img", &ops);
+    let job = fs.join("job");
+    let s = Setup { ceph, fs, job };
+    run_ok(s.backy().args(["init", "ceph-rbd", "rbd/img"]));
+    run_timeout(
+        s.backy().args(["backup", "daily"]),
+        std::time::Duration::from_secs(120),
+    )
+    .code(1)
+    .stderr_has("No space left on device")
+    .stderr_has("the filesystem is full");
+    assert!(s.revisions().is_empty());
+    assert!(s.backy_snaps().is_empty(), "{:?}", s.backy_snaps());
+}
+
 /// A deleted base snapshot falls back to a full backup that still shares the
 /// unchanged extents with the parent (measured on btrfs).
 #[test]
