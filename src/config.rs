@@ -217,6 +217,22 @@ fn flag(map: &Mapping, key: &str) -> std::result::Result<bool, String> {
     }
 }
 
+/// An optional whole number of at least `min`; `what` says what it must be.
+fn whole_number(
+    map: &Mapping,
+    key: &str,
+    min: u64,
+    what: &str,
+) -> std::result::Result<Option<u64>, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64().filter(|&n| n >= min) {
+            Some(n) => Ok(Some(n)),
+            None => Err(format!("'{key}' must be {what}, not {v:?}")),
+        },
+    }
+}
+
 fn string(map: &Mapping, key: &str) -> std::result::Result<String, String> {
     match map.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
@@ -237,20 +253,18 @@ fn parse_source(map: &Mapping) -> std::result::Result<SourceConfig, String> {
             image: string(map, "image")?,
             full_always: flag(map, "full-always")?,
             whole_object: flag(map, "whole-object")?,
-            full_every: match map.get("full-every") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().filter(|&n| n >= 1).ok_or_else(|| {
-                    format!(
-                        "'full-every' must be a whole number of backups, 1 or more (e.g. 7: every 7th backup is a full compare), not {v:?}"
-                    )
-                })?),
-            },
-            verification_timeout: match map.get("verification-timeout") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().ok_or_else(|| {
-                    format!("'verification-timeout' must be a whole number of seconds, not {v:?}")
-                })?),
-            },
+            full_every: whole_number(
+                map,
+                "full-every",
+                1,
+                "a whole number of backups, 1 or more (e.g. 7: every 7th backup is a full compare)",
+            )?,
+            verification_timeout: whole_number(
+                map,
+                "verification-timeout",
+                0,
+                "a whole number of seconds",
+            )?,
         }),
         "flyingcircus" => Ok(SourceConfig::FlyingCircus {
             pool: string(map, "pool")?,

@@ -85,11 +85,16 @@ impl ImageWriter {
         writer
     }
 
-    /// A second handle of the image, for reading ahead on another thread.
-    pub fn image_handle(&self) -> Result<File> {
-        self.image
-            .try_clone()
-            .map_err(Error::io("cannot open image", &self.path))
+    /// The image's prefetch threads (started on first use), for a source that
+    /// decides on another thread what to read ahead.
+    pub fn prefetcher(&mut self) -> Result<Prefetcher> {
+        if let Some(p) = &self.prefetcher {
+            return Ok(p.clone());
+        }
+        let p = Prefetcher::start(&self.image)
+            .map_err(Error::io("cannot start reading ahead in", &self.path))?;
+        self.prefetcher = Some(p.clone());
+        Ok(p)
     }
 
     /// Bytes per block.
@@ -168,12 +173,7 @@ impl ImageWriter {
     /// (all of them without trusted digests). Many requests in flight are far
     /// faster than one random read at a time.
     pub fn prefetch(&mut self, first_block: u64, digests: &[Digest]) -> Result<()> {
-        if self.prefetcher.is_none() {
-            self.prefetcher = Some(
-                Prefetcher::start(&self.image)
-                    .map_err(Error::io("cannot start reading ahead in", &self.path))?,
-            );
-        }
+        self.prefetcher()?;
         let mut run: Option<(u64, u64)> = None;
         for (i, digest) in digests.iter().enumerate() {
             let block = first_block + i as u64;

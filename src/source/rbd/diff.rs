@@ -18,6 +18,7 @@
 
 use std::io::{self, Read};
 
+use crate::image::prefetch::Prefetcher;
 use crate::image::writer::ImageWriter;
 
 const BANNER: &[u8; 12] = b"rbd diff v1\n";
@@ -446,8 +447,8 @@ const BATCH_RECORDS: usize = 4096;
 /// when their data differs from the parent's digest; off for whole-object diffs,
 /// which mostly resend unchanged data).
 pub struct Prefetch {
-    /// The image being patched (a second handle).
-    pub image: std::fs::File,
+    /// The patched image's prefetch threads ([`ImageWriter::prefetcher`]).
+    pub threads: Prefetcher,
     /// The writer's block size.
     pub block_size: u64,
     /// Also read fully covered blocks.
@@ -496,11 +497,7 @@ struct Streamed {
 impl Streamed {
     fn start<R: Read + Send + 'static>(input: R, prefetch: Option<Prefetch>) -> Streamed {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_BATCHES);
-        let ranges = prefetch.and_then(|p| {
-            let threads = crate::image::prefetch::Prefetcher::start(&p.image).ok()?;
-            Some((p, threads))
-        });
-        std::thread::spawn(move || read_ahead(input, tx, ranges));
+        std::thread::spawn(move || read_ahead(input, tx, prefetch));
         Streamed {
             batches: rx,
             items: Vec::new().into_iter(),
@@ -579,7 +576,7 @@ impl Records for Streamed {
 fn read_ahead<R: Read>(
     input: R,
     batches: std::sync::mpsc::SyncSender<Vec<Item>>,
-    prefetch: Option<(Prefetch, crate::image::prefetch::Prefetcher)>,
+    prefetch: Option<Prefetch>,
 ) {
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -615,9 +612,9 @@ fn read_ahead<R: Read>(
         match record {
             Record::Size(s) => size = s,
             Record::Write { offset, len } | Record::Zero { offset, len } => {
-                if let Some((p, threads)) = &prefetch {
+                if let Some(p) = &prefetch {
                     for (offset, len) in p.ranges(offset, len, size).into_iter().flatten() {
-                        threads.request(offset, len);
+                        p.threads.request(offset, len);
                     }
                 }
             }
@@ -804,7 +801,7 @@ mod tests {
                 0 => apply(diff, &mut writer, &expect),
                 n => {
                     let prefetch = Prefetch {
-                        image: writer.image_handle().unwrap(),
+                        threads: writer.prefetcher().unwrap(),
                         block_size: writer.block_size(),
                         whole_blocks: n == 1,
                     };
@@ -944,14 +941,14 @@ mod tests {
 
     #[test]
     fn prefetch_reads_partly_covered_edge_blocks_or_all() {
-        let file = tempfile::tempfile().unwrap();
+        let threads = Prefetcher::start(&tempfile::tempfile().unwrap()).unwrap();
         let edges = Prefetch {
-            image: file.try_clone().unwrap(),
+            threads: threads.clone(),
             block_size: 100,
             whole_blocks: false,
         };
         let all = Prefetch {
-            image: file,
+            threads,
             block_size: 100,
             whole_blocks: true,
         };

@@ -178,7 +178,7 @@ impl Source for CephRbd {
                 .unwrap_or_default()
         );
         let prefetch = diff::Prefetch {
-            image: writer.image_handle()?,
+            threads: writer.prefetcher()?,
             block_size: writer.block_size(),
             whole_blocks: !self.whole_object,
         };
