@@ -1,0 +1,31 @@
+//! The `rbd export-diff` v1 stream: a parser that never trusts its input, and an
+//! applier that streams records into an [`ImageWriter`] with bounded memory.
+//!
+//! # Format (all integers little-endian)
+//!
+//! ```text
+//! "rbd diff v1\n"                 12-byte banner
+//! 'f' u32 len, name               from-snap (only with --from-snap)
+//! 't' u32 len, name               to-snap (absent when exporting the image head)
+//! 's' u64 size                    image size at the end snapshot
+//! 'w' u64 offset, u64 length, <length bytes of data>
+//! 'z' u64 offset, u64 length      range reads as zeroes
+//! 'e'                             end; nothing follows
+//! ```
+//!
+//! Records may arrive unsorted and overlapping (Ceph bug 45601): they are applied
+//! in stream order, which is what Ceph means.
+//!
+//! The parts: [`format`] (the stream parser), [`apply`] (records into an
+//! [`ImageWriter`](crate::image::writer::ImageWriter)) and [`stream`] (the
+//! read-ahead thread and prefetching).
+
+pub mod apply;
+pub mod format;
+pub mod stream;
+#[cfg(test)]
+mod tests;
+
+pub use apply::{Applied, Expect, MAX_IMAGE_SIZE, apply};
+pub use format::{DiffError, DiffReader, Record};
+pub use stream::{AHEAD_BATCHES, BATCH_BYTES, Prefetch, apply_streamed};

@@ -1,0 +1,242 @@
+//! The read-ahead: a thread parses the stream ahead of the applier and queues
+//! prefetches of the image blocks its records will compare.
+
+use std::io::Read;
+
+use super::apply::{Applied, Expect, Records, apply_records};
+use super::format::{DiffError, DiffReader, Record};
+use crate::image::prefetch::Prefetcher;
+use crate::image::writer::ImageWriter;
+
+/// [`apply`] with the stream read and parsed ahead on a thread of its own, so the
+/// producer (rbd) never waits for the image, and the image blocks that records
+/// ahead will compare are read in the background (see [`Prefetch`]).
+///
+/// At most [`AHEAD_BATCHES`] batches of about [`BATCH_BYTES`] wait between the
+/// threads, so memory stays bounded whatever the stream holds. `progress` gets the
+/// stream bytes handled. If applying fails, the reader thread ends by itself once
+/// the input ends or fails (the caller kills rbd).
+pub fn apply_streamed<R: Read + Send + 'static>(
+    input: R,
+    writer: &mut ImageWriter,
+    expect: &Expect,
+    prefetch: Option<Prefetch>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Applied, DiffError> {
+    apply_records(Streamed::start(input, prefetch), writer, expect, progress)
+}
+/// Data bytes a reader-thread batch collects before it is handed over.
+pub const BATCH_BYTES: usize = 1 << 20;
+/// Batches that may wait for the applier: the read-ahead, about 16 MiB.
+pub const AHEAD_BATCHES: usize = 16;
+/// Records a batch may hold, so small records do not make a batch unbounded.
+const BATCH_RECORDS: usize = 4096;
+/// Reading ahead, in the image, what the records to come will compare: each
+/// extent's first and last block when it covers them only in part (their other
+/// bytes must be read), and with `whole_blocks` also the blocks in between (read
+/// when their data differs from the parent's digest; off for whole-object diffs,
+/// which mostly resend unchanged data).
+pub struct Prefetch {
+    /// The patched image's prefetch threads ([`ImageWriter::prefetcher`]).
+    pub threads: Prefetcher,
+    /// The writer's block size.
+    pub block_size: u64,
+    /// Also read fully covered blocks.
+    pub whole_blocks: bool,
+}
+
+impl Prefetch {
+    /// The byte ranges to read for extent `offset+len` of an image of `size` bytes.
+    pub(super) fn ranges(&self, offset: u64, len: u64, size: u64) -> [Option<(u64, u64)>; 2] {
+        let bs = self.block_size;
+        let end = (offset + len).min(size);
+        if offset >= end {
+            return [None, None];
+        }
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        if self.whole_blocks {
+            return [Some((first * bs, (last + 1 - first) * bs)), None];
+        }
+        let partial = |b: u64| offset > b * bs || end < (b * bs + bs).min(size);
+        [
+            partial(first).then_some((first * bs, bs)),
+            (last != first && partial(last)).then_some((last * bs, bs)),
+        ]
+    }
+}
+
+/// One step of the stream as the reader thread hands it over.
+enum Item {
+    Record(u64, Record),
+    Data(Vec<u8>),
+    /// The end record (at its position), and whether bytes follow it.
+    End(u64, bool),
+    Failed(DiffError),
+}
+
+/// The applier's side of a reader thread that parses the stream ahead.
+struct Streamed {
+    batches: std::sync::mpsc::Receiver<Vec<Item>>,
+    items: std::vec::IntoIter<Item>,
+    /// The current data chunk and how much of it is used.
+    data: Vec<u8>,
+    used: usize,
+    trailing: Option<bool>,
+}
+
+impl Streamed {
+    fn start<R: Read + Send + 'static>(input: R, prefetch: Option<Prefetch>) -> Streamed {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_BATCHES);
+        std::thread::spawn(move || read_ahead(input, tx, prefetch));
+        Streamed {
+            batches: rx,
+            items: Vec::new().into_iter(),
+            data: Vec::new(),
+            used: 0,
+            trailing: None,
+        }
+    }
+
+    fn next_item(&mut self) -> Result<Item, DiffError> {
+        loop {
+            if let Some(item) = self.items.next() {
+                return Ok(item);
+            }
+            self.items = self
+                .batches
+                .recv()
+                .map_err(|_| DiffError::Invalid {
+                    at: 0,
+                    what: "the thread reading the diff stream stopped (a backy bug)".into(),
+                })?
+                .into_iter();
+        }
+    }
+
+    fn out_of_step(what: &str) -> DiffError {
+        DiffError::Invalid {
+            at: 0,
+            what: format!("{what} out of step with the diff stream (a backy bug)"),
+        }
+    }
+}
+
+impl Records for Streamed {
+    fn next_record(&mut self) -> Result<(u64, Record), DiffError> {
+        if self.used < self.data.len() {
+            return Err(Self::out_of_step("data of a write record left unread"));
+        }
+        match self.next_item()? {
+            Item::Record(at, record) => Ok((at, record)),
+            Item::End(at, trailing) => {
+                self.trailing = Some(trailing);
+                Ok((at, Record::End))
+            }
+            Item::Failed(e) => Err(e),
+            Item::Data(_) => Err(Self::out_of_step("write data")),
+        }
+    }
+
+    fn read_data(&mut self, mut buf: &mut [u8]) -> Result<(), DiffError> {
+        while !buf.is_empty() {
+            if self.used == self.data.len() {
+                match self.next_item()? {
+                    Item::Data(chunk) => (self.data, self.used) = (chunk, 0),
+                    Item::Failed(e) => return Err(e),
+                    _ => return Err(Self::out_of_step("a record")),
+                }
+            }
+            let n = buf.len().min(self.data.len() - self.used);
+            buf[..n].copy_from_slice(&self.data[self.used..self.used + n]);
+            self.used += n;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    fn has_trailing_bytes(&mut self) -> Result<bool, DiffError> {
+        self.trailing
+            .ok_or_else(|| Self::out_of_step("the end record"))
+    }
+}
+
+/// The reader thread: parses `input`, hands over batches of records and data, and
+/// queues the prefetches of the image ranges the records will need. Ends at the end
+/// record, at the first error (handed over too), or when the applier is gone.
+fn read_ahead<R: Read>(
+    input: R,
+    batches: std::sync::mpsc::SyncSender<Vec<Item>>,
+    prefetch: Option<Prefetch>,
+) {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut size = 0;
+    let push = |item: Item, batch: &mut Vec<Item>, bytes: &mut usize| -> bool {
+        let last = matches!(item, Item::End(..) | Item::Failed(_));
+        if let Item::Data(d) = &item {
+            *bytes += d.len();
+        }
+        batch.push(item);
+        if last || *bytes >= BATCH_BYTES || batch.len() >= BATCH_RECORDS {
+            *bytes = 0;
+            return batches.send(std::mem::take(batch)).is_ok() && !last;
+        }
+        true
+    };
+    let mut reader = match DiffReader::new(input) {
+        Ok(r) => r,
+        Err(e) => {
+            push(Item::Failed(e), &mut batch, &mut bytes);
+            return;
+        }
+    };
+    loop {
+        let at = reader.position();
+        let record = match reader.next_record() {
+            Ok(r) => r,
+            Err(e) => {
+                push(Item::Failed(e), &mut batch, &mut bytes);
+                return;
+            }
+        };
+        match record {
+            Record::Size(s) => size = s,
+            Record::Write { offset, len } | Record::Zero { offset, len } => {
+                if let Some(p) = &prefetch {
+                    for (offset, len) in p.ranges(offset, len, size).into_iter().flatten() {
+                        p.threads.request(offset, len);
+                    }
+                }
+            }
+            Record::End => {
+                let item = match reader.has_trailing_bytes() {
+                    Ok(trailing) => Item::End(at, trailing),
+                    Err(e) => Item::Failed(e),
+                };
+                push(item, &mut batch, &mut bytes);
+                return;
+            }
+            _ => {}
+        }
+        let data_len = match record {
+            Record::Write { len, .. } => len,
+            _ => 0,
+        };
+        if !push(Item::Record(at, record), &mut batch, &mut bytes) {
+            return;
+        }
+        let mut left = data_len;
+        while left > 0 {
+            let n = left.min(BATCH_BYTES as u64) as usize;
+            let mut chunk = vec![0u8; n];
+            if let Err(e) = reader.read_data(&mut chunk) {
+                push(Item::Failed(e), &mut batch, &mut bytes);
+                return;
+            }
+            left -= n as u64;
+            if !push(Item::Data(chunk), &mut batch, &mut bytes) {
+                return;
+            }
+        }
+    }
+}
