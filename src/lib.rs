@@ -29,7 +29,7 @@
 //! | operation            | `.backup`  | `.purge`   |
 //! |----------------------|------------|------------|
 //! | backup               | exclusive  | shared     |
-//! | restore, verify, nbd | -          | shared     |
+//! | restore, verify      | -          | shared     |
 //! | expire, forget       | exclusive  | exclusive  |
 //!
 //! Always `.backup` before `.purge`.

@@ -1,8 +1,11 @@
 //! Thin, safe wrappers around the Linux calls backy needs beyond `std`.
 //!
-//! Everything here goes through rustix's safe API, so the crate needs no `unsafe`
-//! at all. Errors keep their `io::ErrorKind` so callers can tell "not supported"
-//! (fall back) from a real failure (give up).
+//! Everything here goes through rustix's safe API, so this module has no `unsafe`.
+//! The crate's only `unsafe` code is the librbd/librados FFI in
+//! [`crate::source::rbd::librbd`] (loaded at run time with `dlopen` so that backy
+//! builds without Ceph), each call with its own SAFETY note. Errors keep their
+//! `io::ErrorKind` so callers can tell "not supported" (fall back) from a real
+//! failure (give up).
 
 use std::fs::File;
 use std::io;

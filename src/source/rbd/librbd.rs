@@ -120,36 +120,37 @@ impl RbdImage {
         };
         let timeout_key = cstring("client_mount_timeout")?;
         let timeout = cstring("30")?;
-        // SAFETY: `cluster` was created above and is not yet connected, which these
-        // configuration calls require; NULL means "the default file" / "CEPH_ARGS".
-        unsafe {
-            check(
-                "rados_conf_read_file",
-                rados_conf_read_file(cluster, ptr::null()),
-            )?;
-            check(
-                "rados_conf_parse_env",
-                rados_conf_parse_env(cluster, ptr::null()),
-            )?;
-            check(
-                "rados_conf_set",
-                rados_conf_set(cluster, timeout_key.as_ptr(), timeout.as_ptr()),
-            )?;
-            check("rados_connect", rados_connect(cluster))?;
-            check(
-                "rados_ioctx_create",
-                rados_ioctx_create(cluster, pool_c.as_ptr(), &mut this.ioctx),
-            )?;
-            check(
-                "rbd_open_read_only",
-                rbd_open_read_only(
-                    this.ioctx,
-                    image_c.as_ptr(),
-                    &mut this.image,
-                    snap_c.as_ptr(),
-                ),
-            )?;
-        }
+        // SAFETY: `cluster` was created above and is not yet connected, which the
+        // configuration calls require; NULL means "the default file".
+        check("rados_conf_read_file", unsafe {
+            rados_conf_read_file(cluster, ptr::null())
+        })?;
+        // SAFETY: as above; NULL means "the CEPH_ARGS environment variable".
+        check("rados_conf_parse_env", unsafe {
+            rados_conf_parse_env(cluster, ptr::null())
+        })?;
+        // SAFETY: as above; key and value are NUL-terminated and outlive the call.
+        check("rados_conf_set", unsafe {
+            rados_conf_set(cluster, timeout_key.as_ptr(), timeout.as_ptr())
+        })?;
+        // SAFETY: `cluster` is configured and not yet connected; on failure it is
+        // still shut down by Drop, which librados allows.
+        check("rados_connect", unsafe { rados_connect(cluster) })?;
+        // SAFETY: `cluster` is connected; the pool name is NUL-terminated and
+        // outlives the call; `this.ioctx` is a valid out pointer, destroyed in Drop.
+        check("rados_ioctx_create", unsafe {
+            rados_ioctx_create(cluster, pool_c.as_ptr(), &mut this.ioctx)
+        })?;
+        // SAFETY: `this.ioctx` was created above; names are NUL-terminated and
+        // outlive the call; `this.image` is a valid out pointer, closed in Drop.
+        check("rbd_open_read_only", unsafe {
+            rbd_open_read_only(
+                this.ioctx,
+                image_c.as_ptr(),
+                &mut this.image,
+                snap_c.as_ptr(),
+            )
+        })?;
         Ok(this)
     }
 
@@ -191,16 +192,18 @@ impl RbdImage {
 
 impl Drop for RbdImage {
     fn drop(&mut self) {
-        // SAFETY: each handle is closed at most once, in reverse order of opening,
-        // and only if it was opened; the libraries are still loaded.
-        unsafe {
-            if !self.image.is_null() {
-                (self.api.rbd_close)(self.image);
-            }
-            if !self.ioctx.is_null() {
-                (self.api.rados_ioctx_destroy)(self.ioctx);
-            }
-            (self.api.rados_shutdown)(self.cluster);
+        if !self.image.is_null() {
+            // SAFETY: the image was opened by rbd_open_read_only and is closed only
+            // here, before its ioctx; the libraries are still loaded (`_libs`).
+            unsafe { (self.api.rbd_close)(self.image) };
         }
+        if !self.ioctx.is_null() {
+            // SAFETY: the ioctx was created by rados_ioctx_create, its image is
+            // closed, and it is destroyed only here, before the cluster handle.
+            unsafe { (self.api.rados_ioctx_destroy)(self.ioctx) };
+        }
+        // SAFETY: the cluster handle was created by rados_create2 (connected or
+        // not, which rados_shutdown accepts) and is shut down only here, last.
+        unsafe { (self.api.rados_shutdown)(self.cluster) };
     }
 }
