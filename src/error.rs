@@ -21,6 +21,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The `ceph-rbd` source failed: an rbd command, the diff stream, librbd.
+    #[error(transparent)]
+    Rbd(Box<crate::source::rbd::error::RbdError>),
     /// The job's `config` is missing or malformed.
     #[error("{0}")]
     Config(String),
@@ -138,6 +141,12 @@ impl Error {
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
+    }
+}
+
+impl From<crate::source::rbd::error::RbdError> for Error {
+    fn from(e: crate::source::rbd::error::RbdError) -> Error {
+        Error::Rbd(Box::new(e))
     }
 }
 

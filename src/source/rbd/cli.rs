@@ -10,6 +10,7 @@ use std::io::Read;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
+use super::error::{CommandError, RbdError};
 use crate::error::{Error, Result};
 
 /// The pipe size asked for rbd's streamed output, so rbd can run ahead of us
@@ -24,24 +25,12 @@ pub struct Rbd {
 
 /// How an rbd call failed.
 fn failed(args: &[&str], status: Option<ExitStatus>, stderr: &str) -> Error {
-    let how = match status {
-        Some(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(sig)) => format!("was killed by signal {sig}"),
-            _ => format!("ended with {s}"),
-        },
-        None => "could not be waited for".into(),
-    };
-    let stderr = stderr.trim();
-    Error::Other(format!(
-        "'rbd {}' {how}{}",
-        args.join(" "),
-        if stderr.is_empty() {
-            String::new()
-        } else {
-            format!(": {stderr}")
-        }
-    ))
+    RbdError::Command(CommandError {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        status,
+        stderr: stderr.trim().to_string(),
+    })
+    .into()
 }
 
 /// Whether an rbd command can show a progress bar and so takes `--no-progress`.
@@ -89,11 +78,9 @@ impl Rbd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                Error::Other(format!(
-                    "cannot run '{}': {e}; install ceph-common or set BACKY_RBD",
-                    self.program.to_string_lossy()
-                ))
+            .map_err(|source| RbdError::Spawn {
+                program: self.program.to_string_lossy().into_owned(),
+                source,
             })?;
         let mut stderr = child.stderr.take().expect("piped");
         let drain = std::thread::spawn(move || {
@@ -145,7 +132,11 @@ impl Rbd {
                 if stderr.is_empty() {
                     Err(e)
                 } else {
-                    Err(Error::Other(format!("{e} (rbd said: {stderr})")))
+                    Err(RbdError::WithStderr {
+                        source: Box::new(e),
+                        stderr: stderr.to_string(),
+                    }
+                    .into())
                 }
             }
         }
@@ -154,10 +145,13 @@ impl Rbd {
     /// The snapshots of `pool/image`: name and size in bytes.
     pub fn snap_list(&self, image: &str) -> Result<Vec<(String, u64)>> {
         let json = self.run(&["snap", "ls", "--format", "json", image])?;
-        let bad = |what: &str| {
-            Error::Other(format!(
-                "cannot read 'rbd snap ls' output for {image}: {what}"
-            ))
+        let bad = |what: &str| -> Error {
+            RbdError::Output {
+                command: "snap ls",
+                image: image.to_string(),
+                what: what.to_string(),
+            }
+            .into()
         };
         let value: serde_json::Value =
             serde_json::from_str(&json).map_err(|e| bad(&e.to_string()))?;

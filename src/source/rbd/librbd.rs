@@ -10,7 +10,8 @@ use std::ptr;
 
 use libloading::Library;
 
-use crate::error::{Error, Result};
+use super::error::RbdError;
+use crate::error::Result;
 
 type Handle = *mut c_void;
 
@@ -34,13 +35,13 @@ struct Api {
 }
 
 fn cstring(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::Other(format!("'{s}' contains a NUL byte")))
+    CString::new(s).map_err(|_| RbdError::NulByte(s.to_string()).into())
 }
 
-fn check(what: &str, ret: c_int) -> Result<()> {
+fn check(what: &'static str, ret: c_int) -> Result<()> {
     if ret < 0 {
-        let err = std::io::Error::from_raw_os_error(-ret);
-        return Err(Error::Other(format!("librbd: {what} failed: {err}")));
+        let source = std::io::Error::from_raw_os_error(-ret);
+        return Err(RbdError::Call { call: what, source }.into());
     }
     Ok(())
 }
@@ -53,23 +54,27 @@ impl RbdImage {
         // SAFETY: loading a shared library runs its initialisers; librados and librbd
         // are the system's Ceph client libraries, which are designed to be loaded so.
         let load = |name: &str| unsafe { Library::new(name) };
-        let librados = load("librados.so.2").map_err(|e| {
-            Error::Other(format!(
-                "cannot load librados.so.2 for sampled verification: {e}; install librados2 and librbd1"
-            ))
+        let librados = load("librados.so.2").map_err(|e| RbdError::Load {
+            library: "librados.so.2",
+            reason: e.to_string(),
+            packages: "librados2 and librbd1",
         })?;
-        let librbd = load("librbd.so.1").map_err(|e| {
-            Error::Other(format!(
-                "cannot load librbd.so.1 for sampled verification: {e}; install librbd1"
-            ))
+        let librbd = load("librbd.so.1").map_err(|e| RbdError::Load {
+            library: "librbd.so.1",
+            reason: e.to_string(),
+            packages: "librbd1",
         })?;
         macro_rules! sym {
             ($lib:expr, $name:literal) => {
                 // SAFETY: the declared type matches the C prototype in librados.h /
                 // librbd.h for this symbol; the pointer is used only while the
                 // library stays loaded (it is kept in the returned RbdImage).
-                *unsafe { $lib.get(concat!($name, "\0").as_bytes()) }
-                    .map_err(|e| Error::Other(format!("librbd: symbol {} missing: {e}", $name)))?
+                *unsafe { $lib.get(concat!($name, "\0").as_bytes()) }.map_err(|e| {
+                    RbdError::Symbol {
+                        symbol: $name,
+                        reason: e.to_string(),
+                    }
+                })?
             };
         }
         let rados_create2: unsafe extern "C" fn(

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod diff;
+pub mod error;
 pub mod librbd;
 
 use std::fs::File;
@@ -18,6 +19,7 @@ use crate::image::sums::{Digest, Manifest};
 use crate::image::writer::ImageWriter;
 use crate::image::{VerifyReport, file_size};
 use cli::Rbd;
+use error::RbdError;
 
 /// Bytes per verification sample (a RADOS object).
 pub const SAMPLE_SIZE: u64 = 4 << 20;
@@ -100,11 +102,8 @@ impl Source for CephRbd {
             .iter()
             .find(|(name, _)| *name == snap)
             .map(|&(_, size)| size)
-            .ok_or_else(|| {
-                Error::Other(format!(
-                    "snapshot {} is missing right after 'rbd snap create' made it",
-                    self.spec(&snap)
-                ))
+            .ok_or_else(|| RbdError::SnapshotVanished {
+                snapshot: self.spec(&snap),
             })?;
         self.from = match &plan.parent {
             Some(_)
@@ -183,8 +182,13 @@ impl Source for CephRbd {
             whole_blocks: !self.whole_object,
         };
         let applied = self.rbd.stream(&args, |out| {
-            diff::apply_streamed(out, writer, &expect, Some(prefetch), progress)
-                .map_err(|e| Error::Other(format!("rbd export-diff of {to}: {e}")))
+            diff::apply_streamed(out, writer, &expect, Some(prefetch), progress).map_err(|source| {
+                RbdError::Diff {
+                    snapshot: to.to_string(),
+                    source,
+                }
+                .into()
+            })
         })?;
         let full = self.from.is_none();
         Ok(SourceReport {
@@ -210,10 +214,12 @@ impl Source for CephRbd {
         let size = file_size(image, path)?;
         let snap_size = source.size()?;
         if size != snap_size {
-            return Err(Error::Other(format!(
-                "the new image has {size} bytes but snapshot {} has {snap_size}",
-                self.spec(&snap)
-            )));
+            return Err(RbdError::SizeMismatch {
+                snapshot: self.spec(&snap),
+                image_size: size,
+                snapshot_size: snap_size,
+            }
+            .into());
         }
         let samples = choose_samples(size);
         let mut report = VerifyReport::default();
