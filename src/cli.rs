@@ -138,6 +138,29 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Serve the job's revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse).
+    ///
+    /// Export names are revision SPECs; the empty name is the newest revision.
+    /// Runs in the foreground until SIGINT or SIGTERM.
+    NbdServer {
+        /// Address to listen on (a non-loopback address gets a warning: NBD has
+        /// no authentication).
+        #[arg(short = 'H', long, value_name = "ADDR", default_value = "127.0.0.1")]
+        host: String,
+        /// TCP port (0 picks a free port; the log says which).
+        #[arg(short, long, value_name = "PORT", default_value_t = 9000)]
+        port: u16,
+        /// Listen on this Unix socket instead of TCP.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["host", "port"])]
+        socket: Option<PathBuf>,
+        /// Make exports writable through a throw-away reflink overlay (so a
+        /// filesystem with a dirty journal can be mounted); the revision never changes.
+        #[arg(long)]
+        overlay: bool,
+        /// Connections served at once; more are refused with a message.
+        #[arg(long, value_name = "N", default_value_t = 16)]
+        max_connections: usize,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.

@@ -57,6 +57,7 @@ pub mod image;
 pub mod job;
 pub mod logging;
 pub mod manpage;
+pub mod nbd;
 pub mod progress;
 pub mod revision;
 pub mod schedule;

@@ -7,6 +7,7 @@ mod expire;
 mod find;
 mod forget;
 mod init;
+mod nbd_server;
 mod restore;
 mod scheduler;
 mod status;
@@ -38,6 +39,22 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),
         Command::Forget { revision } => forget::run(dir, revision),
+        Command::NbdServer {
+            host,
+            port,
+            socket,
+            overlay,
+            max_connections,
+        } => nbd_server::run(
+            dir,
+            &nbd_server::Options {
+                host: host.clone(),
+                port: *port,
+                socket: socket.clone(),
+                overlay: *overlay,
+                max_connections: *max_connections,
+            },
+        ),
     };
     done.map(|()| 0)
 }
