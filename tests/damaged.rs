@@ -357,7 +357,8 @@ fn damaged_metadata_xfs() {
 }
 
 /// A backup's cleanup removes incomplete revisions, but not one whose `.rev`
-/// it cannot read (it cannot tell whether that one is complete).
+/// it cannot read (it cannot tell whether that one is complete); a `last`
+/// pointing to the wrong revision is replaced without a copy.
 fn cleanup_keeps_unreadable(kind: FsKind) {
     let fs = require_fs!(kind, 300);
     let src = fs.join("src.img");
@@ -371,9 +372,23 @@ fn cleanup_keeps_unreadable(kind: FsKind) {
     let text = fs::read_to_string(job.join(format!("{good}.rev"))).unwrap();
     fs::write(job.join("Trunc1.rev"), &text[..text.len() / 3]).unwrap();
     let saved = snapshot(&[job.join("Trunc1"), job.join("Trunc1.rev")]);
+    // And `last` points to the wrong revision: a symlink is simply replaced.
+    fs::remove_file(job.join("last")).unwrap();
+    std::os::unix::fs::symlink("Trunc1", job.join("last")).unwrap();
+    run_ok(backy_job(&job).arg("status")).stdout_has("points to Trunc1 instead of");
     backup(&job, "daily").success();
     assert_unchanged(&saved);
-    assert_eq!(complete_ids(&job).len(), 2);
+    let ids = complete_ids(&job);
+    assert_eq!(ids.len(), 2);
+    assert_eq!(
+        fs::read_link(job.join("last")).unwrap(),
+        PathBuf::from(&ids[1])
+    );
+    let names: Vec<String> = fs::read_dir(&job)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".bak-")), "{names:?}");
 }
 
 #[test]
