@@ -239,12 +239,19 @@ impl Job {
         problems
     }
 
-    /// Everything about the job an operator should look at: damaged
-    /// revisions and revisions dated after `now`, one line each.
+    /// What `check` reports about the job: one line per damaged revision,
+    /// and one for the revisions dated after `now`, if any.
     pub fn warnings(&self, now: DateTime<Utc>) -> Vec<String> {
         let mut lines: Vec<String> = self.damaged.iter().map(Damaged::describe).collect();
-        for rev in self.future_revisions(now) {
-            lines.push(future_note(rev));
+        let future = self.future_revisions(now);
+        match future.as_slice() {
+            [] => {}
+            [one] => lines.push(future_note(one)),
+            [.., newest] => lines.push(format!(
+                "{} revisions are dated in the future; the newest: {}",
+                future.len(),
+                future_note(newest)
+            )),
         }
         lines
     }

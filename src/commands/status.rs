@@ -6,7 +6,7 @@ use chrono::Utc;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 
 use crate::error::Result;
-use crate::job::Job;
+use crate::job::{Damaged, Job, future_note};
 use crate::revision::Revision;
 use crate::units::{format_bytes, format_duration};
 
@@ -40,7 +40,12 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     print!("{}", render_table(&job.revisions));
-    for line in job.warnings(Utc::now()).iter().chain(&job.link_problems()) {
+    let damaged = job.damaged.iter().map(Damaged::describe);
+    let future = job
+        .future_revisions(Utc::now())
+        .into_iter()
+        .map(future_note);
+    for line in damaged.chain(future).chain(job.link_problems()) {
         println!("Warning: {line}");
     }
     Ok(())
