@@ -513,7 +513,7 @@ fn describe_type(t: &std::fs::FileType) -> &'static str {
 /// The note for a revision dated in the future.
 pub fn future_note(rev: &Revision) -> String {
     format!(
-        "revision {} is dated {}, in the future: the clock was ahead when it was made, or is behind now; it stays the newest and new revisions are dated after it until the clock passes it; check the system clock",
+        "revision {} is dated {}, in the future: the clock was ahead when it was made, or is behind now; until the clock passes the newest revision's date, new revisions are dated just after it; check the system clock",
         rev.id,
         rev.timestamp.format("%Y-%m-%d %H:%M:%S UTC")
     )
