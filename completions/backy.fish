@@ -37,7 +37,7 @@ complete -c backy -n "__fish_backy_needs_command" -f -a "status" -d 'Show all re
 complete -c backy -n "__fish_backy_needs_command" -f -a "verify" -d 'Check revisions against their checksum manifests'
 complete -c backy -n "__fish_backy_needs_command" -f -a "forget" -d 'Delete one revision'
 complete -c backy -n "__fish_backy_needs_command" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
-complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c backy -n "__fish_backy_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -80,6 +80,7 @@ complete -c backy -n "__fish_backy_using_subcommand verify" -s V -l version -d '
 complete -c backy -n "__fish_backy_using_subcommand forget" -s r -l revision -d 'The revision' -r
 complete -c backy -n "__fish_backy_using_subcommand forget" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand forget" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand forget" -l force -d 'Also delete a damaged revision (unreadable metadata or a missing image), named by its exact id; `status` lists them'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s V -l version -d 'Print version'
@@ -115,7 +116,7 @@ complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_su
 complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
 complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "forget" -d 'Delete one revision'
 complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
 complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
 complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "completions" -d 'Print a shell completion script'
 complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -116,6 +116,10 @@ pub enum Command {
         /// The revision.
         #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: String,
+        /// Also delete a damaged revision (unreadable metadata or a missing
+        /// image), named by its exact id; `status` lists them.
+        #[arg(long)]
+        force: bool,
     },
     /// Run the scheduler daemon in the foreground.
     Scheduler {
@@ -123,7 +127,7 @@ pub enum Command {
         #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
         config: PathBuf,
     },
-    /// Nagios check of all jobs (exit 0 OK, 2 CRITICAL, 3 UNKNOWN).
+    /// Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
     Check {
         /// The scheduler configuration.
         #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]

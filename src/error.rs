@@ -122,6 +122,27 @@ pub enum Error {
         /// Its lock file.
         lock: PathBuf,
     },
+    /// A revision whose metadata or image is damaged was asked for.
+    #[error(
+        "revision {id} is damaged ({}: {reason}); repair the file, or delete the revision with 'backy forget -r {id} --force'",
+        file.display()
+    )]
+    DamagedRevision {
+        /// The revision.
+        id: String,
+        /// The file that is wrong.
+        file: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A backup tag that `-r` could never select.
+    #[error("tag '{tag}' {reason}; choose a word such as 'daily' or 'manual:before-upgrade'")]
+    BadTag {
+        /// The tag given.
+        tag: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),

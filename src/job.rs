@@ -8,18 +8,54 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
+
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
-use crate::revision::Revision;
+use crate::revision::{self, Revision};
 use crate::spec;
 use crate::sys;
 
 /// A job directory and the revisions found in it (oldest first).
 pub struct Job {
     dir: PathBuf,
-    /// All revisions with a readable `.rev`, complete or not, oldest first.
+    /// All revisions with a readable `.rev`, complete or not, oldest first
+    /// (in [`revision::order`]). Damaged ones are not among them.
     pub revisions: Vec<Revision>,
+    /// Revisions whose files cannot be used, by id.
+    pub damaged: Vec<Damaged>,
 }
+
+/// A revision whose metadata cannot be read or whose image is gone. It is never
+/// chosen by a SPEC, never a parent, never removed by a backup's cleanup or by
+/// expiry; `status` and `check` name it, and `forget -r ID --force` removes it.
+#[derive(Debug, Clone)]
+pub struct Damaged {
+    /// The revision id (the file name without `.rev`).
+    pub id: String,
+    /// The file that is wrong (the `.rev`, or the missing image).
+    pub file: PathBuf,
+    /// Why it cannot be used.
+    pub reason: String,
+    /// The metadata, when it could be read.
+    pub rev: Option<Revision>,
+}
+
+impl Damaged {
+    /// One line for logs, `status` and `check`.
+    pub fn describe(&self) -> String {
+        format!(
+            "revision {} is damaged: {}: {}; repair it, or delete it with 'backy forget -r {} --force'",
+            self.id,
+            self.file.display(),
+            self.reason,
+            self.id
+        )
+    }
+}
+
+/// The names of the links to the newest revision.
+const LINKS: [&str; 2] = ["last", "last.rev"];
 
 /// Held while a backup runs: `.backup` exclusive, `.purge` shared.
 pub struct BackupLock {
@@ -52,14 +88,18 @@ impl Job {
         let mut job = Job {
             dir,
             revisions: Vec::new(),
+            damaged: Vec::new(),
         };
         job.scan()?;
         Ok(job)
     }
 
-    /// Re-reads the revisions from disk.
+    /// Re-reads the revisions from disk. A `.rev` that cannot be read, or a
+    /// complete revision without its image, is recorded in [`Job::damaged`]
+    /// instead of stopping the job.
     pub fn scan(&mut self) -> Result<()> {
         let mut revisions = Vec::new();
+        let mut damaged = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(Error::io("cannot list", &self.dir))?;
         for entry in entries {
             let entry = entry.map_err(Error::io("cannot list", &self.dir))?;
@@ -67,11 +107,37 @@ impl Job {
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".rev")) else {
                 continue;
             };
-            // `last.rev` is a symlink to a real one.
-            if entry.file_type().map(|t| t.is_symlink()).unwrap_or(true) || id.is_empty() {
+            // `last.rev` is a link to a real one (or a copy of one, which
+            // `update_last` replaces); other symlinks are not revisions.
+            if LINKS.contains(&id)
+                || id.is_empty()
+                || entry.file_type().map(|t| t.is_symlink()).unwrap_or(true)
+            {
                 continue;
             }
-            let rev = Revision::load(&entry.path(), id)?;
+            let path = entry.path();
+            let rev = match Revision::load(&path, id) {
+                Ok(rev) => rev,
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    return Err(Error::io("cannot read revision metadata", &path)(source));
+                }
+                Err(e) => {
+                    let reason = match e {
+                        Error::BadRevision { reason, .. } => reason,
+                        Error::Io { source, .. } => format!("cannot read it: {source}"),
+                        other => other.to_string(),
+                    };
+                    damaged.push(Damaged {
+                        id: id.to_string(),
+                        file: path,
+                        reason,
+                        rev: None,
+                    });
+                    continue;
+                }
+            };
             if rev.backend_type() != "cowfile" {
                 return Err(Error::Other(format!(
                     "revision {id} in {} was written by backy 2.2+ with the '{}' backend, which this backy cannot read; restore it with that backy version",
@@ -79,11 +145,122 @@ impl Job {
                     rev.backend_type()
                 )));
             }
+            if rev.is_complete() {
+                let image = self.image_path(id);
+                let problem = match std::fs::symlink_metadata(&image) {
+                    Ok(m) if m.is_file() => None,
+                    Ok(_) => Some("it is not a regular file".to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Some("the image is missing".to_string())
+                    }
+                    Err(e) => Some(format!("cannot read it: {e}")),
+                };
+                if let Some(reason) = problem {
+                    damaged.push(Damaged {
+                        id: id.to_string(),
+                        file: image,
+                        reason,
+                        rev: Some(rev),
+                    });
+                    continue;
+                }
+            }
             revisions.push(rev);
         }
-        revisions.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then_with(|| a.id.cmp(&b.id)));
+        revisions.sort_by(|a, b| revision::order((&a.timestamp, &a.id), (&b.timestamp, &b.id)));
+        damaged.sort_by(|a, b| a.id.cmp(&b.id));
         self.revisions = revisions;
+        self.damaged = damaged;
         Ok(())
+    }
+
+    /// Adds a revision this process just completed, keeping the one order.
+    pub fn add_revision(&mut self, rev: Revision) {
+        self.revisions.retain(|r| r.id != rev.id);
+        let at = self.revisions.partition_point(|r| {
+            revision::order((&r.timestamp, &r.id), (&rev.timestamp, &rev.id)).is_lt()
+        });
+        self.revisions.insert(at, rev);
+    }
+
+    /// The damaged revision with exactly this id.
+    pub fn find_damaged(&self, id: &str) -> Option<&Damaged> {
+        self.damaged.iter().find(|d| d.id == id)
+    }
+
+    /// Complete revisions dated after `now` (the clock was ahead when they were
+    /// made, or is behind now).
+    pub fn future_revisions(&self, now: DateTime<Utc>) -> Vec<&Revision> {
+        self.revisions
+            .iter()
+            .filter(|r| r.is_complete() && r.timestamp > now)
+            .collect()
+    }
+
+    /// What is wrong with `last` and `last.rev`: anything but the symlinks
+    /// backy writes (to the newest complete revision, or absent when there is
+    /// none). The next backup, `forget` or expiry repairs them.
+    pub fn link_problems(&self) -> Vec<String> {
+        let newest = self.newest_complete().map(|r| r.id.clone());
+        let mut problems = Vec::new();
+        for (link, target) in self.link_targets(newest) {
+            let path = self.dir.join(link);
+            let problem = match std::fs::symlink_metadata(&path) {
+                Err(_) if target.is_none() => None,
+                Err(_) => Some("is missing".to_string()),
+                Ok(m) if m.file_type().is_symlink() => {
+                    let current = std::fs::read_link(&path).ok();
+                    match &target {
+                        Some(t) if current.as_deref() == Some(Path::new(t)) => None,
+                        Some(t) => Some(format!(
+                            "points to {} instead of {t}",
+                            current.map(|c| c.display().to_string()).unwrap_or_default()
+                        )),
+                        None => Some("exists although there is no complete revision".into()),
+                    }
+                }
+                Ok(m) => Some(format!(
+                    "is {} instead of a symlink",
+                    describe_type(&m.file_type())
+                )),
+            };
+            if let Some(p) = problem {
+                problems.push(format!(
+                    "{} {p}; the next backup replaces it{}",
+                    path.display(),
+                    if p.contains("instead of a symlink") {
+                        " (keeping it as a .bak copy)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        problems
+    }
+
+    /// What `check` reports about the job: one line per damaged revision,
+    /// and one for the revisions dated after `now`, if any.
+    pub fn warnings(&self, now: DateTime<Utc>) -> Vec<String> {
+        let mut lines: Vec<String> = self.damaged.iter().map(Damaged::describe).collect();
+        let future = self.future_revisions(now);
+        match future.as_slice() {
+            [] => {}
+            [one] => lines.push(future_note(one)),
+            [.., newest] => lines.push(format!(
+                "{} revisions are dated in the future; the newest: {}",
+                future.len(),
+                future_note(newest)
+            )),
+        }
+        lines
+    }
+
+    fn link_targets(&self, newest: Option<String>) -> [(&'static str, Option<String>); 2] {
+        [
+            (LINKS[0], newest.clone()),
+            (LINKS[1], newest.map(|id| format!("{id}.rev"))),
+        ]
     }
 
     /// The job directory (absolute).
@@ -124,8 +301,15 @@ impl Job {
         self.revisions.iter().rev().find(|r| r.is_complete())
     }
 
-    /// Resolves `-r SPEC` to a complete revision.
+    /// Resolves `-r SPEC` to a complete revision; never a damaged one.
     pub fn resolve(&self, spec_text: &str) -> Result<&Revision> {
+        if let Some(d) = self.find_damaged(spec_text) {
+            return Err(Error::DamagedRevision {
+                id: d.id.clone(),
+                file: d.file.clone(),
+                reason: d.reason.clone(),
+            });
+        }
         let rev = spec::resolve(&self.revisions, spec_text)?;
         if !rev.is_complete() {
             return Err(Error::Incomplete { id: rev.id.clone() });
@@ -246,22 +430,39 @@ impl Job {
         write_atomic(&self.rev_path(&rev.id), rev.to_yaml().as_bytes(), mode)
     }
 
-    /// Points `last` and `last.rev` at the newest complete revision (or removes them).
+    /// Points `last` and `last.rev` at the newest complete revision (or removes
+    /// them). Whatever is there and is not a symlink (a regular file left by
+    /// `cp -rL` or `rsync -L`, a directory) is renamed to `<link>.bak-<time>`,
+    /// never deleted.
     pub fn update_last(&self) -> Result<()> {
         let newest = self.newest_complete().map(|r| r.id.clone());
-        for (link, target) in [
-            ("last", newest.clone()),
-            ("last.rev", newest.map(|id| format!("{id}.rev"))),
-        ] {
+        for (link, target) in self.link_targets(newest) {
             let path = self.dir.join(link);
-            let current = std::fs::read_link(&path).ok();
-            if current.as_deref() == target.as_deref().map(Path::new) {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let current = std::fs::read_link(&path).ok();
+                    if current.as_deref() == target.as_deref().map(Path::new) {
+                        continue;
+                    }
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("cannot replace", &path)(e)),
+                    }
+                }
+                Ok(m) => {
+                    let backup = self.free_backup_name(link);
+                    std::fs::rename(&path, &backup)
+                        .map_err(Error::io("cannot move aside", &path))?;
+                    tracing::warn!(
+                        "{} was {} instead of the symlink backy writes; moved it to {}",
+                        path.display(),
+                        describe_type(&m.file_type()),
+                        backup.display()
+                    );
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("cannot replace", &path)(e)),
+                Err(e) => return Err(Error::io("cannot inspect", &path)(e)),
             }
             if let Some(target) = target {
                 std::os::unix::fs::symlink(&target, &path)
@@ -270,6 +471,52 @@ impl Job {
         }
         sys::fsync_dir(&self.dir).map_err(Error::io("cannot sync", &self.dir))
     }
+
+    /// `<link>.bak-<UTC time>`, with a counter when that exists already.
+    fn free_backup_name(&self, link: &str) -> PathBuf {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        let mut path = self.dir.join(format!("{link}.bak-{stamp}"));
+        let mut n = 1;
+        while std::fs::symlink_metadata(&path).is_ok() {
+            path = self.dir.join(format!("{link}.bak-{stamp}-{n}"));
+            n += 1;
+        }
+        path
+    }
+
+    /// Deletes a damaged revision's files (`forget -r ID --force`; needs the purge lock).
+    pub fn remove_damaged(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
+        self.remove_files(id)?;
+        self.damaged.retain(|d| d.id != id);
+        self.update_last()
+    }
+}
+
+/// "a regular file", "a directory", ... for messages.
+fn describe_type(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device node"
+    }
+}
+
+/// The note for a revision dated in the future.
+pub fn future_note(rev: &Revision) -> String {
+    format!(
+        "revision {} is dated {}, in the future: the clock was ahead when it was made, or is behind now; until the clock passes the newest revision's date, new revisions are dated just after it; check the system clock",
+        rev.id,
+        rev.timestamp.format("%Y-%m-%d %H:%M:%S UTC")
+    )
 }
 
 /// Writes `path` atomically with `mode`: temp file beside it, fsync, rename, fsync dir.

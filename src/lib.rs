@@ -14,13 +14,30 @@
 //!     <id>.rev                YAML metadata (see [`revision`])    (0440 once complete)
 //!     <id>.sums               checksum manifest (see [`image::sums`], ours only)
 //!     last -> <id>            newest complete revision (relative symlink)
-//!     last.rev -> <id>.rev
+//!     last.rev -> <id>.rev    (a file or directory there is renamed to `.bak-<time>`)
 //!     backy.log               per-job log
 //! ```
 //!
 //! A revision is complete exactly when its `.rev` carries `stats.duration`; that
 //! key is written last, in one atomic rename. Anything else is incomplete, ignored
 //! by every reader, and removed by the next backup.
+//!
+//! A revision whose `.rev` cannot be read, or a complete one whose image is
+//! missing, is *damaged* ([`job::Damaged`]): shown by `status` and `check`, never
+//! chosen, never a parent, never removed except by `forget --force`. A backup
+//! cannot tell whether it is complete, so it never deletes it.
+//!
+//! # The order of revisions
+//!
+//! One order everywhere ([`revision::order`]): by timestamp, then by id. The
+//! newest complete revision is what `-r 0`, `last`/`latest`, the `last` links,
+//! the next backup's parent, retention and the scheduler's SLA mean. A backup
+//! never dates its revision before its parent ([`revision::timestamp_after`]):
+//! when the clock is behind (it was ahead, then corrected) it warns and dates the
+//! new revision just after the parent, so the newest is always the one made last.
+//! A revision dated in the future proves nothing about the job's freshness, so
+//! the SLA counts the scheduler's last successful run instead
+//! ([`schedule::plan::sla_reference`]).
 //!
 //! # Lock order
 //!

@@ -401,6 +401,15 @@ Only blocks whose checksum changed are compared, and inside them only the 4 KiB 
 that differ are written, so unchanged data stays shared with the parent. All-zero
 ranges become holes.
 
+The new revision is dated now, unless the clock is behind the newest revision's date
+(the clock was ahead when that one was made, then corrected): then it is dated one
+microsecond after it, so that it is the newest for every command, and the backup
+warns. Damaged revisions (see `status`) are left alone: never the parent, never
+removed. `last` or `last.rev` that are not symbolic links (a copy left by `cp -rL`
+or `rsync -L`, a directory) are renamed to *name*`.bak-`*time* and replaced.
+A tag that `-r` could never select is refused: a number (`0`, `1`, ...), `last` and
+`latest`.
+
 A job directory on a filesystem without reflinks (ext4, tmpfs, NFS) is refused with
 a message that names the filesystem, unless `--allow-copy` is given or the job's
 `config` says `allow-copy: true`; each revision is then a full sparse copy, recorded
@@ -428,9 +437,16 @@ Prints a table of the revisions, oldest first, with the columns Date (UTC), ID, 
 Durat and Tags (and Trust), followed by a summary such as
 `4 revisions containing 10.37 GiB data (estimated)`. *Size* is what the backup wrote
 as backy 2.1 counted it (the source size for full backups), *Durat* the backup's
-duration in seconds. An incomplete revision shows `0 s`; the next backup removes it.
+duration in seconds. An incomplete revision shows `0 s`; the next backup removes it;
+the summary does not count it.
 Tags are listed by their schedule's interval, shortest first, where known.
-`--json` prints the same as JSON.",
+Then one `Warning:` line for each damaged revision (a `.rev` that cannot be read, or a
+complete revision whose image is missing), naming the file and what is wrong, for each
+revision dated in the future, and for `last`/`last.rev` when they are not the links
+backy writes. A damaged revision is never chosen by `-r`, never a parent, and never
+removed except by `forget --force`.
+`--json` prints the same as JSON, with `future` and `damaged` (`file`, `reason`)
+per revision.",
     ),
     (
         "verify",
@@ -440,11 +456,16 @@ manifest (`.sums`). A revision that matches is marked `verified`. One that does 
 is marked `distrusted`, the offsets of the bad blocks are listed, and the command
 exits 1; the next backup of the job then compares the whole source with the image
 instead of trusting checksums. A revision made by backy 2.1 has no manifest and
-cannot be verified this way; the command says so.",
+cannot be verified this way; the command says so, and says when the manifest of a
+revision this backy made is missing. Without `-r`, damaged revisions are named and
+skipped, and a job without complete revisions gets \"Nothing to verify\" (exit 0);
+a `-r` that names no revision exits 1.",
     ),
     (
         "forget",
-        "Deletes the revision's image, `.rev` and `.sums` files, by exact name.",
+        "\
+Deletes the revision's image, `.rev` and `.sums` files, by exact name. A damaged
+revision (see `status`) is deleted only with `--force` and its exact ID.",
     ),
     (
         "scheduler",
@@ -503,7 +524,13 @@ revision. *SPEC* is tried in this order, and the first rule that matches wins:
   that lists them.
 
 Only complete revisions are ever chosen: a backup that is running or crashed is never
-\"the newest\". `find` and `restore` use `latest` when `-r` is not given.
+\"the newest\", and neither is a damaged revision. `find` and `restore` use `latest`
+when `-r` is not given.
+
+Revisions are ordered by their timestamp (then ID), everywhere: `-r`, `last`, the
+parent of the next backup, retention and the scheduler's SLA. A backup never dates its
+revision before its parent, so the newest is the one made last even after the clock
+was set back.
 
 New revision IDs are random UUIDs written in base 57 (22 characters, such as
 `Q5N5Ng5kFzNFVv6FDDDCHi`), as backy 2.1 wrote them. IDs from other backy versions
@@ -558,7 +585,8 @@ exclusively. So a manual backup never runs beside the scheduler's backup of the 
 job, and no revision is deleted while it is being read.
 : `last`, `last.rev`
 Relative symbolic links to the newest complete revision. They are convenience only:
-a missing or broken link never stops a backup.
+a missing or broken link never stops a backup, which replaces a wrong one; a regular
+file or directory in their place is renamed to *name*`.bak-`*time*, never deleted.
 
 Job directories written by backy 2.1 are used as they are, and backy 2.1 can use the
 ones this backy writes. Job directories of backy 2.2 and later with the chunked
@@ -757,6 +785,12 @@ A job is within its SLA when its newest complete revision is younger than 1.5 ti
 the smallest interval of its schedule: 36 hours for a daily schedule. A job that has
 never completed a backup is out of SLA once it has existed longer than that.
 Incomplete revisions do not count.
+
+A revision dated in the future does not count either (its age is unknown): the job
+is within its SLA while the scheduler has seen a backup succeed recently enough.
+Damaged revision files and revisions dated in the future make the check report
+`WARNING: `*n*` of `*m*` jobs have damaged or future-dated revisions` with one
+*job*`: `*problem* line each, exit status 1 (after the late jobs, when there are any).
 ";
 
 const CONSOLE: &str = "\

@@ -142,8 +142,17 @@ impl Revision {
             .unwrap_or("cowfile")
     }
 
+    /// Whether this backy wrote the revision: its stats carry our keys
+    /// (`reflink`, `bytes_changed`), which backy 2.1 never wrote.
+    pub fn made_by_us(&self) -> bool {
+        self.stats.contains_key("reflink") || self.stats.contains_key("bytes_changed")
+    }
+
     /// Parses a `.rev` file's text; `id` is the fallback when `uuid` is missing.
     pub fn parse(text: &str, id: &str) -> std::result::Result<Revision, String> {
+        if text.trim().is_empty() {
+            return Err("the file is empty".into());
+        }
         let value: Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
         let Value::Mapping(mut map) = value else {
             return Err("it is not a YAML mapping".into());
@@ -206,11 +215,14 @@ impl Revision {
 
     /// Reads `<dir>/<id>.rev`.
     pub fn load(path: &Path, id: &str) -> Result<Revision> {
-        let text = std::fs::read_to_string(path).map_err(Error::io("cannot read", path))?;
-        Revision::parse(&text, id).map_err(|reason| Error::BadRevision {
+        let bytes = std::fs::read(path).map_err(Error::io("cannot read", path))?;
+        let bad = |reason: String| Error::BadRevision {
             path: path.to_owned(),
             reason,
-        })
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|_| bad("it is not text (binary data, not YAML)".into()))?;
+        Revision::parse(&text, id).map_err(bad)
     }
 
     /// The `.rev` text, in the layout documented at the top of this module.
@@ -282,6 +294,31 @@ fn yaml_scalar(s: &str) -> String {
         s.to_string()
     } else {
         serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+    }
+}
+
+/// The one order of revisions, used everywhere (SPEC resolution, `last`, the
+/// parent of a backup, retention, the scheduler): by timestamp, then by id.
+/// A backup never dates its revision before its parent (see
+/// [`timestamp_after`]), so the newest by this order is the one made last
+/// even after the clock was set back.
+pub fn order(a: (&DateTime<Utc>, &str), b: (&DateTime<Utc>, &str)) -> std::cmp::Ordering {
+    a.0.cmp(b.0).then_with(|| a.1.cmp(b.1))
+}
+
+/// The timestamp of a new revision made at `now` whose parent is dated
+/// `parent`: `now`, or, when the clock is behind the parent (it was ahead when
+/// the parent was made, then corrected), one microsecond after the parent, so
+/// the new revision is the newest. The second value says whether it was moved.
+pub fn timestamp_after(now: DateTime<Utc>, parent: Option<DateTime<Utc>>) -> (DateTime<Utc>, bool) {
+    match parent {
+        Some(p) if now <= p => {
+            // Whole microseconds, as the .rev stores them, strictly after the parent.
+            let micros = p.timestamp_micros().saturating_add(1);
+            let after = DateTime::from_timestamp_micros(micros).unwrap_or(p);
+            (after, true)
+        }
+        _ => (now, false),
     }
 }
 
@@ -410,6 +447,39 @@ mod tests {
         let line = y.lines().find(|l| l.starts_with("timestamp:")).unwrap();
         assert!(line.ends_with("+00:00") && !line.contains('\''), "{line}");
         assert!(y.contains("parent: null\n"));
+    }
+
+    #[test]
+    fn a_new_revision_is_never_dated_before_its_parent() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let now = t("2026-01-01T00:00:00Z");
+        assert_eq!(timestamp_after(now, None), (now, false));
+        assert_eq!(
+            timestamp_after(now, Some(t("2025-12-31T00:00:00Z"))),
+            (now, false)
+        );
+        let future = t("2027-01-01T00:00:00.1234567Z");
+        let (ts, moved) = timestamp_after(now, Some(future));
+        assert!(moved && ts > future, "{ts}");
+        assert_eq!(ts, t("2027-01-01T00:00:00.123457Z"));
+        let mut r = Revision::new("a".into(), None, BTreeSet::new());
+        r.timestamp = ts;
+        let again = Revision::parse(&r.to_yaml(), "a").unwrap();
+        assert!(again.timestamp > future);
+    }
+
+    #[test]
+    fn empty_and_binary_rev_files_say_so() {
+        assert_eq!(Revision::parse("", "a").unwrap_err(), "the file is empty");
+        assert_eq!(
+            Revision::parse(" \n", "a").unwrap_err(),
+            "the file is empty"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.rev");
+        std::fs::write(&p, [0u8, 159, 146, 150, 255]).unwrap();
+        let e = Revision::load(&p, "a").unwrap_err().to_string();
+        assert!(e.contains("binary") && e.contains("move it out"), "{e}");
     }
 
     #[test]

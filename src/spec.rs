@@ -8,6 +8,21 @@
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 
+/// Why `-r TAG` could never select a revision by this tag, if so: `-r` reads a
+/// number (`0`, `1`, `-1`, `+2`) as a revision number and `last`/`latest` as
+/// the newest revision before it looks at tags.
+pub fn tag_problem(tag: &str) -> Option<&'static str> {
+    if tag.parse::<i64>().is_ok() {
+        Some(
+            "is a number, which '-r' reads as a revision number (0 = the newest), so '-r' could never select the tag",
+        )
+    } else if tag == "last" || tag == "latest" {
+        Some("is what '-r' reads as the newest revision, so '-r' could never select the tag")
+    } else {
+        None
+    }
+}
+
 /// Finds the revision `spec` names among `revisions` (sorted oldest first).
 pub fn resolve<'a>(revisions: &'a [Revision], spec: &str) -> Result<&'a Revision> {
     let complete: Vec<&Revision> = revisions.iter().filter(|r| r.is_complete()).collect();
@@ -122,6 +137,16 @@ mod tests {
             "{err}"
         );
         assert!(id("").starts_with("ERR no complete revision"));
+    }
+
+    #[test]
+    fn tags_that_specs_shadow_are_refused() {
+        for tag in ["0", "1", "-1", "+2", "007", "last", "latest"] {
+            assert!(tag_problem(tag).is_some(), "{tag}");
+        }
+        for tag in ["daily", "1d", "v1.0", "lastweek", "manual:1", "1e3x"] {
+            assert_eq!(tag_problem(tag), None, "{tag}");
+        }
     }
 
     #[test]

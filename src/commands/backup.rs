@@ -37,7 +37,21 @@ pub fn parse_tags(text: &str) -> Result<BTreeSet<String>> {
             "tag '{bad}' contains whitespace; use plain words"
         )));
     }
+    for tag in &tags {
+        check_tag(tag)?;
+    }
     Ok(tags)
+}
+
+/// Refuses a tag that `-r` could never select (see [`crate::spec::tag_problem`]).
+pub fn check_tag(tag: &str) -> Result<()> {
+    match crate::spec::tag_problem(tag) {
+        Some(reason) => Err(Error::BadTag {
+            tag: tag.into(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Runs one backup of the job in `dir`.
@@ -54,12 +68,28 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
     let mut source = source::open(&config.source)?;
     let allow_copy = allow_copy_flag || config.allow_copy;
 
+    for d in &job.damaged {
+        tracing::warn!("{}", d.describe());
+    }
     let parent = job.newest_complete().cloned();
     let mut rev = Revision::new(
         revision::new_id(),
         parent.as_ref().map(|p| p.id.clone()),
         tags,
     );
+    let (timestamp, moved) =
+        revision::timestamp_after(rev.timestamp, parent.as_ref().map(|p| p.timestamp));
+    if let (true, Some(p)) = (moved, &parent) {
+        tracing::warn!(
+            "The clock ({}) is behind the newest revision {} ({}): dating revision {} {} so it stays the newest; check the system clock",
+            rev.timestamp.format("%Y-%m-%d %H:%M:%S UTC"),
+            p.id,
+            p.timestamp.format("%Y-%m-%d %H:%M:%S UTC"),
+            rev.id,
+            timestamp.format("%Y-%m-%d %H:%M:%S%.6f UTC"),
+        );
+    }
+    rev.timestamp = timestamp;
     tracing::info!(
         "Creating revision {} (parent {}) with tags {}",
         rev.id,
@@ -105,7 +135,7 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
     );
     job.write_rev(&rev)?;
     failpoint::hit("after-complete-rev");
-    job.revisions.push(rev.clone());
+    job.add_revision(rev.clone());
     job.update_last()?;
     failpoint::hit("after-last");
     if let Err(e) = source.cleanup(&rev.id) {

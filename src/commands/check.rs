@@ -11,6 +11,7 @@ use crate::schedule::config::Config;
 
 /// Nagios exit codes.
 const OK: u8 = 0;
+const WARNING: u8 = 1;
 const CRITICAL: u8 = 2;
 const UNKNOWN: u8 = 3;
 
@@ -52,11 +53,38 @@ pub fn evaluate(config_path: &Path, now: SystemTime) -> (String, u8) {
     };
     let late: Vec<_> = jobs.iter().filter(|j| !j.ok()).collect();
     if late.is_empty() {
+        if let Some(warning) = damaged_warning(&jobs) {
+            return (warning, WARNING);
+        }
         return (format!("OK: {} jobs within SLA", jobs.len()), OK);
     }
     let mut text = format!("CRITICAL: {} jobs not within SLA", late.len());
     for j in late {
         text.push_str(&format!("\n{} (last time: {})", j.job, j.last_time));
     }
+    if let Some(warning) = damaged_warning(&jobs) {
+        text.push('\n');
+        text.push_str(&warning);
+    }
     (text, CRITICAL)
+}
+
+/// `WARNING: ...` and one line per damaged or future-dated revision file the
+/// scheduler found, or `None` when there are none.
+fn damaged_warning(jobs: &[crate::daemon::status::JobStatus]) -> Option<String> {
+    let with: Vec<_> = jobs.iter().filter(|j| !j.warnings.is_empty()).collect();
+    if with.is_empty() {
+        return None;
+    }
+    let mut text = format!(
+        "WARNING: {} of {} jobs have damaged or future-dated revisions",
+        with.len(),
+        jobs.len()
+    );
+    for j in with {
+        for w in &j.warnings {
+            text.push_str(&format!("\n{}: {w}", j.job));
+        }
+    }
+    Some(text)
 }

@@ -38,7 +38,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Find { revision } => find::run(dir, revision),
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),
-        Command::Forget { revision } => forget::run(dir, revision),
+        Command::Forget { revision, force } => forget::run(dir, revision, *force),
         Command::NbdServer {
             host,
             port,

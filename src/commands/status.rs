@@ -2,10 +2,11 @@
 
 use std::path::Path;
 
+use chrono::Utc;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 
 use crate::error::Result;
-use crate::job::Job;
+use crate::job::{Damaged, Job, future_note};
 use crate::revision::Revision;
 use crate::units::{format_bytes, format_duration};
 
@@ -30,7 +31,8 @@ pub fn format_tags(rev: &Revision) -> String {
     tags.join(",")
 }
 
-/// Prints the table (or JSON) of all revisions.
+/// Prints the table (or JSON) of all revisions, then what is wrong in the job:
+/// damaged revisions, revisions dated in the future, `last` links to repair.
 pub fn run(dir: &Path, json: bool) -> Result<()> {
     let job = Job::open(dir)?;
     if json {
@@ -38,6 +40,14 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     print!("{}", render_table(&job.revisions));
+    let damaged = job.damaged.iter().map(Damaged::describe);
+    let future = job
+        .future_revisions(Utc::now())
+        .into_iter()
+        .map(future_note);
+    for line in damaged.chain(future).chain(job.link_problems()) {
+        println!("Warning: {line}");
+    }
     Ok(())
 }
 
@@ -73,16 +83,26 @@ pub fn render_table(revisions: &[Revision]) -> String {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
-    let total: u64 = revisions.iter().map(Revision::bytes_written).sum();
+    // Incomplete revisions (running or crashed) are listed but not counted:
+    // the next backup removes them.
+    let complete: Vec<&Revision> = revisions.iter().filter(|r| r.is_complete()).collect();
+    let total: u64 = complete.iter().map(|r| r.bytes_written()).sum();
+    let incomplete = revisions.len() - complete.len();
     format!(
-        "{table}\n{} revisions containing {} data (estimated)\n",
-        revisions.len(),
-        format_bytes(total)
+        "{table}\n{} revisions containing {} data (estimated){}\n",
+        complete.len(),
+        format_bytes(total),
+        match incomplete {
+            0 => String::new(),
+            1 => "; 1 incomplete revision not counted".into(),
+            n => format!("; {n} incomplete revisions not counted"),
+        }
     )
 }
 
 fn to_json(job: &Job) -> String {
-    let revs: Vec<serde_json::Value> = job
+    let now = Utc::now();
+    let mut revs: Vec<serde_json::Value> = job
         .revisions
         .iter()
         .map(|r| {
@@ -98,8 +118,29 @@ fn to_json(job: &Job) -> String {
                 "reflink": r.stats.get("reflink").and_then(|v| v.as_bool()),
                 "trust": r.trust,
                 "image": job.image_path(&r.id),
+                "future": r.timestamp > now,
+                "damaged": null,
             })
         })
         .collect();
+    // Damaged revisions: what could be read, the file that is wrong and why.
+    for d in &job.damaged {
+        let r = d.rev.as_ref();
+        revs.push(serde_json::json!({
+            "id": d.id,
+            "timestamp": r.map(|r| r.timestamp.to_rfc3339()),
+            "parent": r.and_then(|r| r.parent.clone()),
+            "tags": r.map(|r| r.tags.clone()).unwrap_or_default(),
+            "complete": false,
+            "duration": r.and_then(Revision::duration),
+            "bytes_written": r.map(Revision::bytes_written),
+            "bytes_changed": r.and_then(|r| r.stat_u64("bytes_changed")),
+            "reflink": r.and_then(|r| r.stats.get("reflink")).and_then(|v| v.as_bool()),
+            "trust": r.map(|r| r.trust),
+            "image": job.image_path(&d.id),
+            "future": r.is_some_and(|r| r.timestamp > now),
+            "damaged": {"file": d.file, "reason": d.reason},
+        }));
+    }
     serde_json::to_string_pretty(&revs).unwrap_or_default()
 }

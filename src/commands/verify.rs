@@ -33,14 +33,38 @@ pub fn run(dir: &Path, spec: Option<&str>) -> Result<()> {
             .map(|r| r.id.clone())
             .collect(),
     };
+    if spec.is_none() {
+        for d in &job.damaged {
+            tracing::warn!("Not verified: {}", d.describe());
+        }
+        if ids.is_empty() {
+            tracing::warn!(
+                "Nothing to verify: job {} has no complete revision",
+                job.dir().display()
+            );
+        }
+    }
     let mut failed = Vec::new();
     for id in &ids {
         match verify_revision(&job, id)? {
             Outcome::Good => {}
             Outcome::Bad => failed.push(id.clone()),
             Outcome::NoManifest => {
+                let ours = job
+                    .revisions
+                    .iter()
+                    .find(|r| &r.id == id)
+                    .is_some_and(|r| r.made_by_us());
+                let why = if ours {
+                    format!(
+                        "its manifest {} is missing (this backy wrote one; was it deleted?)",
+                        job.sums_path(id).display()
+                    )
+                } else {
+                    "it was made by backy 2.1 or earlier, which wrote none".to_string()
+                };
                 let msg = format!(
-                    "revision {id} has no checksum manifest (it was made by backy 2.1 or earlier) and can only be checked against its source"
+                    "revision {id} has no checksum manifest: {why}; it can only be checked against its source"
                 );
                 if spec.is_some() {
                     return Err(Error::Other(msg));

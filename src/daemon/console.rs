@@ -227,6 +227,7 @@ mod tests {
             last_duration: "-".into(),
             next_time: "2015-11-06 11:56:10 UTC".into(),
             next_tags: "daily".into(),
+            warnings: Vec::new(),
         };
         StaticDaemon {
             jobs: vec![job("test01"), job("test02"), job("vm01")],

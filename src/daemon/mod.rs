@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::expire;
 use crate::job::{Job, write_atomic};
 use crate::schedule::config::{Config, JobDef, Schedule};
-use crate::schedule::plan::{NextRun, backoff, next_run, within_sla};
+use crate::schedule::plan::{NextRun, backoff, next_run, sla_reference, within_sla};
 use crate::schedule::spread::spread;
 use status::{JobStatus, write_status_file};
 
@@ -84,6 +84,8 @@ struct JobState {
     pid: Option<u32>,
     /// Complete revisions (timestamp, tags, duration), oldest first.
     history: Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)>,
+    /// Damaged revisions and revisions dated in the future, for the status file.
+    warnings: Vec<String>,
     /// When the last successful run started and its tags: planning counts it even
     /// if no revision shows it (a `$BACKY_CMD` that makes none), so a job is never
     /// re-run in a loop.
@@ -235,6 +237,7 @@ impl Scheduler {
                     queued_deadline: None,
                     pid: None,
                     history: Vec::new(),
+                    warnings: Vec::new(),
                     last_success: None,
                     started: None,
                     known_since: std::fs::metadata(dir.join("config"))
@@ -243,7 +246,7 @@ impl Scheduler {
                         .unwrap_or(now),
                 },
             };
-            state.history = load_history(&dir);
+            (state.history, state.warnings) = load_history(&dir, now);
             reschedule(&mut state, now);
             self.jobs.insert(name.clone(), state);
         }
@@ -490,7 +493,7 @@ impl Scheduler {
             }
             fail(job, now);
         }
-        job.history = load_history(&dir);
+        (job.history, job.warnings) = load_history(&dir, now);
         reschedule(job, now);
     }
 
@@ -502,7 +505,16 @@ impl Scheduler {
                 let last = job.history.last();
                 JobStatus {
                     job: name.clone(),
-                    sla: if within_sla(&job.schedule, last.map(|l| l.0), job.known_since, now) {
+                    sla: if within_sla(
+                        &job.schedule,
+                        sla_reference(
+                            last.map(|l| l.0),
+                            job.last_success.as_ref().map(|s| s.0),
+                            now,
+                        ),
+                        job.known_since,
+                        now,
+                    ) {
                         "OK".into()
                     } else {
                         "TOO OLD".into()
@@ -517,6 +529,7 @@ impl Scheduler {
                         .map_or("-".into(), |d| format!("{d:.1} s")),
                     next_time: format_time(Some(effective_deadline(job))),
                     next_tags: join_tags(&job.schedule, &job.next.tags),
+                    warnings: job.warnings.clone(),
                 }
             })
             .collect();
@@ -571,20 +584,25 @@ fn join_tags(schedule: &Schedule, tags: &BTreeSet<String>) -> String {
     schedule.format_tags(tags)
 }
 
-fn load_history(dir: &Path) -> Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)> {
+/// A job's complete revisions (oldest first) and what `check` should warn about.
+type History = Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)>;
+
+fn load_history(dir: &Path, now: DateTime<Utc>) -> (History, Vec<String>) {
     if !dir.join("config").exists() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     match Job::open(dir) {
-        Ok(job) => job
-            .revisions
-            .iter()
-            .filter(|r| r.is_complete())
-            .map(|r| (r.timestamp, r.tags.clone(), r.duration()))
-            .collect(),
+        Ok(job) => (
+            job.revisions
+                .iter()
+                .filter(|r| r.is_complete())
+                .map(|r| (r.timestamp, r.tags.clone(), r.duration()))
+                .collect(),
+            job.warnings(now),
+        ),
         Err(e) => {
             tracing::warn!("Cannot read revisions of {}: {e}", dir.display());
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct JobStatus {
     pub next_time: String,
     /// Tags of the next run.
     pub next_tags: String,
+    /// Damaged revisions and revisions dated in the future, one line each;
+    /// `backy check` reports them as WARNING.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl JobStatus {
@@ -124,6 +128,7 @@ mod tests {
             last_duration: "50.7 s".into(),
             next_time: "2015-11-06 11:56:10 UTC".into(),
             next_tags: "daily,weekly".into(),
+            warnings: Vec::new(),
         }
     }
 

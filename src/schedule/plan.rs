@@ -170,6 +170,22 @@ pub fn within_sla(
     now.signed_duration_since(reference) <= limit
 }
 
+/// The time the SLA counts from: the newest complete revision's timestamp,
+/// unless it lies after `now`. A revision dated in the future (the clock was
+/// ahead when it was made) proves nothing about how recent the job's backups
+/// are, so then the start of the newest run the scheduler saw succeed counts,
+/// or, without one, nothing (the job's `known_since`).
+pub fn sla_reference(
+    newest_complete: Option<DateTime<Utc>>,
+    last_success: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    match newest_complete {
+        Some(t) if t > now => last_success.filter(|s| *s <= now),
+        other => other,
+    }
+}
+
 /// Whole seconds as a time delta, saturating far beyond any real interval.
 fn seconds(secs: u64) -> TimeDelta {
     i64::try_from(secs)
@@ -411,6 +427,42 @@ mod tests {
             since,
             now
         ));
+    }
+
+    #[test]
+    fn a_revision_dated_in_the_future_does_not_keep_the_sla() {
+        let s = default_schedule();
+        let now = at(2015, 11, 13, 12, 0, 0);
+        let since = now - TimeDelta::days(100);
+        let future = Some(now + TimeDelta::days(365));
+        // Backups keep failing: only the future revision, no success seen.
+        assert_eq!(sla_reference(future, None, now), None);
+        assert!(!within_sla(
+            &s,
+            sla_reference(future, None, now),
+            since,
+            now
+        ));
+        // A run the scheduler saw succeed an hour ago counts.
+        let success = Some(now - TimeDelta::hours(1));
+        assert_eq!(sla_reference(future, success, now), success);
+        assert!(within_sla(
+            &s,
+            sla_reference(future, success, now),
+            since,
+            now
+        ));
+        let stale = Some(now - TimeDelta::hours(40));
+        assert!(!within_sla(
+            &s,
+            sla_reference(future, stale, now),
+            since,
+            now
+        ));
+        // A revision dated in the past is what counts, as always.
+        let past = Some(now - TimeDelta::hours(2));
+        assert_eq!(sla_reference(past, None, now), past);
+        assert_eq!(sla_reference(None, success, now), None);
     }
 
     proptest! {

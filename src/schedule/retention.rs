@@ -127,7 +127,8 @@ impl RetentionPlan {
 /// the rules.
 pub fn plan(schedule: &Schedule, revisions: &[RevisionInfo], now: DateTime<Utc>) -> RetentionPlan {
     let mut order: Vec<&RevisionInfo> = revisions.iter().collect();
-    order.sort_by(|a, b| (a.timestamp, &a.id).cmp(&(b.timestamp, &b.id)));
+    // The one order of revisions (crate::revision::order), as `-r` and `last` see it.
+    order.sort_by(|a, b| crate::revision::order((&a.timestamp, &a.id), (&b.timestamp, &b.id)));
 
     // Per revision (by position in `order`): tag -> kept reason or None (expired).
     let mut verdicts: Vec<BTreeMap<&str, Option<TagKept>>> = vec![BTreeMap::new(); order.len()];

@@ -454,6 +454,12 @@ fn parse_tag_rule(tag: &str, value: &Value, path: &str, p: &mut Problems) -> Opt
             "tags starting with 'manual:' are manual tags, which are never expired; choose another name",
         );
         ok = false;
+    } else if let Some(reason) = crate::spec::tag_problem(tag) {
+        p.error(
+            path,
+            format!("the tag {reason}; choose a word such as 'daily'"),
+        );
+        ok = false;
     }
     let Value::Mapping(map) = value else {
         p.error(
@@ -942,6 +948,14 @@ jobs:
             (
                 "schedules: {s: {'manual:x': {interval: 1d, keep: 2}}}",
                 "schedules.s.manual:x: tags starting with 'manual:'",
+            ),
+            (
+                "schedules: {s: {latest: {interval: 1d, keep: 2}}}",
+                "schedules.s.latest: the tag is what '-r' reads as the newest",
+            ),
+            (
+                "schedules: {s: {'1': {interval: 1d, keep: 2}}}",
+                "schedules.s.1: the tag is a number, which '-r' reads",
             ),
             (
                 "schedules: {s: {1: {interval: 1d, keep: 2}}}",
