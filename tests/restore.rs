@@ -4,12 +4,106 @@
 
 mod util;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use util::*;
+
+const MIB: u64 = 1 << 20;
+
+/// A job on its own filesystem with two complete revisions of a `size`-byte
+/// source (data, zeros and a hole), oldest first.
+struct Job {
+    fs: TestFs,
+    src: PathBuf,
+    dir: PathBuf,
+    /// Revision ids, oldest first.
+    ids: Vec<String>,
+}
+
+impl Job {
+    fn new(kind: FsKind, fs_mib: u64, size: u64, revisions: usize) -> Option<Job> {
+        let fs = TestFs::new(kind, fs_mib)?;
+        let src = fs.join("src.img");
+        let dir = fs.join("job");
+        let f = File::create(&src).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(&pattern_bytes(1, (size / 2) as usize), 0)
+            .unwrap();
+        f.write_all_at(&vec![0u8; MIB as usize], size / 2).unwrap();
+        drop(f);
+        run_ok(backy_job(&dir).args(["init", "file"]).arg(&src));
+        let mut job = Job {
+            fs,
+            src,
+            dir,
+            ids: Vec::new(),
+        };
+        for n in 0..revisions {
+            write_at(
+                &job.src,
+                n as u64 * 65536,
+                &pattern_bytes(100 + n as u64, 65536),
+            );
+            run_ok(job.backy().args(["backup", &format!("t{n}")]));
+            let id = job.status().last().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            job.ids.push(id);
+        }
+        Some(job)
+    }
+
+    fn backy(&self) -> Command {
+        backy_job(&self.dir)
+    }
+
+    fn status(&self) -> Vec<serde_json::Value> {
+        let r = run_ok(self.backy().args(["status", "--json"]));
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| r.fail(&format!("bad JSON: {e}")))
+    }
+
+    fn image(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Name, length and SHA-256 of every file in the job directory (symlinks:
+    /// their target).
+    fn snapshot(&self) -> BTreeMap<String, String> {
+        fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let p = e.path();
+                let m = p.symlink_metadata().unwrap();
+                let what = if m.file_type().is_symlink() {
+                    format!("-> {}", fs::read_link(&p).unwrap().display())
+                } else if m.is_file() {
+                    format!("{} {}", m.len(), sha256(&p))
+                } else {
+                    "dir".into()
+                };
+                (e.file_name().to_string_lossy().into_owned(), what)
+            })
+            .collect()
+    }
+}
+
+/// Runs a command on drop (unmount a bind mount, detach a loop device), so a
+/// failing test does not leave the test filesystem busy.
+struct OnDrop(Option<Command>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(mut cmd) = self.0.take() {
+            let _ = cmd.status();
+        }
+    }
+}
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -116,4 +210,120 @@ fn init_stores_a_relative_source_path_as_an_absolute_one() {
         config.contains(here.join("../here/src/one.img").to_str().unwrap()),
         "{config}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Never into the job
+
+fn never_into_the_job(kind: FsKind) {
+    let Some(job) = Job::new(kind, 300, 8 * MIB, 2) else {
+        return;
+    };
+    let (old, new) = (&job.ids[0], &job.ids[1]);
+    let before = job.snapshot();
+    let found = run_ok(job.backy().arg("find")).stdout.trim().to_string();
+    assert_eq!(Path::new(&found), job.image(new));
+
+    // Another way into the same files: a bind mount of the job directory.
+    let bind_dir = tempfile::tempdir().unwrap();
+    let bind = bind_dir.path().join("bind");
+    fs::create_dir(&bind).unwrap();
+    run_ok(tool("mount").arg("--bind").arg(&job.dir).arg(&bind));
+    let mut umount = tool("umount");
+    umount.arg(&bind);
+    let _unbind = OnDrop(Some(umount));
+    // A hard link and symlinks outside the job.
+    let hard = job.fs.join("hardlink.img");
+    fs::hard_link(job.image(new), &hard).unwrap();
+    let soft = job.fs.join("symlink.img");
+    std::os::unix::fs::symlink(job.dir.join("last"), &soft).unwrap();
+    // A loop device over the newest image.
+    let r = run_ok(
+        tool("losetup")
+            .args(["--find", "--show"])
+            .arg(job.image(new)),
+    );
+    let loopdev = PathBuf::from(r.stdout.trim());
+    let mut detach = tool("losetup");
+    detach.arg("-d").arg(&loopdev);
+    let _detach = OnDrop(Some(detach));
+
+    let victims: Vec<(PathBuf, &str)> = vec![
+        (PathBuf::from(&found), new),
+        (job.dir.join("last"), new),
+        (job.dir.join("last.rev"), new),
+        (job.image(old), old),
+        (job.dir.join(format!("{new}.sums")), new),
+        (job.dir.join(format!("{old}.rev")), old),
+        (bind.join(new), new),
+        (bind.join("last"), new),
+        (hard.clone(), new),
+        (soft.clone(), new),
+        (loopdev.clone(), new),
+    ];
+    for (target, victim) in &victims {
+        for args in [
+            &["restore", "-r", "0"][..],
+            &["restore", "-r", "1", "--force"],
+        ] {
+            let r = run(job.backy().args(args).arg(target)).failure();
+            let r = r.stderr_has(&format!("would destroy revision {victim}"));
+            r.stderr_has("--force does not change this");
+            assert_eq!(
+                job.snapshot(),
+                before,
+                "{kind}: restore to {}",
+                target.display()
+            );
+        }
+    }
+    // Files of the job that belong to no revision, and new files in it.
+    let dangling = job.fs.join("dangling.img");
+    std::os::unix::fs::symlink(job.dir.join("new.img"), &dangling).unwrap();
+    for target in [
+        job.dir.join("config"),
+        job.dir.join("new.img"),
+        bind.join("new.img"),
+        dangling.clone(),
+    ] {
+        run(job.backy().args(["restore", "--force"]).arg(&target))
+            .failure()
+            .stderr_has("in the job directory")
+            .stderr_has("restore to a path outside the job directory");
+        assert_eq!(
+            job.snapshot(),
+            before,
+            "{kind}: restore to {}",
+            target.display()
+        );
+    }
+    // stdout into a revision (opened without truncating it).
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg("exec \"$0\" -b \"$1\" restore -r 0 - >> \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_backy"))
+        .arg(&job.dir)
+        .arg(job.image(old));
+    run(&mut sh)
+        .failure()
+        .stderr_has(&format!("would destroy revision {old}"));
+    assert_eq!(job.snapshot(), before, "{kind}: restore - into a revision");
+
+    // Both revisions still restore byte-identical; a normal target works.
+    let elsewhere = job.fs.join("restored");
+    run_ok(job.backy().args(["restore", "-r", "0"]).arg(&elsewhere));
+    assert!(files_equal(&elsewhere, &job.image(new)));
+    for rev in job.status() {
+        assert_eq!(rev["complete"], true, "{rev}");
+    }
+}
+
+#[test]
+fn restore_never_writes_into_the_job_on_btrfs() {
+    never_into_the_job(FsKind::Btrfs);
+}
+
+#[test]
+fn restore_never_writes_into_the_job_on_xfs() {
+    never_into_the_job(FsKind::Xfs);
 }
