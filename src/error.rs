@@ -132,7 +132,7 @@ pub enum Error {
     },
     /// A revision's image does not have the size its manifest records.
     #[error(
-        "revision {id} is damaged: its image {} has {size} bytes but its checksum manifest records {expected}; nothing was restored and the revision is now distrusted; restore another revision ('backy status' lists them)",
+        "revision {id} is damaged: its image {} has {size} bytes but its checksum manifest records {expected}; nothing was restored and the revision is marked distrusted; restore another revision ('backy status' lists them)",
         path.display()
     )]
     ImageSizeMismatch {
@@ -147,7 +147,7 @@ pub enum Error {
     },
     /// `restore --verify` found a block that differs from the manifest.
     #[error(
-        "revision {id} does not match its checksum manifest at offset {offset} (block {block} of {block_size} bytes); the restore stopped there, {target_note}; the revision is now distrusted: restore another revision ('backy status' lists them)"
+        "revision {id} does not match its checksum manifest at offset {offset} (block {block} of {block_size} bytes); the restore stopped there, {target_note}; the revision is marked distrusted: restore another revision ('backy status' lists them)"
     )]
     RestoreMismatch {
         /// The revision.

@@ -5,8 +5,8 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -326,4 +326,320 @@ fn restore_never_writes_into_the_job_on_btrfs() {
 #[test]
 fn restore_never_writes_into_the_job_on_xfs() {
     never_into_the_job(FsKind::Xfs);
+}
+
+// ---------------------------------------------------------------------------
+// Checking what is restored
+
+/// Rewrites a `.rev` file (0440 once complete; we run as root).
+fn edit_rev(job: &Job, id: &str, edit: impl FnOnce(String) -> String) {
+    let path = job.dir.join(format!("{id}.rev"));
+    let text = fs::read_to_string(&path).unwrap();
+    let new = edit(text.clone());
+    assert_ne!(new, text, "the edit changed nothing");
+    fs::write(&path, new).unwrap();
+}
+
+fn trust_of(job: &Job, id: &str) -> String {
+    job.status()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not listed"))["trust"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn restore_checks(kind: FsKind) {
+    let Some(job) = Job::new(kind, 400, 16 * MIB, 4) else {
+        return;
+    };
+    // Another filesystem, so that restores there are copies, not clones.
+    let other = require_fs!(FsKind::Tmpfs, 64);
+    let [short, bad, distrusted, sampled] = [0, 1, 2, 3].map(|i| job.ids[i].clone());
+
+    // A good revision restores with --verify, cloned or copied, byte-identical.
+    for out in [job.fs.join("good-clone"), other.join("good-copy")] {
+        run_ok(
+            job.backy()
+                .args(["restore", "--verify", "-r", &sampled])
+                .arg(&out),
+        )
+        .stderr_has("matched its checksum");
+        assert!(files_equal(&out, &job.image(&sampled)));
+        fs::remove_file(&out).unwrap();
+    }
+
+    // A truncated image is never restored, with or without --verify.
+    let image = job.image(&short);
+    OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(10 * MIB)
+        .unwrap();
+    for verify in [false, true] {
+        let out = other.join("short");
+        let mut cmd = job.backy();
+        cmd.args(["restore", "-r", &short]);
+        if verify {
+            cmd.arg("--verify");
+        }
+        run(cmd.arg(&out))
+            .failure()
+            .stderr_has(&format!(
+                "has {} bytes but its checksum manifest records {}",
+                10 * MIB,
+                16 * MIB
+            ))
+            .stderr_has("nothing was restored");
+        assert!(!out.exists(), "a refused restore created its target");
+        run(job.backy().args(["restore", "-r", &short, "-"]))
+            .failure()
+            .stderr_has("checksum manifest records");
+    }
+    assert_eq!(trust_of(&job, &short), "distrusted");
+
+    // A damaged block: --verify stops at it, names its offset and leaves no target.
+    let offset = 5 * MIB + 3 * 65536;
+    write_at(&job.image(&bad), offset + 4096, &[0x5A; 4096]);
+    for (out, name) in [
+        (job.fs.join("bad-clone"), "clone"),
+        (other.join("bad-copy"), "copy"),
+    ] {
+        run(job
+            .backy()
+            .args(["restore", "--verify", "-r", &bad])
+            .arg(&out))
+        .failure()
+        .stderr_has(&format!("at offset {offset}"))
+        .stderr_has("the partial file was removed");
+        assert!(!out.exists(), "{name}: the failed restore left its target");
+    }
+    // --force onto an existing file: removed too (it was truncated).
+    let existing = other.join("existing");
+    fs::write(&existing, b"old data").unwrap();
+    run(job
+        .backy()
+        .args(["restore", "--verify", "--force", "-r", &bad])
+        .arg(&existing))
+    .failure()
+    .stderr_has(&format!("at offset {offset}"));
+    assert!(!existing.exists());
+    // To stdout: nothing from the damaged block on.
+    let r = run(job.backy().args(["restore", "--verify", "-r", &bad, "-"]))
+        .failure()
+        .stderr_has(&format!("at offset {offset}"));
+    assert!(
+        r.stdout_bytes.len() as u64 <= offset,
+        "{}",
+        r.stdout_bytes.len()
+    );
+    assert_eq!(trust_of(&job, &bad), "distrusted");
+
+    // Distrusted: a warning on stderr and in the log, even with -l.
+    edit_rev(&job, &distrusted, |t| {
+        let kept: String = t
+            .lines()
+            .filter(|l| !l.starts_with("trust:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        kept + "trust: distrusted\n"
+    });
+    let out = other.join("distrusted");
+    run_ok(job.backy().args(["restore", "-r", &distrusted]).arg(&out))
+        .stderr_has("WARN")
+        .stderr_has(&format!("Revision {distrusted} is distrusted"));
+    fs::remove_file(&out).unwrap();
+    let log = other.join("restore.log");
+    run_ok(
+        job.backy()
+            .arg("-l")
+            .arg(&log)
+            .args(["restore", "-r", &distrusted])
+            .arg(&out),
+    )
+    .stderr_has(&format!("warning: Revision {distrusted} is distrusted"));
+    assert!(
+        fs::read_to_string(&log)
+            .unwrap()
+            .contains(&format!("WARN Revision {distrusted} is distrusted")),
+        "the log lacks the warning"
+    );
+    fs::remove_file(&out).unwrap();
+
+    // Verified only by sampling (as Ceph backups may be): a warning.
+    edit_rev(&job, &sampled, |t| {
+        t.replace("verification: full", "verification: sampled")
+    });
+    run_ok(job.backy().args(["restore", "-r", &sampled]).arg(&out))
+        .stderr_has("verified it only partly (stats.verification: sampled)")
+        .stderr_has("use --verify");
+    fs::remove_file(&out).unwrap();
+
+    // Without a manifest nothing can be checked: a warning, and --verify refuses.
+    fs::remove_file(job.dir.join(format!("{sampled}.sums"))).unwrap();
+    run_ok(job.backy().args(["restore", "-r", &sampled]).arg(&out)).stderr_has("cannot be checked");
+    fs::remove_file(&out).unwrap();
+    run(job
+        .backy()
+        .args(["restore", "--verify", "-r", &sampled])
+        .arg(&out))
+    .failure()
+    .stderr_has("restore it without --verify");
+    assert!(!out.exists());
+}
+
+#[test]
+fn restore_checks_size_trust_and_every_block_on_btrfs() {
+    restore_checks(FsKind::Btrfs);
+}
+
+#[test]
+fn restore_checks_size_trust_and_every_block_on_xfs() {
+    restore_checks(FsKind::Xfs);
+}
+
+// ---------------------------------------------------------------------------
+// Block devices, character devices, full filesystems
+
+/// `O_EXCL` (the same value on every Linux architecture backy builds for).
+const O_EXCL: i32 = 0o200;
+
+fn busy_device(kind: FsKind) {
+    let Some(job) = Job::new(kind, 300, 4 * MIB, 1) else {
+        return;
+    };
+    // A filesystem of the same kind, mounted, with a file on it.
+    let mounted = require_fs!(kind, 128);
+    let marker = mounted.join("precious");
+    fs::write(&marker, b"keep me").unwrap();
+    run_ok(&mut Command::new("sync"));
+    let dev = mounted.device().unwrap().to_owned();
+    let head = |dev: &Path| {
+        let mut buf = vec![0u8; MIB as usize];
+        File::open(dev).unwrap().read_exact_at(&mut buf, 0).unwrap();
+        sha256_bytes(&buf)
+    };
+    let before = head(&dev);
+    run(job.backy().args(["restore", "--force"]).arg(&dev))
+        .failure()
+        .stderr_has(&format!("block device {}", dev.display()))
+        .stderr_has(&format!("is mounted on {}", mounted.path().display()))
+        .stderr_has("unmount it");
+    assert_eq!(head(&dev), before, "{kind}: the mounted device was written");
+    assert_eq!(fs::read(&marker).unwrap(), b"keep me");
+
+    // In use without a mount: another exclusive opener.
+    let Some(free) = TestBlockDevice::new(8) else {
+        return;
+    };
+    let holder = OpenOptions::new()
+        .read(true)
+        .custom_flags(O_EXCL)
+        .open(free.path())
+        .unwrap();
+    run(job.backy().arg("restore").arg(free.path()))
+        .failure()
+        .stderr_has("is in use")
+        .stderr_has("nothing was written");
+    drop(holder);
+    run_ok(job.backy().arg("restore").arg(free.path()));
+    let mut got = vec![0u8; (4 * MIB) as usize];
+    File::open(free.path())
+        .unwrap()
+        .read_exact_at(&mut got, 0)
+        .unwrap();
+    assert!(got == fs::read(job.image(&job.ids[0])).unwrap());
+}
+
+fn sha256_bytes(data: &[u8]) -> String {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), data).unwrap();
+    sha256(tmp.path())
+}
+
+#[test]
+fn restore_refuses_a_mounted_btrfs_device() {
+    busy_device(FsKind::Btrfs);
+}
+
+#[test]
+fn restore_refuses_a_mounted_xfs_device() {
+    busy_device(FsKind::Xfs);
+}
+
+#[test]
+fn restore_writes_character_devices_as_streams() {
+    let Some(job) = Job::new(FsKind::Btrfs, 256, 4 * MIB, 1) else {
+        return;
+    };
+    run_ok(job.backy().args(["restore", "-r", "0", "/dev/null"]));
+    run_ok(job.backy().args(["restore", "--verify", "/dev/null"]));
+    // /dev/full: the device is full, not a filesystem to expire revisions on.
+    let r = run(job.backy().args(["restore", "/dev/full"]))
+        .failure()
+        .stderr_has("/dev/full accepts no more data");
+    assert!(!r.stderr.contains("expire"), "{r:?}");
+}
+
+/// Fills `fs` up to about `free` bytes (a filler file of random data).
+fn fill(fs: &TestFs, free: u64) {
+    let filler = fs.join("filler");
+    let f = File::create(&filler).unwrap();
+    let chunk = pattern_bytes(77, MIB as usize);
+    let mut at = 0;
+    while f.write_all_at(&chunk, at).is_ok() {
+        at += MIB;
+    }
+    let _ = f.sync_all();
+    f.set_len(at.saturating_sub(free)).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    run_ok(&mut Command::new("sync"));
+}
+
+fn full_target(kind: FsKind) {
+    let Some(job) = Job::new(kind, 400, 48 * MIB, 1) else {
+        return;
+    };
+    let small = require_fs!(kind, 128);
+    fill(&small, 8 * MIB);
+    let target = small.join("restored.img");
+    let r = run(job.backy().arg("restore").arg(&target))
+        .failure()
+        .stderr_has(&format!("restore target {}", target.display()))
+        .stderr_has(&format!(
+            "the filesystem mounted on {} ({kind})",
+            small.path().display()
+        ))
+        .stderr_has("is full")
+        .stderr_has("the partial file was removed")
+        .stderr_has("free space there");
+    assert!(!r.stderr.contains("expire"), "{r:?}");
+    assert!(
+        !target.exists(),
+        "{kind}: the partial target is still there"
+    );
+    // An existing file the restore truncated (--force) goes too; others stay.
+    let existing = small.join("existing.img");
+    fs::write(&existing, b"old").unwrap();
+    run(job.backy().args(["restore", "--force"]).arg(&existing))
+        .failure()
+        .stderr_has("is full");
+    assert!(
+        !existing.exists(),
+        "{kind}: the truncated target is still there"
+    );
+    assert!(small.join("filler").exists());
+}
+
+#[test]
+fn restore_onto_a_full_btrfs_removes_its_file_and_names_the_filesystem() {
+    full_target(FsKind::Btrfs);
+}
+
+#[test]
+fn restore_onto_a_full_xfs_removes_its_file_and_names_the_filesystem() {
+    full_target(FsKind::Xfs);
 }

@@ -245,6 +245,7 @@ fn owner(job: &Job, name: &str) -> Option<String> {
         .filter_map(|suffix| name.strip_suffix(suffix))
         .find(|stem| {
             !stem.is_empty()
+                && *stem != "last"
                 && (job.revisions.iter().any(|r| r.id == *stem)
                     || job.rev_path(stem).exists()
                     || job.sums_path(stem).exists())
