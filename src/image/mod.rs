@@ -303,3 +303,88 @@ pub fn verify_against_manifest(
     })?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const BS: u64 = sums::BLOCK_SIZE;
+
+    /// An image of `blocks` (0 = hole) with a short last block, and its manifest.
+    fn image_and_manifest(dir: &Path, blocks: &[u8]) -> (PathBuf, Manifest) {
+        let path = dir.join("img");
+        let f = File::create(&path).unwrap();
+        let size = blocks.len() as u64 * BS - 100;
+        f.set_len(size).unwrap();
+        let mut m = Manifest::create(&dir.join("img.sums"), size).unwrap();
+        for (i, &b) in blocks.iter().enumerate() {
+            let len = (size - i as u64 * BS).min(BS) as usize;
+            if b != 0 {
+                let data = vec![b; len];
+                f.write_all_at(&data, i as u64 * BS).unwrap();
+                m.set(i as u64, Digest::of(&data)).unwrap();
+            }
+        }
+        m.sync().unwrap();
+        (path, m)
+    }
+
+    #[test]
+    fn checked_copies_match_and_stop_at_the_first_bad_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks: Vec<u8> = (0..150u32)
+            .map(|i| if i % 5 == 0 { 0 } else { i as u8 })
+            .collect();
+        let (path, mut m) = image_and_manifest(dir.path(), &blocks);
+        let src = File::open(&path).unwrap();
+
+        // Sparse and dense copies of a good image are identical to it.
+        let out_path = dir.path().join("out");
+        let out = File::create(&out_path).unwrap();
+        let got = copy_checked(
+            &src,
+            &path,
+            Some(&mut m),
+            Sink::Sparse(&out, &out_path),
+            &mut |_| {},
+        );
+        assert_eq!(got.unwrap(), None);
+        assert!(std::fs::read(&out_path).unwrap() == std::fs::read(&path).unwrap());
+        let mut dense = Vec::new();
+        let got = copy_checked(
+            &src,
+            &path,
+            Some(&mut m),
+            Sink::Dense(&mut dense, &out_path),
+            &mut |_| {},
+        );
+        assert_eq!(got.unwrap(), None);
+        assert!(dense == std::fs::read(&path).unwrap());
+
+        // A changed byte in block 77 and zeros where block 91 had data.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"x", 77 * BS + 5).unwrap();
+        f.write_all_at(&vec![0; BS as usize], 91 * BS).unwrap();
+        let _ = sys::punch_hole(&f, 91 * BS, BS); // a hole where the filesystem can
+        let mut dense = Vec::new();
+        let got = copy_checked(
+            &src,
+            &path,
+            Some(&mut m),
+            Sink::Dense(&mut dense, &out_path),
+            &mut |_| {},
+        );
+        assert_eq!(got.unwrap(), Some(77 * BS));
+        assert!(dense.len() as u64 <= 77 * BS, "wrote past the bad block");
+        f.write_all_at(&[77], 77 * BS + 5).unwrap();
+        let got = copy_checked(&src, &path, Some(&mut m), Sink::Nothing, &mut |_| {});
+        assert_eq!(got.unwrap(), Some(91 * BS));
+        // Without a manifest nothing is checked.
+        let got = copy_checked(&src, &path, None, Sink::Nothing, &mut |_| {});
+        assert_eq!(got.unwrap(), None);
+        // A size that differs from the manifest's is an error.
+        f.set_len(10 * BS).unwrap();
+        assert!(copy_checked(&src, &path, Some(&mut m), Sink::Nothing, &mut |_| {}).is_err());
+    }
+}
