@@ -581,6 +581,12 @@ fn restore_writes_character_devices_as_streams() {
         .failure()
         .stderr_has("/dev/full accepts no more data");
     assert!(!r.stderr.contains("expire"), "{r:?}");
+    // A socket is no target.
+    let sock = job.fs.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    run(job.backy().arg("restore").arg(&sock))
+        .failure()
+        .stderr_has("is a socket; give a file, a block device or -");
 }
 
 /// Fills `fs` up to about `free` bytes (a filler file of random data).
