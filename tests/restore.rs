@@ -479,7 +479,22 @@ fn restore_checks(kind: FsKind) {
 
     // Without a manifest nothing can be checked: a warning, and --verify refuses.
     fs::remove_file(job.dir.join(format!("{sampled}.sums"))).unwrap();
-    run_ok(job.backy().args(["restore", "-r", &sampled]).arg(&out)).stderr_has("cannot be checked");
+    let r = run_ok(job.backy().args(["restore", "-r", &sampled]).arg(&out))
+        .stderr_has("cannot be checked");
+    assert!(!r.stderr.contains("may be damaged"), "{r:?}");
+    fs::remove_file(&out).unwrap();
+    // ... except against the source size a file job records in the .rev.
+    edit_rev(&job, &sampled, |t| {
+        t.replace(
+            &format!("bytes_written: {}", 16 * MIB),
+            &format!("bytes_written: {}", 32 * MIB),
+        )
+    });
+    run_ok(job.backy().args(["restore", "-r", &sampled]).arg(&out)).stderr_has(&format!(
+        "its image has {} bytes but its .rev records {} (bytes_written)",
+        16 * MIB,
+        32 * MIB
+    ));
     fs::remove_file(&out).unwrap();
     run(job
         .backy()

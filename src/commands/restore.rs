@@ -127,10 +127,21 @@ fn load_manifest(
                     reason,
                 });
             }
+            // File sources (ours and backy 2.1's) record the source size as
+            // `bytes_written`: the one size check left. Ceph diffs record less.
+            let is_file_job = job.config().is_ok_and(|c| c.source.type_name() == "file");
+            let recorded = rev.bytes_written();
+            let size_note = if is_file_job && recorded > 0 && recorded != size {
+                format!(
+                    "; its image has {size} bytes but its .rev records {recorded} (bytes_written), so it may be damaged"
+                )
+            } else {
+                String::new()
+            };
             warn(
                 opts,
                 &format!(
-                    "Revision {}: {reason}, so its size and content cannot be checked",
+                    "Revision {}: {reason}, so its content cannot be checked{size_note}",
                     rev.id
                 ),
             );
