@@ -427,7 +427,9 @@ with sampled Ceph verification), restores with a warning in the log and on stder
 With `--verify` every block is compared with the manifest before it is written (a
 reflink clone is read back instead); the first mismatch stops the restore with its
 offset, marks the revision distrusted and removes a partial file target. A revision
-without a manifest (made by backy 2.1) cannot be restored with `--verify`.
+without a manifest (made by backy 2.1) cannot be restored with `--verify`; it restores
+with a warning, and for a file job its image size is compared with the source size its
+`.rev` records (`bytes_written`).
 
 A block device is opened exclusively (`O_EXCL`), so a device that is mounted or in use
 is refused and left untouched. A file target that the restore created or truncated is
