@@ -155,10 +155,20 @@ fn init_writes_the_config_0640_and_the_job_directory_0750_whatever_the_umask() {
 fn init_writes_a_config_with_a_consul_token_0600() {
     let tmp = tempfile::tempdir().unwrap();
     let with = tmp.path().join("with-token");
-    run_ok(
+    let r = run_ok(
         backy_job(&with)
             .args(["init", "flyingcircus"])
             .arg("rbd/vm01.root,vm01,s3cret"),
+    );
+    // (main logs the whole command line, token included; that is not init's.)
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("Initialized job"))
+        .unwrap_or_else(|| r.fail("no 'Initialized job' line"));
+    assert!(
+        !line.contains("s3cret"),
+        "the token reached the log: {line}"
     );
     assert!(
         fs::read_to_string(with.join("config"))

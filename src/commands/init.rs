@@ -43,9 +43,13 @@ pub fn run(dir: &Path, type_name: &str, source_arg: &str) -> Result<()> {
             .map_err(Error::io("cannot set the mode of", dir))?;
     }
     write_atomic(&path, config.to_yaml().as_bytes(), config_mode(&config))?;
+    // The Consul token stays out of the log (which is usually world-readable).
     let shown = match &config.source {
         SourceConfig::File { filename } => filename.display().to_string(),
-        _ => source_arg.to_string(),
+        SourceConfig::FlyingCircus {
+            pool, image, vm, ..
+        } => format!("{pool}/{image},{vm}"),
+        SourceConfig::CephRbd { .. } => source_arg.to_string(),
     };
     tracing::info!(
         "Initialized job {} with {} source {shown}",
