@@ -549,7 +549,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__restore)
-            opts="-r -f -v -l -b -h -V --revision --force --verbose --logfile --backupdir --help --version"
+            opts="-r -f -v -l -b -h -V --revision --force --verify --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

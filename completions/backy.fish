@@ -55,7 +55,8 @@ complete -c backy -n "__fish_backy_using_subcommand backup" -s V -l version -d '
 complete -c backy -n "__fish_backy_using_subcommand restore" -s r -l revision -d 'The revision (see SPEC in the man page)' -r
 complete -c backy -n "__fish_backy_using_subcommand restore" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand restore" -s b -l backupdir -d 'The job directory' -r -F
-complete -c backy -n "__fish_backy_using_subcommand restore" -s f -l force -d 'Overwrite an existing non-empty target file'
+complete -c backy -n "__fish_backy_using_subcommand restore" -s f -l force -d 'Overwrite an existing non-empty target file (never a file of the job)'
+complete -c backy -n "__fish_backy_using_subcommand restore" -l verify -d 'Check every block against the revision\'s checksum manifest while restoring; stop at the first mismatch (a partial file target is removed)'
 complete -c backy -n "__fish_backy_using_subcommand restore" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand restore" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand restore" -s V -l version -d 'Print version'

@@ -81,9 +81,13 @@ pub enum Command {
             default_value = "latest"
         )]
         revision: String,
-        /// Overwrite an existing non-empty target file.
+        /// Overwrite an existing non-empty target file (never a file of the job).
         #[arg(short, long)]
         force: bool,
+        /// Check every block against the revision's checksum manifest while
+        /// restoring; stop at the first mismatch (a partial file target is removed).
+        #[arg(long)]
+        verify: bool,
         /// Target file or device, or - for stdout.
         target: PathBuf,
     },

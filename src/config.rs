@@ -213,7 +213,10 @@ fn flag(map: &Mapping, key: &str) -> std::result::Result<bool, String> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(format!("'{key}' must be true or false, not {other:?}")),
+        Some(other) => Err(format!(
+            "'{key}' must be true or false, not {}",
+            describe(other)
+        )),
     }
 }
 
@@ -228,7 +231,7 @@ fn whole_number(
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64().filter(|&n| n >= min) {
             Some(n) => Ok(Some(n)),
-            None => Err(format!("'{key}' must be {what}, not {v:?}")),
+            None => Err(format!("'{key}' must be {what}, not {}", describe(v))),
         },
     }
 }
@@ -237,8 +240,26 @@ fn string(map: &Mapping, key: &str) -> std::result::Result<String, String> {
     match map.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => Err(format!("'{key}' must be a non-empty string, not {other:?}")),
+        Some(other) => Err(format!(
+            "'{key}' must be a non-empty string, not {}",
+            describe(other)
+        )),
         None => Err(format!("'{key}' is missing")),
+    }
+}
+
+/// A YAML value as an operator would name it in a message: `7`, `'weekly'`,
+/// `an empty string`, `a list`.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.is_empty() => "an empty string".into(),
+        Value::String(s) => format!("'{s}'"),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
     }
 }
 
@@ -321,6 +342,35 @@ mod tests {
             assert!(JobConfig::parse(text).is_err(), "{text}");
         }
         assert!(SourceConfig::from_init_args("ceph-rbd", "noslash").is_err());
+    }
+
+    #[test]
+    fn messages_name_bad_values_readably() {
+        for (text, want) in [
+            ("{type: file, filename: ''}", "not an empty string"),
+            ("{type: file, filename: [a]}", "not a list"),
+            ("{type: file, filename: a, allow-copy: 7}", "not 7"),
+            (
+                "{type: file, filename: a, allow-copy: maybe}",
+                "not 'maybe'",
+            ),
+            (
+                "{type: ceph-rbd, pool: rbd, image: a, full-every: weekly}",
+                "not 'weekly'",
+            ),
+            (
+                "{type: ceph-rbd, pool: rbd, image: a, full-every: 0}",
+                "not 0",
+            ),
+            (
+                "{type: ceph-rbd, pool: rbd, image: {x: 1}}",
+                "not a mapping",
+            ),
+        ] {
+            let e = JobConfig::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("String(") && !e.contains("Number("), "{e}");
+        }
     }
 
     #[test]

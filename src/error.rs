@@ -143,6 +143,85 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    // --- restore (issue 9) ---
+    /// A restore target is a file of the job directory or would be created in it.
+    #[error("{}", target_in_job(target, file, revision.as_deref()))]
+    TargetInJob {
+        /// The target as given.
+        target: PathBuf,
+        /// The job directory's file it is (or would be).
+        file: PathBuf,
+        /// The revision that file belongs to.
+        revision: Option<String>,
+    },
+    /// A revision's image does not have the size its manifest records.
+    #[error(
+        "revision {id} is damaged: its image {} has {size} bytes but its checksum manifest records {expected}; nothing was restored and the revision is marked distrusted; restore another revision ('backy status' lists them)",
+        path.display()
+    )]
+    ImageSizeMismatch {
+        /// The revision.
+        id: String,
+        /// Its image.
+        path: PathBuf,
+        /// The image's size.
+        size: u64,
+        /// The manifest's image size.
+        expected: u64,
+    },
+    /// `restore --verify` found a block that differs from the manifest.
+    #[error(
+        "revision {id} does not match its checksum manifest at offset {offset} (block {block} of {block_size} bytes); the restore stopped there, {target_note}; the revision is marked distrusted: restore another revision ('backy status' lists them)"
+    )]
+    RestoreMismatch {
+        /// The revision.
+        id: String,
+        /// The first differing block's offset.
+        offset: u64,
+        /// Its block number.
+        block: u64,
+        /// The manifest's block size.
+        block_size: u64,
+        /// What became of the target.
+        target_note: String,
+    },
+    /// `restore --verify` of a revision that has no usable manifest.
+    #[error(
+        "revision {id} cannot be checked: {reason}; restore it without --verify (revisions made by backy 2.1 have no checksum manifest)"
+    )]
+    NoManifestToVerify {
+        /// The revision.
+        id: String,
+        /// Why (the manifest is missing or unusable).
+        reason: String,
+    },
+    /// A block device target is mounted or held by something else.
+    #[error("{}", device_busy(path, mounts))]
+    DeviceBusy {
+        /// The device.
+        path: PathBuf,
+        /// Where it is mounted (empty: in use otherwise).
+        mounts: Vec<PathBuf>,
+    },
+    /// The restore target's filesystem ran out of space.
+    #[error(
+        "restore target {} does not fit: {} is full ({source}); {note}; free space there or restore elsewhere, then run again",
+        target.display(),
+        match mount { Some(m) => format!("the filesystem mounted on {} ({fs})", m.display()), None => format!("its filesystem ({fs})") }
+    )]
+    TargetFull {
+        /// The target.
+        target: PathBuf,
+        /// The mount point of its filesystem.
+        mount: Option<PathBuf>,
+        /// The filesystem's type.
+        fs: String,
+        /// What became of the partial target.
+        note: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
@@ -177,4 +256,35 @@ fn io_hint(err: &io::Error) -> &'static str {
         Some(13) | Some(1) => " (check the file's permissions)",
         _ => "",
     }
+}
+
+fn target_in_job(
+    target: &std::path::Path,
+    file: &std::path::Path,
+    revision: Option<&str>,
+) -> String {
+    let what = match revision {
+        Some(id) => format!(
+            "is {} of revision {id}; restoring onto it would destroy revision {id}",
+            file.display()
+        ),
+        None => format!("is {} in the job directory", file.display()),
+    };
+    format!(
+        "restore target {} {what}; restore to a path outside the job directory (--force does not change this)",
+        target.display()
+    )
+}
+
+fn device_busy(path: &std::path::Path, mounts: &[PathBuf]) -> String {
+    let why = if mounts.is_empty() {
+        "is in use (a mounted filesystem, a device-mapper or RAID member, a VM or another exclusive opener holds it)".to_string()
+    } else {
+        let list: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+        format!("is mounted on {}", list.join(", "))
+    };
+    format!(
+        "block device {} {why}, so it cannot be opened exclusively; nothing was written; unmount it (or stop what uses it) first",
+        path.display()
+    )
 }

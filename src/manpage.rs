@@ -421,7 +421,29 @@ as `reflink: false` in its stats.",
 A file target is written sparse; on the same filesystem as the job it is a reflink
 clone. A block device is written in full. *TARGET* `-` writes the raw image to
 standard output, e.g. `backy -b /srv/backy/vm01 restore -r 1 - | rbd import - rbd/vm01.old`.
-Incomplete revisions are never restored.",
+A character device or FIFO (`/dev/null`) is written as a stream, without truncation.
+Incomplete revisions are never restored.
+
+A target that is a file of the job directory, however it is reached (`last`, the path
+`find` prints, a symlink, a hard link, a bind mount, a loop device over an image), or a
+new file directly in the job directory, is refused with a message naming the revision it
+would destroy; `--force` does not change this.
+
+Before anything is written, the image's size is compared with its checksum manifest; a
+mismatch fails the restore and marks the revision distrusted. A distrusted revision, or
+one whose backup verified it only partly (`stats.verification` other than `full`, as
+with sampled Ceph verification), restores with a warning in the log and on stderr.
+With `--verify` every block is compared with the manifest before it is written (a
+reflink clone is read back instead); the first mismatch stops the restore with its
+offset, marks the revision distrusted and removes a partial file target. A revision
+without a manifest (made by backy 2.1) cannot be restored with `--verify`; it restores
+with a warning, and for a file job its image size is compared with the source size its
+`.rev` records (`bytes_written`).
+
+A block device is opened exclusively (`O_EXCL`), so a device that is mounted or in use
+is refused and left untouched. A file target that the restore created or truncated is
+removed when the restore fails, e.g. because the target's filesystem is full; the
+message names that filesystem's mount point.",
     ),
     (
         "find",

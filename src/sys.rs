@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
@@ -136,4 +136,176 @@ pub fn device_of(path: &Path) -> io::Result<u64> {
 /// Fsyncs a directory so that renames and unlinks in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Opens a block device for writing with `O_EXCL`, which Linux grants only while
+/// nothing else holds the device: a mounted filesystem, a device-mapper or RAID
+/// member, another exclusive opener. Fails with `EBUSY` (see [`is_busy`]) then.
+pub fn open_block_device_exclusive(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(path)
+}
+
+/// Whether an error is `EBUSY`.
+pub fn is_busy(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error())
+}
+
+/// Whether an error means the filesystem (or quota) is full.
+pub fn is_no_space(err: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        err.raw_os_error().map(Errno::from_raw_os_error),
+        Some(Errno::NOSPC | Errno::DQUOT)
+    )
+}
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// `st_dev` of the filesystem's files (major, minor).
+    pub dev: (u32, u32),
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// What was mounted (`/dev/loop3`, `tmpfs`).
+    pub source: String,
+}
+
+/// The mounts of this process's namespace, in mount order (later ones hide
+/// earlier ones on the same mount point). Empty when `/proc` cannot be read.
+pub fn mounts() -> Vec<Mount> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| parse_mountinfo(&text))
+        .unwrap_or_default()
+}
+
+/// Parses `/proc/self/mountinfo` (see proc(5)); malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (major, minor) = fields.get(2)?.split_once(':')?;
+            let dev = (major.parse().ok()?, minor.parse().ok()?);
+            let mount_point = PathBuf::from(unescape_mount_field(fields.get(4)?));
+            // Optional fields end with "-", then fstype and source.
+            let dash = fields.iter().skip(6).position(|f| *f == "-")? + 6;
+            let source = unescape_mount_field(fields.get(dash + 2)?);
+            Some(Mount {
+                dev,
+                mount_point,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space) in a mountinfo field.
+fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount point of the filesystem holding `path` (which must exist): the
+/// longest mount point that is a prefix of its canonical path.
+pub fn mount_point_of(path: &Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(path).ok()?;
+    mount_point_in(&mounts(), &real)
+}
+
+/// The longest (on ties: the latest) mount point in `mounts` that holds `real`.
+pub fn mount_point_in(mounts: &[Mount], real: &Path) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| real.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count())
+        .map(|m| m.mount_point.clone())
+}
+
+/// Where the block device `device` (`st_rdev` = `rdev`) is mounted: mounts
+/// whose files carry its device number or whose source is the device.
+pub fn mount_points_of_device(device: &Path, rdev: u64) -> Vec<PathBuf> {
+    let dev = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    let real = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_owned());
+    let mut found: Vec<PathBuf> = Vec::new();
+    for m in mounts() {
+        let same_source =
+            m.source.starts_with('/') && std::fs::canonicalize(&m.source).is_ok_and(|s| s == real);
+        if (m.dev == dev || same_source) && !found.contains(&m.mount_point) {
+            found.push(m.mount_point);
+        }
+    }
+    found
+}
+
+/// The file behind a loop device (`/sys/dev/block/MAJ:MIN/loop/backing_file`),
+/// if `rdev` is a loop device with one.
+pub fn loop_backing_file(rdev: u64) -> Option<PathBuf> {
+    let sys = format!(
+        "/sys/dev/block/{}:{}/loop/backing_file",
+        rustix::fs::major(rdev),
+        rustix::fs::minor(rdev)
+    );
+    let text = std::fs::read_to_string(sys).ok()?;
+    let name = text.trim_end_matches('\n');
+    (!name.is_empty()).then(|| PathBuf::from(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes_and_optional_fields() {
+        let text = "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    98 22 7:3 / /mnt/my\\040backups rw shared:40 master:2 - xfs /dev/loop3 rw\n\
+                    99 22 0:45 /sub /srv rw - btrfs /dev/loop4 rw,subvol=/sub\n\
+                    garbage\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m[0].dev, (0, 21));
+        assert_eq!(m[1].mount_point, PathBuf::from("/mnt/my backups"));
+        assert_eq!(m[1].source, "/dev/loop3");
+        assert_eq!(m[1].dev, (7, 3));
+        assert_eq!(m[2].source, "/dev/loop4");
+        assert_eq!(
+            mount_point_in(&m, Path::new("/mnt/my backups/x/y")),
+            Some(PathBuf::from("/mnt/my backups"))
+        );
+        assert_eq!(
+            mount_point_in(&m, Path::new("/mnt/other")),
+            Some(PathBuf::from("/"))
+        );
+        assert_eq!(
+            mount_point_in(&m, Path::new("/srvx")),
+            Some(PathBuf::from("/")),
+            "prefixes are whole components"
+        );
+    }
+
+    #[test]
+    fn unescapes_only_octal_escapes() {
+        assert_eq!(unescape_mount_field("a\\040b\\011c"), "a b\tc");
+        assert_eq!(unescape_mount_field("a\\9b\\04"), "a\\9b\\04");
+        assert_eq!(unescape_mount_field("\\134"), "\\");
+    }
 }

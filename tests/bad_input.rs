@@ -626,6 +626,15 @@ fn malformed_config() {
             "unknown source type 'flyingcircus,'",
         ),
         ("type: nfs\nfilename: /x\n", "unknown source type 'nfs'"),
+        // Bad values are named readably, not as `String("")`.
+        (
+            "type: file\nfilename: ''\n",
+            "'filename' must be a non-empty string, not an empty string",
+        ),
+        (
+            "type: file\nfilename: /x\nallow-copy: 7\n",
+            "'allow-copy' must be true or false, not 7",
+        ),
     ];
     for (text, why) in cases {
         write_text(&config, text);

@@ -1,18 +1,30 @@
 //! `backy init TYPE SOURCE`.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use crate::config::{JobConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::job::write_atomic;
 
+/// Mode of a job directory `init` creates: the backups are the VM's data.
+const DIR_MODE: u32 = 0o750;
+
 /// Creates the job directory (if needed) and its `config`.
-pub fn run(dir: &Path, type_name: &str, source: &str) -> Result<()> {
+pub fn run(dir: &Path, type_name: &str, source_arg: &str) -> Result<()> {
+    let mut source = SourceConfig::from_init_args(type_name, source_arg)?;
+    if let SourceConfig::File { filename } = &mut source {
+        // A relative path would name another file when backy runs elsewhere (the
+        // scheduler, cron). Symlinks are kept: the operator may repoint them.
+        *filename = std::path::absolute(&*filename).map_err(Error::io(
+            "cannot make the source path absolute",
+            &*filename,
+        ))?;
+    }
     let config = JobConfig {
-        source: SourceConfig::from_init_args(type_name, source)?,
+        source,
         allow_copy: false,
     };
-    std::fs::create_dir_all(dir).map_err(Error::io("cannot create job directory", dir))?;
     let path = dir.join("config");
     if path.exists() {
         return Err(Error::Other(format!(
@@ -20,11 +32,41 @@ pub fn run(dir: &Path, type_name: &str, source: &str) -> Result<()> {
             path.display()
         )));
     }
-    write_atomic(&path, config.to_yaml().as_bytes(), 0o644)?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(Error::io("cannot create job directory", dir))?;
+        // Exactly this mode, whatever the umask.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+            .map_err(Error::io("cannot set the mode of", dir))?;
+    }
+    write_atomic(&path, config.to_yaml().as_bytes(), config_mode(&config))?;
+    // The Consul token stays out of the log (which is usually world-readable).
+    let shown = match &config.source {
+        SourceConfig::File { filename } => filename.display().to_string(),
+        SourceConfig::FlyingCircus {
+            pool, image, vm, ..
+        } => format!("{pool}/{image},{vm}"),
+        SourceConfig::CephRbd { .. } => source_arg.to_string(),
+    };
     tracing::info!(
-        "Initialized job {} with {} source {source}",
+        "Initialized job {} with {} source {shown}",
         dir.display(),
         type_name
     );
     Ok(())
+}
+
+/// 0640, or 0600 when the config holds a secret (the Consul token); backy 2.1
+/// wrote 0440 for flyingcircus jobs.
+fn config_mode(config: &JobConfig) -> u32 {
+    match &config.source {
+        SourceConfig::FlyingCircus {
+            consul_acl_token: Some(_),
+            ..
+        } => 0o600,
+        _ => 0o640,
+    }
 }

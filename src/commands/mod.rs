@@ -33,8 +33,18 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Restore {
             revision,
             force,
+            verify,
             target,
-        } => restore::run(dir, revision, target, *force),
+        } => restore::run(
+            dir,
+            revision,
+            target,
+            restore::Options {
+                force: *force,
+                verify: *verify,
+                log_on_stderr: cli.logfile.is_none(),
+            },
+        ),
         Command::Find { revision } => find::run(dir, revision),
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),

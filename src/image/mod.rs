@@ -91,23 +91,14 @@ fn create_new(path: &Path) -> Result<File> {
 
 /// Copies `src` into `dest`, writing only non-zero data (a sparse result).
 pub fn copy_sparse(src: &File, src_path: &Path, dest: &File, dest_path: &Path) -> Result<()> {
-    let size = file_size(src, src_path)?;
-    dest.set_len(0)
-        .map_err(Error::io("cannot truncate", dest_path))?;
-    read_sequential(src, src_path, size, sums::BLOCK_SIZE, |chunk| {
-        if let Chunk::Data { offset, buf } = chunk {
-            for (i, block) in buf.chunks(sums::BLOCK_SIZE as usize).enumerate() {
-                if !sums::is_zero(block) {
-                    dest.write_all_at(block, offset + (i as u64) * sums::BLOCK_SIZE)
-                        .map_err(Error::io("cannot write", dest_path))?;
-                }
-            }
-        }
-        Ok(())
-    })?;
-    dest.set_len(size)
-        .map_err(Error::io("cannot resize", dest_path))?;
-    dest.sync_all().map_err(Error::io("cannot sync", dest_path))
+    copy_checked(
+        src,
+        src_path,
+        None,
+        Sink::Sparse(dest, dest_path),
+        &mut |_| {},
+    )
+    .map(|_| ())
 }
 
 /// Streams every byte of `src` (holes as zeros) into `out`, calling `progress`
@@ -119,21 +110,82 @@ pub fn copy_dense(
     out_name: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    let size = file_size(src, src_path)?;
+    copy_checked(src, src_path, None, Sink::Dense(out, out_name), progress).map(|_| ())
+}
+
+/// Where [`copy_checked`] puts the bytes it read.
+pub enum Sink<'a> {
+    /// Nowhere: the data is there already (a reflink clone of `src`); only check.
+    Nothing,
+    /// A regular file, made sparse: emptied first, only non-zero blocks written,
+    /// then sized and fsynced.
+    Sparse(&'a File, &'a Path),
+    /// A stream or device: every byte, holes as zeros, in order.
+    Dense(&'a mut dyn Write, &'a Path),
+}
+
+/// Reads `src` once and writes it to `sink`. With a `manifest`, each block is
+/// compared with its digest before it is written, and the copy stops at the first
+/// block that differs: `Ok(Some(offset))` names it (the sink then holds only what
+/// came before). `Ok(None)`: everything was copied (and matched).
+pub fn copy_checked(
+    src: &File,
+    src_path: &Path,
+    mut manifest: Option<&mut Manifest>,
+    mut sink: Sink<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Option<u64>> {
     static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
-    read_sequential(src, src_path, size, sums::BLOCK_SIZE, |chunk| {
-        let done = match chunk {
-            Chunk::Data { buf, .. } => {
-                out.write_all(buf)
-                    .map_err(Error::io("cannot write", out_name))?;
+    let size = file_size(src, src_path)?;
+    let bs = manifest
+        .as_ref()
+        .map_or(sums::BLOCK_SIZE, |m| m.block_size());
+    if let Some(m) = &manifest
+        && m.image_size() != size
+    {
+        return Err(Error::Other(format!(
+            "image {} has {size} bytes but its checksum manifest expects {}",
+            src_path.display(),
+            m.image_size()
+        )));
+    }
+    if let Sink::Sparse(dest, dest_path) = &sink {
+        dest.set_len(0)
+            .map_err(Error::io("cannot truncate", *dest_path))?;
+    }
+    let mut mismatch = None;
+    // Stops the reader at the first mismatch: an error that is not reported.
+    let stop = || Error::Other(String::new());
+    let read = read_sequential(src, src_path, size, bs, |chunk| {
+        if let Some(m) = manifest.as_deref_mut()
+            && let Some(at) = first_mismatch(m, chunk)?
+        {
+            mismatch = Some(at);
+            return Err(stop());
+        }
+        let done = match (chunk, &mut sink) {
+            (Chunk::Data { buf, .. }, Sink::Nothing) => buf.len() as u64,
+            (Chunk::Hole { len, .. }, Sink::Nothing | Sink::Sparse(..)) => *len,
+            (Chunk::Data { offset, buf }, Sink::Sparse(dest, dest_path)) => {
+                for (i, block) in buf.chunks(bs as usize).enumerate() {
+                    if !sums::is_zero(block) {
+                        dest.write_all_at(block, offset + i as u64 * bs)
+                            .map_err(Error::io("cannot write", *dest_path))?;
+                    }
+                }
                 buf.len() as u64
             }
-            Chunk::Hole { len, .. } => {
+            (Chunk::Data { buf, .. }, Sink::Dense(out, out_name)) => {
+                out.write_all(buf)
+                    .map_err(Error::io("cannot write", *out_name))?;
+                buf.len() as u64
+            }
+            (Chunk::Hole { len, .. }, Sink::Dense(out, out_name)) => {
                 let mut left = *len;
                 while left > 0 {
                     let n = left.min(ZEROS.len() as u64) as usize;
                     out.write_all(&ZEROS[..n])
-                        .map_err(Error::io("cannot write", out_name))?;
+                        .map_err(Error::io("cannot write", *out_name))?;
                     left -= n as u64;
                 }
                 *len
@@ -141,8 +193,46 @@ pub fn copy_dense(
         };
         progress(done);
         Ok(())
-    })?;
-    out.flush().map_err(Error::io("cannot write", out_name))
+    });
+    match (read, mismatch) {
+        (_, Some(at)) => return Ok(Some(at)),
+        (Err(e), None) => return Err(e),
+        (Ok(()), None) => {}
+    }
+    match sink {
+        Sink::Nothing => {}
+        Sink::Sparse(dest, dest_path) => {
+            dest.set_len(size)
+                .map_err(Error::io("cannot resize", dest_path))?;
+            dest.sync_all()
+                .map_err(Error::io("cannot sync", dest_path))?;
+        }
+        Sink::Dense(out, out_name) => out.flush().map_err(Error::io("cannot write", out_name))?,
+    }
+    Ok(None)
+}
+
+/// The offset of the first block of `chunk` that differs from `manifest`.
+fn first_mismatch(manifest: &mut Manifest, chunk: &Chunk) -> Result<Option<u64>> {
+    let bs = manifest.block_size();
+    match chunk {
+        Chunk::Data { offset, buf } => {
+            for (i, block) in buf.chunks(bs as usize).enumerate() {
+                let at = offset + i as u64 * bs;
+                if manifest.get(at / bs)? != Digest::of(block) {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        Chunk::Hole { offset, len } => {
+            for block in offset / bs..(offset + len).div_ceil(bs) {
+                if !manifest.get(block)?.is_zero() {
+                    return Ok(Some(block * bs));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The size of a file or block device.
@@ -212,4 +302,89 @@ pub fn verify_against_manifest(
         Ok(())
     })?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const BS: u64 = sums::BLOCK_SIZE;
+
+    /// An image of `blocks` (0 = hole) with a short last block, and its manifest.
+    fn image_and_manifest(dir: &Path, blocks: &[u8]) -> (PathBuf, Manifest) {
+        let path = dir.join("img");
+        let f = File::create(&path).unwrap();
+        let size = blocks.len() as u64 * BS - 100;
+        f.set_len(size).unwrap();
+        let mut m = Manifest::create(&dir.join("img.sums"), size).unwrap();
+        for (i, &b) in blocks.iter().enumerate() {
+            let len = (size - i as u64 * BS).min(BS) as usize;
+            if b != 0 {
+                let data = vec![b; len];
+                f.write_all_at(&data, i as u64 * BS).unwrap();
+                m.set(i as u64, Digest::of(&data)).unwrap();
+            }
+        }
+        m.sync().unwrap();
+        (path, m)
+    }
+
+    #[test]
+    fn checked_copies_match_and_stop_at_the_first_bad_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks: Vec<u8> = (0..150u32)
+            .map(|i| if i % 5 == 0 { 0 } else { i as u8 })
+            .collect();
+        let (path, mut m) = image_and_manifest(dir.path(), &blocks);
+        let src = File::open(&path).unwrap();
+
+        // Sparse and dense copies of a good image are identical to it.
+        let out_path = dir.path().join("out");
+        let out = File::create(&out_path).unwrap();
+        let got = copy_checked(
+            &src,
+            &path,
+            Some(&mut m),
+            Sink::Sparse(&out, &out_path),
+            &mut |_| {},
+        );
+        assert_eq!(got.unwrap(), None);
+        assert!(std::fs::read(&out_path).unwrap() == std::fs::read(&path).unwrap());
+        let mut dense = Vec::new();
+        let got = copy_checked(
+            &src,
+            &path,
+            Some(&mut m),
+            Sink::Dense(&mut dense, &out_path),
+            &mut |_| {},
+        );
+        assert_eq!(got.unwrap(), None);
+        assert!(dense == std::fs::read(&path).unwrap());
+
+        // A changed byte in block 77 and zeros where block 91 had data.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"x", 77 * BS + 5).unwrap();
+        f.write_all_at(&vec![0; BS as usize], 91 * BS).unwrap();
+        let _ = sys::punch_hole(&f, 91 * BS, BS); // a hole where the filesystem can
+        let mut dense = Vec::new();
+        let got = copy_checked(
+            &src,
+            &path,
+            Some(&mut m),
+            Sink::Dense(&mut dense, &out_path),
+            &mut |_| {},
+        );
+        assert_eq!(got.unwrap(), Some(77 * BS));
+        assert!(dense.len() as u64 <= 77 * BS, "wrote past the bad block");
+        f.write_all_at(&[77], 77 * BS + 5).unwrap();
+        let got = copy_checked(&src, &path, Some(&mut m), Sink::Nothing, &mut |_| {});
+        assert_eq!(got.unwrap(), Some(91 * BS));
+        // Without a manifest nothing is checked.
+        let got = copy_checked(&src, &path, None, Sink::Nothing, &mut |_| {});
+        assert_eq!(got.unwrap(), None);
+        // A size that differs from the manifest's is an error.
+        f.set_len(10 * BS).unwrap();
+        assert!(copy_checked(&src, &path, Some(&mut m), Sink::Nothing, &mut |_| {}).is_err());
+    }
 }
