@@ -40,6 +40,9 @@ _backy() {
             backy,init)
                 cmd="backy__subcmd__init"
                 ;;
+            backy,nbd-server)
+                cmd="backy__subcmd__nbd__subcmd__server"
+                ;;
             backy,restore)
                 cmd="backy__subcmd__restore"
                 ;;
@@ -76,6 +79,9 @@ _backy() {
             backy__subcmd__help,init)
                 cmd="backy__subcmd__help__subcmd__init"
                 ;;
+            backy__subcmd__help,nbd-server)
+                cmd="backy__subcmd__help__subcmd__nbd__subcmd__server"
+                ;;
             backy__subcmd__help,restore)
                 cmd="backy__subcmd__help__subcmd__restore"
                 ;;
@@ -95,7 +101,7 @@ _backy() {
 
     case "${cmd}" in
         backy)
-            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget scheduler check expire completions help"
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget scheduler check expire nbd-server completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -337,7 +343,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help)
-            opts="init backup restore find status verify forget scheduler check expire completions help"
+            opts="init backup restore find status verify forget scheduler check expire nbd-server completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -462,6 +468,20 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__help__subcmd__nbd__subcmd__server)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -525,6 +545,60 @@ _backy() {
                 return 0
             fi
             case "${prev}" in
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__nbd__subcmd__server)
+            opts="-H -p -v -l -b -h -V --host --port --socket --overlay --max-connections --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -H)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --logfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

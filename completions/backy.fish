@@ -39,6 +39,7 @@ complete -c backy -n "__fish_backy_needs_command" -f -a "forget" -d 'Delete one 
 complete -c backy -n "__fish_backy_needs_command" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
 complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c backy -n "__fish_backy_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c backy -n "__fish_backy_using_subcommand init" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
@@ -104,20 +105,31 @@ complete -c backy -n "__fish_backy_using_subcommand expire" -l dry-run -d 'Show,
 complete -c backy -n "__fish_backy_using_subcommand expire" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand expire" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand expire" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s H -l host -d 'Address to listen on (a non-loopback address gets a warning: NBD has no authentication)' -r
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s p -l port -d 'TCP port (0 picks a free port; the log says which)' -r
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -l socket -d 'Listen on this Unix socket instead of TCP' -r -F
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -l max-connections -d 'Connections served at once; more are refused with a message' -r
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -l overlay -d 'Make exports writable through a throw-away reflink overlay (so a filesystem with a dirty journal can be mounted); the revision never changes'
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand completions" -s b -l backupdir -d 'The job directory' -r -F
 complete -c backy -n "__fish_backy_using_subcommand completions" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "backup" -d 'Make one new revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "status" -d 'Show all revisions'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "forget" -d 'Delete one revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
