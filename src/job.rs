@@ -390,6 +390,20 @@ impl Job {
             }
         }
         self.revisions.retain(|r| r.is_complete());
+        match remove_stale_overlays(&self.dir) {
+            Ok(paths) => {
+                for path in paths {
+                    tracing::info!(
+                        "Removed NBD overlay {} left by a crashed server",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                "Could not look for stale NBD overlays in {}: {e}",
+                self.dir.display()
+            ),
+        }
         Ok(incomplete)
     }
 
@@ -517,6 +531,40 @@ pub fn future_note(rev: &Revision) -> String {
         rev.id,
         rev.timestamp.format("%Y-%m-%d %H:%M:%S UTC")
     )
+}
+
+/// File names of the throw-away overlays `nbd-server --overlay` writes to start
+/// with this; a running server holds an exclusive `flock` on each of its own.
+pub const OVERLAY_PREFIX: &str = ".nbd-overlay.";
+
+/// Removes overlays that no running server holds (left by a crash) and returns
+/// their paths. Safe while a server runs: its overlays are locked.
+pub fn remove_stale_overlays(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(OVERLAY_PREFIX)
+            || !entry.file_type()?.is_file()
+        {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+        else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// Writes `path` atomically with `mode`: temp file beside it, fsync, rename, fsync dir.

@@ -48,8 +48,16 @@
 //! | backup               | exclusive  | shared     |
 //! | restore, verify      | -          | shared     |
 //! | expire, forget       | exclusive  | exclusive  |
+//! | nbd-server           | -          | -          |
 //!
 //! Always `.backup` before `.purge`.
+//!
+//! `nbd-server` takes no job lock, so it never stands in the way of a backup or
+//! an expiry: a complete revision's image never changes, and the file descriptor
+//! a connection holds keeps its data readable even after `forget` or `expire`
+//! deleted the revision. Its writable overlays (`.nbd-overlay.<id>.<pid>.<n>`,
+//! reflink clones beside the revisions) are `flock`ed exclusively while in use;
+//! the next backup or server removes those a crash left unlocked.
 //!
 //! # Durability order of a backup
 //!

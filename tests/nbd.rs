@@ -909,3 +909,48 @@ fn bad_arguments_are_clear_errors() {
     assert!(r.stderr.contains("cannot listen on 127.0.0.1:"), "{r:?}");
     assert!(!r.stderr.contains("panicked"), "{r:?}");
 }
+
+/// An overlay left by a killed server is removed by the next backup (and the
+/// next server); a live one, locked by its server, is not.
+#[test]
+fn stale_overlays_are_removed_live_ones_kept() {
+    let fs = require_fs!(FsKind::Xfs, 400);
+    let (job, _src, ids) = job_with_revisions(&fs);
+    let overlays = |job: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(job)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".nbd-overlay."))
+            .collect();
+        v.sort();
+        v
+    };
+    // A server killed with SIGKILL leaves its overlay behind.
+    let mut server = Server::start(&job, &["--overlay"]);
+    let raw = Raw::go(server.port, &ids[1], false);
+    server.wait_for_log("Created overlay", Duration::from_secs(10));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    drop(raw);
+    let stale = overlays(&job);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+
+    // A live overlay of a second server survives a backup; the stale one goes.
+    let mut server = Server::start(&job, &["--overlay"]);
+    assert!(
+        overlays(&job).is_empty(),
+        "the new server did not remove the stale overlay"
+    );
+    fs::write(job.join(&stale[0]), b"left by a crash").unwrap();
+    let raw = Raw::go(server.port, &ids[0], false);
+    server.wait_for_log("Created overlay", Duration::from_secs(10));
+    assert_eq!(overlays(&job).len(), 2);
+    run_ok(backy_job(&job).args(["backup", "daily"]));
+    let left = overlays(&job);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains(&ids[0]), "{left:?}");
+    drop(raw);
+    assert!(server.stop().success());
+    assert!(overlays(&job).is_empty());
+}

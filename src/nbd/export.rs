@@ -15,12 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::job::Job;
+use crate::job::{Job, OVERLAY_PREFIX};
 use crate::revision::Revision;
 use crate::sys;
-
-/// File names of overlays start with this; [`remove_stale_overlays`] knows it.
-pub const OVERLAY_PREFIX: &str = ".nbd-overlay.";
 
 /// Holes shorter than this are served as data in structured reads, so a
 /// fragmented image does not turn one read into thousands of chunks.
@@ -355,38 +352,6 @@ impl Catalog for JobCatalog {
     fn writable(&self) -> bool {
         self.overlay
     }
-}
-
-/// Removes overlays that no running server holds (left by a crash). Returns
-/// their paths. Safe to call while a server runs: a live overlay is locked.
-pub fn remove_stale_overlays(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(OVERLAY_PREFIX)
-        {
-            continue;
-        }
-        let path = entry.path();
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        let Ok(file) = OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-        else {
-            continue;
-        };
-        if file.try_lock().is_ok() {
-            std::fs::remove_file(&path)?;
-            removed.push(path);
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]

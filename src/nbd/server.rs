@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::export::{Catalog, remove_stale_overlays};
+use super::export::Catalog;
 use super::handshake::{Outcome, negotiate};
 use super::transmission::{Served, transmit};
 use super::{Buffered, Limits, Transport};
 use crate::error::{Error, Result};
+use crate::job::remove_stale_overlays;
 
 /// Where to listen.
 #[derive(Debug, Clone)]

@@ -56,6 +56,14 @@ pub fn transmit<S: Read + Write>(
             )
         })?;
         served.requests += 1;
+        tracing::debug!(
+            "NBD request {:?}: command {} flags {:#x} at {}+{}",
+            req.cookie,
+            req.kind,
+            req.flags,
+            req.offset,
+            req.length
+        );
         if req.kind == cmd::WRITE {
             if req.length > limits.max_request {
                 return Err(io::Error::new(
