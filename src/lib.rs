@@ -16,6 +16,7 @@
 //!     last -> <id>            newest complete revision (relative symlink)
 //!     last.rev -> <id>.rev    (a file or directory there is renamed to `.bak-<time>`)
 //!     backy.log               per-job log
+//!     .nbd-overlay.<id>.<pid>.<n>  throw-away overlay of a running `nbd-server --overlay`
 //! ```
 //!
 //! A revision is complete exactly when its `.rev` carries `stats.duration`; that
