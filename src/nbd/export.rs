@@ -59,6 +59,24 @@ impl Export {
         }
     }
 
+    /// Serves `file` (of `size` bytes) writable; `path` is its name, removed
+    /// when the export is dropped (the last connection to it ended).
+    pub fn overlay(
+        name: String,
+        description: String,
+        file: File,
+        size: u64,
+        path: PathBuf,
+    ) -> Export {
+        Export {
+            name,
+            description,
+            file,
+            size,
+            overlay: Some(path),
+        }
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
@@ -286,13 +304,13 @@ impl JobCatalog {
             })
         })?;
         tracing::info!("Created overlay {} of revision {}", path.display(), rev.id);
-        Ok(Export {
-            name: rev.id.clone(),
-            description: describe(rev),
+        Ok(Export::overlay(
+            rev.id.clone(),
+            describe(rev),
             file,
             size,
-            overlay: Some(path),
-        })
+            path,
+        ))
     }
 }
 
