@@ -32,6 +32,9 @@ pub struct WriteStats {
     pub blocks_unchanged: u64,
     /// Blocks whose previous content had to be read and compared.
     pub blocks_compared: u64,
+    /// Bytes of the image read to compare them (holes of the image are known
+    /// to be zeros and not read, so this follows the data, not the size).
+    pub bytes_read: u64,
 }
 
 /// The block as it was before, when the caller has read it, and the byte range
@@ -53,6 +56,13 @@ pub struct ImageWriter {
     verifier: Option<InlineVerifier>,
     /// Started by the first [`ImageWriter::prefetch`].
     prefetcher: Option<Prefetcher>,
+    /// What `SEEK_DATA` last said: no data in `from..to` of the image. Kept
+    /// right by every write (see [`ImageWriter::wrote`]).
+    hole: Option<(u64, u64)>,
+    /// The filesystem answers `SEEK_DATA`.
+    seek_data_supported: bool,
+    /// Blocks whose bytes this backup wrote or punched (one bit per block).
+    changed: Vec<u64>,
 }
 
 impl ImageWriter {
@@ -78,6 +88,9 @@ impl ImageWriter {
             stats: WriteStats::default(),
             verifier: None,
             prefetcher: None,
+            hole: None,
+            seek_data_supported: true,
+            changed: Vec::new(),
         };
         if !parent_digests_trusted {
             writer.resize_touched();
@@ -129,7 +142,10 @@ impl ImageWriter {
         self.image
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
+        self.hole = None;
         self.manifest.resize(size)?;
+        self.changed
+            .truncate(self.manifest.blocks().div_ceil(64) as usize);
         // The block whose length changed (the old tail on a grow, the new tail on
         // a shrink) keeps a digest of its old length; a source that does not
         // rewrite it (a diff) would leave that digest stale.
@@ -208,10 +224,84 @@ impl ImageWriter {
     /// Reads block `block` as the image holds it now (for partial updates).
     pub fn read_block(&mut self, block: u64, buf: &mut [u8]) -> Result<()> {
         let offset = block * self.block_size();
+        self.read_image(buf, offset)
+    }
+
+    /// Reads `buf.len()` bytes of the image at `offset` (zeros past its end);
+    /// a range in a hole of the image is zeros without reading it.
+    fn read_image(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if self.is_hole(offset, buf.len() as u64)? {
+            buf.fill(0);
+            return Ok(());
+        }
         let n = read_full_at(&self.image, buf, offset)
             .map_err(Error::io("cannot read image", &self.path))?;
+        self.stats.bytes_read += n as u64;
         buf[n..].fill(0);
         Ok(())
+    }
+
+    /// Whether `offset..offset + len` of the image holds no data (a hole, or
+    /// past its end), by `SEEK_DATA`, remembered while blocks come in order.
+    fn is_hole(&mut self, offset: u64, len: u64) -> Result<bool> {
+        if !self.seek_data_supported {
+            return Ok(false);
+        }
+        if let Some((from, to)) = self.hole
+            && from <= offset
+            && offset < to
+        {
+            return Ok(offset + len <= to);
+        }
+        match sys::seek_data(&self.image, offset)
+            .map_err(Error::io("cannot look for data in image", &self.path))?
+        {
+            sys::NextData::At(data) => {
+                self.hole = Some((offset, data));
+                Ok(offset + len <= data)
+            }
+            sys::NextData::None => {
+                self.hole = Some((offset, u64::MAX));
+                Ok(true)
+            }
+            sys::NextData::Unknown => {
+                self.seek_data_supported = false;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Bytes at `offset..offset + len` were written (as data) and block
+    /// `block` changed: keep the remembered hole right.
+    fn wrote(&mut self, offset: u64, len: u64) {
+        if let Some((from, to)) = self.hole
+            && offset < to
+            && offset + len > from
+        {
+            self.hole = (offset > from).then_some((from, offset));
+        }
+        self.mark_changed(offset, len);
+    }
+
+    fn mark_changed(&mut self, offset: u64, len: u64) {
+        let bs = self.block_size();
+        let blocks = self.blocks();
+        self.changed.resize(blocks.div_ceil(64) as usize, 0);
+        for block in offset / bs..(offset + len).div_ceil(bs).min(blocks) {
+            self.changed[(block / 64) as usize] |= 1 << (block % 64);
+        }
+    }
+
+    /// The blocks this backup wrote or punched, in order (so far).
+    pub fn changed_blocks(&self) -> Vec<u64> {
+        bits(&self.changed, self.blocks())
+    }
+
+    /// Whether block `block` was written or punched by this backup.
+    pub fn is_changed(&self, block: u64) -> bool {
+        self.changed
+            .get((block / 64) as usize)
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
     }
 
     /// Length of block `block` (the last one may be short).
@@ -282,10 +372,14 @@ impl ImageWriter {
             self.zero_range(offset, data.len() as u64)?;
             return self.manifest.set(block, digest);
         }
-        self.stats.blocks_compared += 1;
         if !self.parent_digests_trusted {
             self.touched[(block / 64) as usize] |= 1 << (block % 64);
         }
+        if digest.is_zero() && known.is_none() && self.is_hole(offset, data.len() as u64)? {
+            // A hole of the source over a hole of the image: nothing to read or do.
+            return self.manifest.set(block, digest);
+        }
+        self.stats.blocks_compared += 1;
         let mut own = std::mem::take(&mut self.old);
         let (old, pages) = match known {
             // Outside `changed` the data is the old block: compare its pages only.
@@ -300,9 +394,10 @@ impl ImageWriter {
             ),
             None => {
                 own.resize(data.len(), 0);
-                let n = read_full_at(&self.image, &mut own, offset)
-                    .map_err(Error::io("cannot read image", &self.path))?;
-                own[n..].fill(0);
+                if let Err(e) = self.read_image(&mut own, offset) {
+                    self.old = own;
+                    return Err(e);
+                }
                 (&own[..], 0..data.len())
             }
         };
@@ -346,6 +441,7 @@ impl ImageWriter {
             if zero {
                 self.zero_range(at, run.len() as u64)?;
             } else {
+                self.wrote(at, run.len() as u64);
                 self.image
                     .write_all_at(&new[run.clone()], at)
                     .map_err(Error::io("cannot write image", &self.path))?;
@@ -364,6 +460,7 @@ impl ImageWriter {
 
     /// Makes a range read as zeros: a hole where the filesystem can punch one.
     pub fn zero_range(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.mark_changed(offset, len);
         if self.punch_supported {
             match sys::punch_hole(&self.image, offset, len) {
                 Ok(()) => return Ok(()),
@@ -371,6 +468,7 @@ impl ImageWriter {
                 Err(e) => return Err(Error::io("cannot punch hole in image", &self.path)(e)),
             }
         }
+        self.wrote(offset, len);
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(ZEROS.len() as u64) as usize;
@@ -412,3 +510,19 @@ impl ImageWriter {
 }
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// The indexes below `limit` of the bits set in `words`.
+fn bits(words: &[u64], limit: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (i, &w) in words.iter().enumerate() {
+        let mut w = w;
+        while w != 0 {
+            let bit = i as u64 * 64 + u64::from(w.trailing_zeros());
+            if bit < limit {
+                out.push(bit);
+            }
+            w &= w - 1;
+        }
+    }
+    out
+}
