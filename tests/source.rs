@@ -6,7 +6,11 @@ mod util;
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
 
 use util::*;
 
@@ -127,4 +131,205 @@ fn a_sparse_50_gib_source_reads_only_its_data_on_btrfs() {
 #[test]
 fn a_sparse_50_gib_source_reads_only_its_data_on_xfs() {
     sparse_source_case(FsKind::Xfs);
+}
+
+// ---------------------------------------------------------------------------
+// Bullet: a source that shrinks to 0 bytes is backed up, with a warning and a stat.
+
+fn shrunk_to_zero_case(kind: FsKind) {
+    let fs = require_fs!(kind, 300);
+    let src = fs.join("src.img");
+    write_file(&src, 4 * MIB, &[(MIB, &pattern_bytes(1, MIB as usize))]);
+    let job = fs.join("job");
+    init(&job, &src);
+    run_ok(backy_job(&job).args(["backup", "daily"]));
+    File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let r = run_ok(backy_job(&job).args(["backup", "daily"]));
+    let warning = r
+        .stderr
+        .lines()
+        .find(|l| l.contains(" WARN ") && l.contains("The source is empty (0 bytes)"))
+        .unwrap_or_else(|| r.fail("no warning about the empty source"));
+    assert!(warning.contains(&(4 * MIB).to_string()), "{warning}");
+    let revs = status_json(&job);
+    assert_eq!(revs.len(), 2, "{revs:?}");
+    let rev = |i: usize| {
+        let id = revs[i]["id"].as_str().unwrap();
+        fs::read_to_string(job.join(format!("{id}.rev"))).unwrap()
+    };
+    assert!(rev(1).contains("source_shrunk_to_zero: true"), "{}", rev(1));
+    assert!(!rev(0).contains("source_shrunk_to_zero"), "{}", rev(0));
+    // Empty again: the parent is empty too, nothing to warn about.
+    let r = run_ok(backy_job(&job).args(["backup", "daily"]));
+    assert!(!r.stderr.contains("The source is empty"), "{}", r.stderr);
+}
+
+#[test]
+fn a_source_shrunk_to_zero_warns_and_is_recorded_on_btrfs() {
+    shrunk_to_zero_case(FsKind::Btrfs);
+}
+
+#[test]
+fn a_source_shrunk_to_zero_warns_and_is_recorded_on_xfs() {
+    shrunk_to_zero_case(FsKind::Xfs);
+}
+
+// ---------------------------------------------------------------------------
+// Bullet: a source written during the backup fails it (exit 75), leaving nothing.
+
+/// A thread that rewrites the same 64 blocks of 64 KiB of `path` with new data,
+/// round after round, until stopped; started and one round done on return.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(path: &Path, size: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, rounds, path) = (Arc::clone(&stop), Arc::clone(&rounds), path.to_owned());
+            thread::spawn(move || {
+                let file = File::options().write(true).open(&path).unwrap();
+                let blocks = size / 65536;
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for i in 0..64u64 {
+                        let block = (i * 2_654_435_761 + 17) % blocks;
+                        let data = pattern_bytes(round * 64 + i + 1_000_000, 65536);
+                        file.write_all_at(&data, block * 65536).unwrap();
+                    }
+                    round += 1;
+                    rounds.store(round, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        while rounds.load(Ordering::Relaxed) < 1 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        Writer {
+            stop,
+            rounds,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread; returns how many rounds it wrote.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.rounds.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Fills `path` (a file or device of `size` bytes) with data.
+fn fill(path: &Path, size: u64) {
+    let file = File::options().write(true).open(path).unwrap();
+    for i in 0..size / MIB {
+        file.write_all_at(&pattern_bytes(i, MIB as usize), i * MIB)
+            .unwrap();
+    }
+    file.sync_all().unwrap();
+}
+
+/// The names in the job directory.
+fn job_files(job: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(job)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "backy.log")
+        .collect();
+    names.sort();
+    names
+}
+
+/// A good first backup, then one with `src` written all along: it fails with
+/// exit 75 and the freezing advice, and leaves the job as it was; once the
+/// writer stops, backups succeed again.
+fn written_during_backup(job: &Path, src: &Path, size: u64, needle: &str) {
+    init(job, src);
+    run_ok(backy_job(job).args(["backup", "daily"]));
+    let before = job_files(job);
+    let good = status_json(job);
+
+    let writer = Writer::start(src, size);
+    let r = run(backy_job(job).args(["-v", "backup", "daily"]));
+    let rounds = writer.stop();
+    let r = r.code(75).stderr_has(&format!(
+        "source {} was written during the backup",
+        src.display()
+    ));
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains(" ERROR "))
+        .unwrap_or_else(|| r.fail("no ERROR line"));
+    for word in [needle, "fsfreeze", "snapshot", "stop the VM", "removed"] {
+        assert!(line.contains(word), "{word:?} missing in {line:?}");
+    }
+    assert!(rounds > 1, "the writer wrote {rounds} rounds");
+    assert_eq!(job_files(job), before, "the failed backup left files");
+    let after = status_json(job);
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["id"], good[0]["id"]);
+
+    run_ok(backy_job(job).args(["backup", "daily"]));
+    assert_eq!(status_json(job).len(), 2);
+    let out = job.parent().unwrap().join("restored");
+    run_ok(backy_job(job).args(["restore", "-r", "0"]).arg(&out));
+    assert_same_content(&out, src);
+}
+
+fn file_written_during_backup_case(kind: FsKind) {
+    let fs = require_fs!(kind, 900);
+    let src = fs.join("src.img");
+    let size = 256 * MIB;
+    File::create(&src).unwrap().set_len(size).unwrap();
+    fill(&src, size);
+    written_during_backup(&fs.join("job"), &src, size, "time moved while it was read");
+}
+
+#[test]
+fn a_file_written_during_the_backup_fails_it_on_btrfs() {
+    file_written_during_backup_case(FsKind::Btrfs);
+}
+
+#[test]
+fn a_file_written_during_the_backup_fails_it_on_xfs() {
+    file_written_during_backup_case(FsKind::Xfs);
+}
+
+/// A block device's times do not move: the blocks the backup wrote (and a
+/// random share of the rest) are read again and compared.
+#[test]
+fn a_block_device_written_during_the_backup_fails_it() {
+    let fs = require_fs!(FsKind::Btrfs, 700);
+    let Some(dev) = TestBlockDevice::new(256) else {
+        return;
+    };
+    let src: PathBuf = dev.path().to_owned();
+    fill(&src, 256 * MIB);
+    written_during_backup(
+        &fs.join("job"),
+        &src,
+        256 * MIB,
+        "blocks read again after the backup differ",
+    );
 }

@@ -174,6 +174,19 @@ fn make_revision(
         writer.verify_while_writing()?;
     }
 
+    if source.size() == 0
+        && let Some(p) = parent
+    {
+        let parent_size = std::fs::metadata(job.image_path(&p.id)).map_or(0, |m| m.len());
+        if parent_size > 0 {
+            tracing::warn!(
+                "The source is empty (0 bytes) but parent {} has {parent_size}: revision {} will be empty; check the source (a truncated image, the wrong device?) before the revisions that hold its data expire",
+                p.id,
+                rev.id
+            );
+            rev.set_stat("source_shrunk_to_zero", true);
+        }
+    }
     let mut progress = Progress::new("backup", source.size());
     let report = source.patch(&mut writer, &mut |n| progress.inc(n))?;
     progress.finish();

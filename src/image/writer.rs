@@ -125,6 +125,11 @@ impl ImageWriter {
         self.manifest.blocks()
     }
 
+    /// The digest block `block` has in the new manifest now.
+    pub fn digest(&mut self, block: u64) -> Result<Digest> {
+        self.manifest.get(block)
+    }
+
     /// What has been changed so far.
     pub fn stats(&self) -> WriteStats {
         self.stats
