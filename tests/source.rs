@@ -333,3 +333,76 @@ fn a_block_device_written_during_the_backup_fails_it() {
         "blocks read again after the backup differ",
     );
 }
+
+// ---------------------------------------------------------------------------
+// Bullet: a parent damaged on disk is distrusted and the backup heals in the same run.
+
+fn damaged_parent_case(kind: FsKind) {
+    let fs = require_fs!(kind, 400);
+    let src = fs.join("src.img");
+    let size = 16 * MIB;
+    File::create(&src).unwrap().set_len(size).unwrap();
+    fill(&src, size);
+    let job = fs.join("job");
+    init(&job, &src);
+    run_ok(backy_job(&job).args(["backup", "daily"]));
+    let parent = status_json(&job)[0]["id"].as_str().unwrap().to_string();
+
+    // One 4 KiB page of the parent's image rots on disk; the source changes elsewhere.
+    let image = job.join(&parent);
+    File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .write_all_at(&pattern_bytes(77, 4096), 37 * 65536 + 4096)
+        .unwrap();
+    write_at(&src, 3 * MIB, &pattern_bytes(78, 8192));
+
+    let r = run_ok(backy_job(&job).args(["-v", "backup", "daily"]))
+        .stderr_has(&format!("Parent {parent} is damaged"))
+        .stderr_has("marked it distrusted")
+        .stderr_has(&format!("(offsets {})", 37 * 65536))
+        .stderr_has("is healed");
+    // The only error logged is the re-check of the damaged parent.
+    for line in r.stderr.lines().filter(|l| l.contains(" ERROR ")) {
+        assert!(line.contains(&format!("Revision {parent}: ")), "{line}");
+    }
+    let revs = status_json(&job);
+    assert_eq!(revs.len(), 2, "{revs:?}");
+    assert_eq!(revs[0]["id"], parent.as_str());
+    assert_eq!(revs[0]["trust"], "distrusted");
+    assert_eq!(revs[1]["complete"], true);
+    assert_ne!(revs[1]["trust"], "distrusted");
+    let healed = revs[1]["id"].as_str().unwrap().to_string();
+    assert_same_content(&job.join(&healed), &src);
+    let table = run_ok(backy_job(&job).arg("status")).stdout;
+    assert!(table.contains("distrusted"), "{table}");
+
+    // The next backup is a normal one against the healed revision.
+    write_at(&src, 9 * MIB, &pattern_bytes(79, 4096));
+    let r = run_ok(backy_job(&job).args(["-v", "backup", "daily"]));
+    for word in [
+        "is damaged",
+        "comparing the whole source",
+        "has no checksum manifest",
+    ] {
+        assert!(!r.stderr.contains(word), "{word:?} in {}", r.stderr);
+    }
+    let revs = status_json(&job);
+    assert_eq!(revs.len(), 3, "{revs:?}");
+    assert_eq!(revs[1]["id"], healed.as_str());
+    assert_ne!(revs[1]["trust"], "distrusted");
+    let out = fs.join("restored");
+    run_ok(backy_job(&job).args(["restore", "-r", "0"]).arg(&out));
+    assert_same_content(&out, &src);
+}
+
+#[test]
+fn a_damaged_parent_is_distrusted_and_the_backup_heals_on_btrfs() {
+    damaged_parent_case(FsKind::Btrfs);
+}
+
+#[test]
+fn a_damaged_parent_is_distrusted_and_the_backup_heals_on_xfs() {
+    damaged_parent_case(FsKind::Xfs);
+}

@@ -297,9 +297,12 @@ impl ImageWriter {
         }
     }
 
-    /// The blocks this backup wrote or punched, in order (so far).
-    pub fn changed_blocks(&self) -> Vec<u64> {
-        bits(&self.changed, self.blocks())
+    /// The blocks this backup wrote or punched (so far).
+    pub fn changed(&self) -> BlockSet {
+        BlockSet {
+            words: self.changed.clone(),
+            limit: self.blocks(),
+        }
     }
 
     /// Whether block `block` was written or punched by this backup.
@@ -516,18 +519,46 @@ impl ImageWriter {
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
-/// The indexes below `limit` of the bits set in `words`.
-fn bits(words: &[u64], limit: u64) -> Vec<u64> {
-    let mut out = Vec::new();
-    for (i, &w) in words.iter().enumerate() {
-        let mut w = w;
-        while w != 0 {
-            let bit = i as u64 * 64 + u64::from(w.trailing_zeros());
-            if bit < limit {
-                out.push(bit);
-            }
-            w &= w - 1;
-        }
+/// A set of block numbers (one bit per block).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockSet {
+    words: Vec<u64>,
+    limit: u64,
+}
+
+impl BlockSet {
+    /// Whether `block` is in the set.
+    pub fn contains(&self, block: u64) -> bool {
+        block < self.limit
+            && self
+                .words
+                .get((block / 64) as usize)
+                .is_some_and(|w| w & (1 << (block % 64)) != 0)
     }
-    out
+
+    /// How many blocks are in the set.
+    pub fn len(&self) -> u64 {
+        self.iter().count() as u64
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// The blocks in the set, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(move |(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = i as u64 * 64 + u64::from(w.trailing_zeros());
+                w &= w - 1;
+                Some(bit)
+            })
+            .filter(move |&b| b < self.limit)
+        })
+    }
 }

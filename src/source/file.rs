@@ -14,7 +14,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::Rng;
-use rand::seq::SliceRandom;
 
 use super::{Source, SourceReport};
 use crate::error::{Error, Result};
@@ -199,12 +198,22 @@ impl FileSource {
         let blocks = writer.blocks();
         let max = (RECHECK_WRITTEN_MAX / bs).max(1) as usize;
         let mut rng = rand::rng();
-        let mut sample = writer.changed_blocks();
-        let others = blocks - sample.len() as u64;
-        if sample.len() > max {
-            sample.shuffle(&mut rng);
-            sample.truncate(max);
+        // The written blocks, or a uniform random `max` of them (reservoir).
+        let changed = writer.changed();
+        let mut sample: Vec<u64> = Vec::new();
+        let mut seen = 0u64;
+        for block in changed.iter() {
+            seen += 1;
+            if sample.len() < max {
+                sample.push(block);
+            } else {
+                let j = rng.random_range(0..seen);
+                if j < max as u64 {
+                    sample[j as usize] = block;
+                }
+            }
         }
+        let others = blocks - seen;
         let written = sample.len();
         // A random share of the blocks the backup did not write, drawn until
         // enough distinct ones are found (bounded, so a mostly written device
@@ -215,7 +224,7 @@ impl FileSource {
         while extra.len() < want && draws < 4 * want + 64 {
             draws += 1;
             let block = rng.random_range(0..blocks);
-            if !writer.is_changed(block) {
+            if !changed.contains(block) {
                 extra.insert(block);
             }
         }
@@ -259,6 +268,12 @@ impl Source for FileSource {
     }
 
     fn verifies_while_patching(&self) -> bool {
+        true
+    }
+
+    fn patch_again_distrusting_parent(&mut self) -> bool {
+        // Every patch reads the whole source and compares each block with the
+        // image; the checks against the state at `open` still hold.
         true
     }
 
