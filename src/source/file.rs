@@ -165,16 +165,6 @@ impl FileSource {
     /// After reading: fails when the source is not as it was opened.
     fn check_unchanged(&self, writer: &mut ImageWriter) -> Result<()> {
         let now = self.stamp_now()?;
-        if !self.block_device {
-            if now.mtime != self.before.mtime {
-                return Err(
-                    self.changed("its modification time moved while it was read".to_string())
-                );
-            }
-            if now.ctime != self.before.ctime {
-                return Err(self.changed("its change time moved while it was read".to_string()));
-            }
-        }
         // The name may point elsewhere now (an image renamed over it).
         match std::fs::metadata(&self.path) {
             Ok(m) if (m.dev(), m.ino()) != (self.before.dev, self.before.ino) => {
@@ -183,10 +173,22 @@ impl FileSource {
                 ));
             }
             Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.changed("its path was removed while it was read".to_string()));
+            }
             Err(e) => return Err(Error::io("cannot stat source", &self.path)(e)),
         }
         if self.block_device {
             self.recheck_sample(writer)?;
+        } else {
+            if now.mtime != self.before.mtime {
+                return Err(
+                    self.changed("its modification time moved while it was read".to_string())
+                );
+            }
+            if now.ctime != self.before.ctime {
+                return Err(self.changed("its change time moved while it was read".to_string()));
+            }
         }
         Ok(())
     }
@@ -464,6 +466,76 @@ mod tests {
             report.bad_offsets
         );
         image
+    }
+
+    /// A first-backup writer for a new image in `dir`.
+    fn new_writer(dir: &Path) -> ImageWriter {
+        let image = dir.join("img");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&image)
+            .unwrap();
+        let manifest = Manifest::create(&dir.join("img.sums"), 0).unwrap();
+        ImageWriter::new(file, &image, manifest, false)
+    }
+
+    /// Patches from a source opened on `src`, after `meddle` ran between the
+    /// open and the patch.
+    fn patch_after(src: &Path, meddle: impl FnOnce()) -> Result<SourceReport> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = FileSource::open(src).unwrap();
+        meddle();
+        let mut writer = new_writer(dir.path());
+        source.patch(&mut writer, &mut |_| {})
+    }
+
+    #[test]
+    fn a_file_written_renamed_over_or_resized_after_open_is_a_source_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, vec![5u8; 300_000]).unwrap();
+        assert!(patch_after(&src, || {}).is_ok());
+
+        let err = patch_after(&src, || {
+            let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+            f.write_all_at(b"new", 1000).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 75);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "source {} was written during the backup (",
+                src.display()
+            )),
+            "{text}"
+        );
+        for word in ["time moved", "fsfreeze", "snapshot", "stop the VM"] {
+            assert!(text.contains(word), "{word:?} in {text}");
+        }
+
+        let other = dir.path().join("other");
+        let err = patch_after(&src, || {
+            std::fs::write(&other, vec![5u8; 300_000]).unwrap();
+            std::fs::rename(&other, &src).unwrap();
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("names another file"), "{err}");
+
+        let err = patch_after(&src, || {
+            let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+            f.set_len(100_000).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 75);
+        assert!(
+            err.to_string()
+                .contains("changed size during the backup (from 300000 to 100000 bytes)"),
+            "{err}"
+        );
     }
 
     proptest! {
