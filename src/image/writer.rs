@@ -562,3 +562,84 @@ impl BlockSet {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &Path, size: u64) -> ImageWriter {
+        let path = dir.join("img");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let manifest = Manifest::create(&dir.join("img.sums"), 0).unwrap();
+        let mut w = ImageWriter::new(file, &path, manifest, false);
+        w.resize(size).unwrap();
+        w
+    }
+
+    /// Holes of the source over holes of the image are neither read nor
+    /// written; data lands, and later blocks after it are still known as holes.
+    #[test]
+    fn holes_over_holes_cost_nothing_and_the_changed_set_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let bs = 65536u64;
+        let mut w = writer(dir.path(), 1000 * bs);
+        let data = vec![9u8; bs as usize];
+        for block in 0..1000 {
+            if block == 10 || block == 500 {
+                w.put_block(block, &data).unwrap();
+            } else {
+                w.put_zero_block(block).unwrap();
+            }
+        }
+        let changed = w.changed();
+        assert_eq!(changed.iter().collect::<Vec<_>>(), vec![10, 500]);
+        assert_eq!(changed.len(), 2);
+        assert!(changed.contains(500) && !changed.contains(501));
+        let (file, mut manifest, stats) = w.finish().unwrap();
+        assert_eq!(stats.bytes_changed, 2 * bs);
+        // Where the filesystem reports holes (every one backy runs on does).
+        let probe = File::create(dir.path().join("probe")).unwrap();
+        probe.set_len(bs).unwrap();
+        if matches!(sys::seek_data(&probe, 0), Ok(sys::NextData::None)) {
+            assert_eq!(stats.blocks_compared, 2);
+            assert_eq!(stats.bytes_read, 0);
+        }
+        let report = super::super::verify_against_manifest(
+            &file,
+            &dir.path().join("img"),
+            &mut manifest,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(report.bad_offsets.is_empty());
+        let image = std::fs::read(dir.path().join("img")).unwrap();
+        assert_eq!(&image[(10 * bs) as usize..(11 * bs) as usize], &data[..]);
+        assert!(
+            image[(11 * bs) as usize..(500 * bs) as usize]
+                .iter()
+                .all(|&b| b == 0)
+        );
+    }
+
+    /// A zero block over data in the image is still punched.
+    #[test]
+    fn a_zero_block_over_data_is_punched() {
+        let dir = tempfile::tempdir().unwrap();
+        let bs = 65536u64;
+        let path = dir.path().join("img");
+        let mut w = writer(dir.path(), 4 * bs);
+        w.image.write_all_at(&[1u8; 100], 2 * bs + 5).unwrap();
+        for block in 0..4 {
+            w.put_zero_block(block).unwrap();
+        }
+        assert_eq!(w.changed().iter().collect::<Vec<_>>(), vec![2]);
+        w.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0));
+    }
+}
