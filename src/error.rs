@@ -79,19 +79,6 @@ pub enum Error {
         /// The job directory.
         path: PathBuf,
     },
-    /// The source changed size while it was read.
-    #[error(
-        "source {} changed size during the backup (from {before} to {after} bytes); freeze the VM or snapshot the source and run the backup again",
-        path.display()
-    )]
-    SourceChangedSize {
-        /// The source.
-        path: PathBuf,
-        /// Size at the start.
-        before: u64,
-        /// Size at the end.
-        after: u64,
-    },
     /// The new image does not match the checksums taken from the source.
     #[error("verification of revision {id} failed: {detail}; the revision was removed")]
     VerificationFailed {
@@ -222,6 +209,32 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    // --- issue 9, sources (keep together) ---
+    /// The source was written while the backup read it (its size, times or
+    /// identity moved, or a re-read sample differs): the revision would match
+    /// no state the source ever had.
+    #[error(
+        "source {} was written during the backup ({detail}), so the revision would match no state it ever had and was removed; freeze the source while it is backed up (back up a snapshot of it, 'fsfreeze' the guest's filesystems, or stop the VM) and run the backup again",
+        path.display()
+    )]
+    SourceChanged {
+        /// The source.
+        path: PathBuf,
+        /// What changed ("it changed size during the backup (from 1 to 2 bytes)").
+        detail: String,
+    },
+    /// The source is of a type that cannot be backed up (a FIFO, a socket, a
+    /// character device, a directory).
+    #[error(
+        "source {} is {kind}; backy backs up image files and block devices: set 'filename' in the job's config to one",
+        path.display()
+    )]
+    SourceType {
+        /// The source.
+        path: PathBuf,
+        /// "a FIFO (named pipe)", "a socket", ...
+        kind: &'static str,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
@@ -229,10 +242,12 @@ pub enum Error {
 
 impl Error {
     /// The process exit code for this error: 69 for a running scheduler (as the
-    /// original, for init scripts), else 1.
+    /// original, for init scripts), 75 (EX_TEMPFAIL) for a source written during
+    /// the backup (the next try may work), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::SchedulerRunning { .. } => 69,
+            Error::SourceChanged { .. } => 75,
             _ => 1,
         }
     }

@@ -413,7 +413,17 @@ A tag that `-r` could never select is refused: a number (`0`, `1`, ...), `last` 
 A job directory on a filesystem without reflinks (ext4, tmpfs, NFS) is refused with
 a message that names the filesystem, unless `--allow-copy` is given or the job's
 `config` says `allow-copy: true`; each revision is then a full sparse copy, recorded
-as `reflink: false` in its stats.",
+as `reflink: false` in its stats.
+
+When verification finds blocks that differ although the backup shared them unchanged
+with the parent, the parent's image is damaged on disk (it no longer holds what its
+manifest says). The parent is then marked `distrusted` (logged as a warning, shown by
+`status`) and, for the `file` source, the revision is made again at once comparing
+every block with the source, so the job heals in the same run. A `ceph-rbd` backup
+fails instead; the next one, with the parent distrusted, compares the whole snapshot.
+
+A source that is now empty (0 bytes) while the parent is not gets a warning and
+`source_shrunk_to_zero: true` in the revision's stats.",
     ),
     (
         "restore",
@@ -622,9 +632,12 @@ The job's `config` file, and the `source` mapping of a job in the scheduler's
 configuration, name the source `type` and its keys:
 
 : `type: file`
-`filename`: an image file or block device. It is read without a snapshot, so it
-should not change during the backup (freeze the guest, or back up a snapshot LV).
-Holes in the file are not read at all.
+`filename`: an image file or block device (a symbolic link to one is followed).
+FIFOs, sockets and character devices (such as `/dev/zero`) are refused with a
+message naming the type; the source is opened non-blocking and its type checked again
+on what was opened. It is read without a snapshot, so it must not change during the
+backup (see below). Holes in the file are not read at all, neither in the source nor
+in the new image, so a sparse source costs what its data costs.
 : `type: ceph-rbd`
 `pool`, `image`: the RBD image. Each revision *ID* takes a snapshot `backy-`*ID*.
 When the parent revision's snapshot still exists, `rbd export-diff --from-snap`
@@ -646,6 +659,36 @@ is requested through Consul so that the hypervisor freezes the guest's filesyste
 first.
 
 A job's `config` may also say `allow-copy: true` (see `backup --allow-copy`).
+
+## Sources written during a backup
+A `file` source that is written while backy reads it gives an image that matches no
+state the source ever had, although each block matches what was read. backy checks:
+
+- for a regular file, its size, modification time (mtime), change time (ctime) and
+  inode, as `fstat` reports them when it was opened and after it was read, and
+  whether its path still names the same file;
+- for a block device (whose times do not move when it is written), its size, and,
+  after it was read, a second read of the blocks this backup wrote (all of them up
+  to 1 GiB, else a random 1 GiB of them) and of a random 1% of the other blocks (at
+  most 1 GiB), each compared with the checksum taken in the first read.
+
+A change found fails the backup with \"source *PATH* was written during the
+backup\", what changed, and how to freeze the source; the new revision is removed
+and the exit status is 75 (see EXIT STATUS).
+
+Not detected: on a block device, writes that touch none of the re-read blocks
+(between two backups of a busy device, the written blocks are where writes happen, so
+that is where it looks), and writes that leave a block as it was read; on a regular
+file, writes that do not move mtime or ctime, which are writes through a shared
+memory mapping whose pages were already dirty, and, on kernels before 6.13 (coarse
+timestamps), a write in the same clock tick (a few milliseconds) as the start of
+the backup. Changes before the backup starts or after it ends are not changes during
+the backup. A `ceph-rbd` source reads a snapshot, which does not change, and is not
+checked this way.
+
+To back up a source that is in use, freeze it for the backup: back up a snapshot of
+it (LVM, btrfs, ZFS, or `ceph-rbd`), `fsfreeze` the guest's filesystems (or use the
+guest agent), or stop the VM.
 ";
 
 const SCHEDULER_CONFIGURATION: &str = "\
@@ -890,6 +933,10 @@ Also `backy check`: CRITICAL.
 : 69
 `backy scheduler`: another scheduler holds the base directory's lock. A service
 manager should not restart it (`RestartPreventExitStatus=69`).
+: 75
+`backy backup`: the source was written during the backup (EX_TEMPFAIL; see
+\"Sources written during a backup\"). No revision was made; the next try may work,
+but only a frozen source is sure to.
 ";
 
 const FILES: &str = "\

@@ -196,7 +196,13 @@ fn assert_no_panic(r: &Run) {
 /// Expect exit code 1 and exactly one `ERROR` line that holds every needle.
 #[track_caller]
 fn expect_error(r: Run, needles: &[&str]) -> Run {
-    let r = r.code(1);
+    expect_error_code(r, 1, needles)
+}
+
+/// Expect exit code `code` and exactly one `ERROR` line that holds every needle.
+#[track_caller]
+fn expect_error_code(r: Run, code: i32, needles: &[&str]) -> Run {
+    let r = r.code(code);
     assert_no_panic(&r);
     let errors: Vec<&str> = r.stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
     let [line] = errors.as_slice() else {
@@ -285,6 +291,72 @@ fn source_is_a_directory() {
     fx.assert_untouched();
 }
 
+/// Issue 9: a FIFO as source blocked `backup` in `open()` with the job locked.
+#[test]
+fn source_is_a_fifo() {
+    let Some(fx) = Fixture::new(256, 4 * MIB) else {
+        return;
+    };
+    fs::remove_file(&fx.src).unwrap();
+    run_ok(Command::new("mkfifo").arg(&fx.src));
+    let r = run_timeout(
+        fx.backy().args(["backup", "daily"]),
+        Duration::from_secs(120),
+    );
+    expect_error(
+        r,
+        &[
+            path_str(&fx.src),
+            "is a FIFO",
+            "image files and block devices",
+        ],
+    );
+    fx.assert_untouched();
+}
+
+#[test]
+fn source_is_a_socket() {
+    let Some(fx) = Fixture::new(256, 4 * MIB) else {
+        return;
+    };
+    fs::remove_file(&fx.src).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(&fx.src).unwrap();
+    expect_error(
+        run_timeout(
+            fx.backy().args(["backup", "daily"]),
+            Duration::from_secs(120),
+        ),
+        &[
+            path_str(&fx.src),
+            "is a socket",
+            "image files and block devices",
+        ],
+    );
+    fx.assert_untouched();
+}
+
+/// Issue 9: /dev/zero, /dev/urandom and /dev/null gave a 0-byte "complete"
+/// revision. Reached through a symlink, as LVM's /dev/vg/lv are.
+#[test]
+fn source_is_a_character_device() {
+    let Some(fx) = Fixture::new(256, 4 * MIB) else {
+        return;
+    };
+    fs::remove_file(&fx.src).unwrap();
+    for dev in ["/dev/zero", "/dev/urandom", "/dev/null"] {
+        let _ = fs::remove_file(&fx.src);
+        std::os::unix::fs::symlink(dev, &fx.src).unwrap();
+        expect_error(
+            run_timeout(
+                fx.backy().args(["backup", "daily"]),
+                Duration::from_secs(120),
+            ),
+            &[path_str(&fx.src), "is a character device", "block devices"],
+        );
+        fx.assert_untouched();
+    }
+}
+
 /// A thread changes the source's size by 4 KiB every millisecond, from before
 /// the backup starts until backy has exited.
 fn source_changes_size_during_backup(grow: bool) {
@@ -320,7 +392,16 @@ fn source_changes_size_during_backup(grow: bool) {
     let r = run(fx.backy().args(["backup", "daily"]));
     stop.store(true, Ordering::Relaxed);
     changer.join().unwrap();
-    let r = expect_error(r, &[path_str(&fx.src), "freeze", "snapshot"]);
+    // Issue 9: a source written during the backup exits 75 (EX_TEMPFAIL).
+    let r = expect_error_code(
+        r,
+        75,
+        &[
+            &format!("source {} was written during the backup", path_str(&fx.src)),
+            "freeze",
+            "snapshot",
+        ],
+    );
     let line = r.stderr.lines().find(|l| l.contains(" ERROR ")).unwrap();
     if !(line.contains("changed size") || line.contains("shrank")) {
         r.fail("expected the error to say the source changed size or shrank");

@@ -113,9 +113,19 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
             .take_while(|r| r.stats.get("backup_mode").and_then(|m| m.as_str()) == Some("diff"))
             .count() as u64,
     };
-    let result = source
-        .prepare(&plan)
-        .and_then(|()| make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), allow_copy));
+    let result = source.prepare(&plan).and_then(|()| {
+        match make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), allow_copy)? {
+            Made::Complete => Ok(()),
+            Made::ParentDamaged { detail, failure } => heal(
+                &mut job,
+                &mut rev,
+                parent.as_ref().expect("damaged parent"),
+                source.as_mut(),
+                allow_copy,
+                (detail, failure),
+            ),
+        }
+    });
     match result {
         Ok(()) => {}
         Err(e) => {
@@ -154,6 +164,80 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
     Ok(())
 }
 
+/// How [`make_revision`] ended, short of an error.
+enum Made {
+    /// Verified and sealed.
+    Complete,
+    /// Verification failed in blocks this backup did not write: they came from
+    /// the parent's image, which no longer matches its manifest. The new image
+    /// and manifest are removed; `failure` is what to report if not healed.
+    ParentDamaged {
+        /// Which of the parent's blocks differ.
+        detail: String,
+        /// The verification error.
+        failure: Error,
+    },
+}
+
+/// The parent is damaged on disk: mark it distrusted (so no later backup trusts
+/// its manifest and `status` shows it) and, where the source can, make the
+/// revision again comparing every block against the source, so the job heals
+/// in this run instead of failing verification forever.
+fn heal(
+    job: &mut Job,
+    rev: &mut Revision,
+    parent: &Revision,
+    source: &mut dyn source::Source,
+    allow_copy: bool,
+    (detail, failure): (String, Error),
+) -> Result<()> {
+    let mut damaged = parent.clone();
+    damaged.trust = Trust::Distrusted;
+    job.write_rev(&damaged)?;
+    if let Some(r) = job.revisions.iter_mut().find(|r| r.id == damaged.id) {
+        r.trust = Trust::Distrusted;
+    }
+    if !source.patch_again_distrusting_parent() {
+        tracing::warn!(
+            "Parent {} is damaged on disk: {detail}; marked it distrusted, so the next backup compares the whole source",
+            damaged.id
+        );
+        return Err(failure);
+    }
+    tracing::warn!(
+        "Parent {} is damaged on disk: {detail}; marked it distrusted; making revision {} again, comparing the whole source",
+        damaged.id,
+        rev.id
+    );
+    match make_revision(job, rev, Some(&damaged), source, allow_copy)? {
+        Made::Complete => {
+            tracing::info!(
+                "Revision {} is healed: it matches the source although parent {} is damaged",
+                rev.id,
+                damaged.id
+            );
+            Ok(())
+        }
+        Made::ParentDamaged { failure, .. } => Err(failure),
+    }
+}
+
+/// The error for a revision whose verification found differing blocks.
+fn verification_failed(id: &str, report: &image::VerifyReport, detail: &str) -> Error {
+    let bad = &report.bad_offsets;
+    let shown: Vec<String> = bad.iter().take(10).map(u64::to_string).collect();
+    Error::VerificationFailed {
+        id: id.to_string(),
+        detail: format!(
+            "{} of {} blocks checked differ from the source (offsets {}{}){detail}",
+            bad.len(),
+            report.blocks,
+            shown.join(", "),
+            if bad.len() > 10 { ", ..." } else { "" }
+        ),
+    }
+}
+
 /// Clones, patches, verifies and seals the revision's image and manifest; on
 /// success `rev.stats` holds everything but `duration`.
 fn make_revision(
@@ -162,7 +246,7 @@ fn make_revision(
     parent: Option<&Revision>,
     source: &mut dyn source::Source,
     allow_copy: bool,
-) -> Result<()> {
+) -> Result<Made> {
     let image_path = job.image_path(&rev.id);
     let sums_path = job.sums_path(&rev.id);
 
@@ -204,10 +288,24 @@ fn make_revision(
         writer.verify_while_writing()?;
     }
 
+    if source.size() == 0
+        && let Some(p) = parent
+    {
+        let parent_size = std::fs::metadata(job.image_path(&p.id)).map_or(0, |m| m.len());
+        if parent_size > 0 {
+            tracing::warn!(
+                "The source is empty (0 bytes) but parent {} has {parent_size}: revision {} will be empty; check the source (a truncated image, the wrong device?) before the revisions that hold its data expire",
+                p.id,
+                rev.id
+            );
+            rev.set_stat("source_shrunk_to_zero", true);
+        }
+    }
     let mut progress = Progress::new("backup", source.size());
     let report = source.patch(&mut writer, &mut |n| progress.inc(n))?;
     progress.finish();
     let verified_inline = writer.end_verification()?;
+    let changed = writer.changed();
     let (image_file, mut manifest, stats) = writer.finish()?;
     failpoint::hit("after-patch");
     tracing::debug!(
@@ -234,21 +332,49 @@ fn make_revision(
     };
     let bad = &verified.report.bad_offsets;
     if !bad.is_empty() {
-        let shown: Vec<String> = bad.iter().take(10).map(u64::to_string).collect();
-        return Err(Error::VerificationFailed {
-            id: rev.id.clone(),
-            detail: format!(
-                "{} of {} blocks checked differ from the source (offsets {}{})",
-                bad.len(),
-                verified.report.blocks,
-                shown.join(", "),
-                if bad.len() > 10 { ", ..." } else { "" }
-            ),
-        });
+        // With the parent's manifest trusted, a block this backup did not write
+        // is the parent's: its image no longer holds what its manifest says.
+        let bs = manifest.block_size();
+        let inherited: Vec<u64> = bad
+            .iter()
+            .copied()
+            .filter(|&at| !changed.contains(at / bs))
+            .collect();
+        if trusted && !inherited.is_empty() {
+            let parent = parent.expect("a trusted manifest comes from a parent");
+            drop(image_file);
+            for path in [&image_path, &sums_path] {
+                std::fs::remove_file(path).map_err(Error::io("cannot remove", path))?;
+            }
+            let shown: Vec<String> = inherited.iter().take(10).map(u64::to_string).collect();
+            return Ok(Made::ParentDamaged {
+                detail: format!(
+                    "{} of its blocks, which this backup shared unchanged, differ from its checksums (offsets {}{})",
+                    inherited.len(),
+                    shown.join(", "),
+                    if inherited.len() > 10 { ", ..." } else { "" }
+                ),
+                failure: verification_failed(
+                    &rev.id,
+                    &verified.report,
+                    &format!(
+                        ", {} of them shared unchanged with parent {}, which is damaged and now distrusted",
+                        inherited.len(),
+                        parent.id
+                    ),
+                ),
+            });
+        }
+        return Err(verification_failed(&rev.id, &verified.report, ""));
     }
 
     failpoint::hit("after-verify");
-    tracing::debug!("Verified in {:.2} s", phase.elapsed().as_secs_f64());
+    tracing::debug!(
+        "Verified in {:.2} s: {} blocks checked, {} bytes of the image read back",
+        phase.elapsed().as_secs_f64(),
+        verified.report.blocks,
+        verified.report.bytes_read
+    );
     for path in [&image_path, &sums_path] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
             .map_err(Error::io("cannot make read-only", path))?;
@@ -261,7 +387,7 @@ fn make_revision(
     for (key, value) in report.stats.into_iter().chain(verified.stats) {
         rev.set_stat(key, value);
     }
-    Ok(())
+    Ok(Made::Complete)
 }
 
 /// The new revision's manifest: a clone of the parent's when the parent has a

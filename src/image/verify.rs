@@ -184,6 +184,7 @@ fn check_batches(
                 let data = buf_of(&mut buf, data_end - data_start);
                 let n = read_full_at(image, data, data_start)
                     .map_err(Error::io("cannot read back", path))?;
+                report.bytes_read += n as u64;
                 let first = data_start / block_size;
                 for (i, block) in data.chunks(block_size as usize).enumerate() {
                     let index = first + i as u64;

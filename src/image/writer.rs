@@ -32,6 +32,9 @@ pub struct WriteStats {
     pub blocks_unchanged: u64,
     /// Blocks whose previous content had to be read and compared.
     pub blocks_compared: u64,
+    /// Bytes of the image read to compare them (holes of the image are known
+    /// to be zeros and not read, so this follows the data, not the size).
+    pub bytes_read: u64,
 }
 
 /// The block as it was before, when the caller has read it, and the byte range
@@ -53,6 +56,13 @@ pub struct ImageWriter {
     verifier: Option<InlineVerifier>,
     /// Started by the first [`ImageWriter::prefetch`].
     prefetcher: Option<Prefetcher>,
+    /// What `SEEK_DATA` last said: no data in `from..to` of the image. Kept
+    /// right by every write (see [`ImageWriter::wrote`]).
+    hole: Option<(u64, u64)>,
+    /// The filesystem answers `SEEK_DATA`.
+    seek_data_supported: bool,
+    /// Blocks whose bytes this backup wrote or punched (one bit per block).
+    changed: Vec<u64>,
 }
 
 impl ImageWriter {
@@ -78,6 +88,9 @@ impl ImageWriter {
             stats: WriteStats::default(),
             verifier: None,
             prefetcher: None,
+            hole: None,
+            seek_data_supported: true,
+            changed: Vec::new(),
         };
         if !parent_digests_trusted {
             writer.resize_touched();
@@ -112,6 +125,11 @@ impl ImageWriter {
         self.manifest.blocks()
     }
 
+    /// The digest block `block` has in the new manifest now.
+    pub fn digest(&mut self, block: u64) -> Result<Digest> {
+        self.manifest.get(block)
+    }
+
     /// What has been changed so far.
     pub fn stats(&self) -> WriteStats {
         self.stats
@@ -129,7 +147,10 @@ impl ImageWriter {
         self.image
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
+        self.hole = None;
         self.manifest.resize(size)?;
+        self.changed
+            .truncate(self.manifest.blocks().div_ceil(64) as usize);
         // The block whose length changed (the old tail on a grow, the new tail on
         // a shrink) keeps a digest of its old length; a source that does not
         // rewrite it (a diff) would leave that digest stale.
@@ -208,10 +229,87 @@ impl ImageWriter {
     /// Reads block `block` as the image holds it now (for partial updates).
     pub fn read_block(&mut self, block: u64, buf: &mut [u8]) -> Result<()> {
         let offset = block * self.block_size();
+        self.read_image(buf, offset)
+    }
+
+    /// Reads `buf.len()` bytes of the image at `offset` (zeros past its end);
+    /// a range in a hole of the image is zeros without reading it.
+    fn read_image(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if self.is_hole(offset, buf.len() as u64)? {
+            buf.fill(0);
+            return Ok(());
+        }
         let n = read_full_at(&self.image, buf, offset)
             .map_err(Error::io("cannot read image", &self.path))?;
+        self.stats.bytes_read += n as u64;
         buf[n..].fill(0);
         Ok(())
+    }
+
+    /// Whether `offset..offset + len` of the image holds no data (a hole, or
+    /// past its end), by `SEEK_DATA`, remembered while blocks come in order.
+    fn is_hole(&mut self, offset: u64, len: u64) -> Result<bool> {
+        if !self.seek_data_supported {
+            return Ok(false);
+        }
+        if let Some((from, to)) = self.hole
+            && from <= offset
+            && offset < to
+        {
+            return Ok(offset + len <= to);
+        }
+        match sys::seek_data(&self.image, offset)
+            .map_err(Error::io("cannot look for data in image", &self.path))?
+        {
+            sys::NextData::At(data) => {
+                self.hole = Some((offset, data));
+                Ok(offset + len <= data)
+            }
+            sys::NextData::None => {
+                self.hole = Some((offset, u64::MAX));
+                Ok(true)
+            }
+            sys::NextData::Unknown => {
+                self.seek_data_supported = false;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Bytes at `offset..offset + len` were written (as data) and block
+    /// `block` changed: keep the remembered hole right.
+    fn wrote(&mut self, offset: u64, len: u64) {
+        if let Some((from, to)) = self.hole
+            && offset < to
+            && offset + len > from
+        {
+            self.hole = (offset > from).then_some((from, offset));
+        }
+        self.mark_changed(offset, len);
+    }
+
+    fn mark_changed(&mut self, offset: u64, len: u64) {
+        let bs = self.block_size();
+        let blocks = self.blocks();
+        self.changed.resize(blocks.div_ceil(64) as usize, 0);
+        for block in offset / bs..(offset + len).div_ceil(bs).min(blocks) {
+            self.changed[(block / 64) as usize] |= 1 << (block % 64);
+        }
+    }
+
+    /// The blocks this backup wrote or punched (so far).
+    pub fn changed(&self) -> BlockSet {
+        BlockSet {
+            words: self.changed.clone(),
+            limit: self.blocks(),
+        }
+    }
+
+    /// Whether block `block` was written or punched by this backup.
+    pub fn is_changed(&self, block: u64) -> bool {
+        self.changed
+            .get((block / 64) as usize)
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
     }
 
     /// Length of block `block` (the last one may be short).
@@ -282,10 +380,14 @@ impl ImageWriter {
             self.zero_range(offset, data.len() as u64)?;
             return self.manifest.set(block, digest);
         }
-        self.stats.blocks_compared += 1;
         if !self.parent_digests_trusted {
             self.touched[(block / 64) as usize] |= 1 << (block % 64);
         }
+        if digest.is_zero() && known.is_none() && self.is_hole(offset, data.len() as u64)? {
+            // A hole of the source over a hole of the image: nothing to read or do.
+            return self.manifest.set(block, digest);
+        }
+        self.stats.blocks_compared += 1;
         let mut own = std::mem::take(&mut self.old);
         let (old, pages) = match known {
             // Outside `changed` the data is the old block: compare its pages only.
@@ -300,9 +402,10 @@ impl ImageWriter {
             ),
             None => {
                 own.resize(data.len(), 0);
-                let n = read_full_at(&self.image, &mut own, offset)
-                    .map_err(Error::io("cannot read image", &self.path))?;
-                own[n..].fill(0);
+                if let Err(e) = self.read_image(&mut own, offset) {
+                    self.old = own;
+                    return Err(e);
+                }
                 (&own[..], 0..data.len())
             }
         };
@@ -346,6 +449,7 @@ impl ImageWriter {
             if zero {
                 self.zero_range(at, run.len() as u64)?;
             } else {
+                self.wrote(at, run.len() as u64);
                 self.image
                     .write_all_at(&new[run.clone()], at)
                     .map_err(Error::io("cannot write image", &self.path))?;
@@ -364,6 +468,7 @@ impl ImageWriter {
 
     /// Makes a range read as zeros: a hole where the filesystem can punch one.
     pub fn zero_range(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.mark_changed(offset, len);
         if self.punch_supported {
             match sys::punch_hole(&self.image, offset, len) {
                 Ok(()) => return Ok(()),
@@ -371,6 +476,7 @@ impl ImageWriter {
                 Err(e) => return Err(Error::io("cannot punch hole in image", &self.path)(e)),
             }
         }
+        self.wrote(offset, len);
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(ZEROS.len() as u64) as usize;
@@ -412,3 +518,128 @@ impl ImageWriter {
 }
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// A set of block numbers (one bit per block).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockSet {
+    words: Vec<u64>,
+    limit: u64,
+}
+
+impl BlockSet {
+    /// Whether `block` is in the set.
+    pub fn contains(&self, block: u64) -> bool {
+        block < self.limit
+            && self
+                .words
+                .get((block / 64) as usize)
+                .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+
+    /// How many blocks are in the set.
+    pub fn len(&self) -> u64 {
+        self.iter().count() as u64
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// The blocks in the set, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(move |(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = i as u64 * 64 + u64::from(w.trailing_zeros());
+                w &= w - 1;
+                Some(bit)
+            })
+            .filter(move |&b| b < self.limit)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &Path, size: u64) -> ImageWriter {
+        let path = dir.join("img");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let manifest = Manifest::create(&dir.join("img.sums"), 0).unwrap();
+        let mut w = ImageWriter::new(file, &path, manifest, false);
+        w.resize(size).unwrap();
+        w
+    }
+
+    /// Holes of the source over holes of the image are neither read nor
+    /// written; data lands, and later blocks after it are still known as holes.
+    #[test]
+    fn holes_over_holes_cost_nothing_and_the_changed_set_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let bs = 65536u64;
+        let mut w = writer(dir.path(), 1000 * bs);
+        let data = vec![9u8; bs as usize];
+        for block in 0..1000 {
+            if block == 10 || block == 500 {
+                w.put_block(block, &data).unwrap();
+            } else {
+                w.put_zero_block(block).unwrap();
+            }
+        }
+        let changed = w.changed();
+        assert_eq!(changed.iter().collect::<Vec<_>>(), vec![10, 500]);
+        assert_eq!(changed.len(), 2);
+        assert!(changed.contains(500) && !changed.contains(501));
+        let (file, mut manifest, stats) = w.finish().unwrap();
+        assert_eq!(stats.bytes_changed, 2 * bs);
+        // Where the filesystem reports holes (every one backy runs on does).
+        let probe = File::create(dir.path().join("probe")).unwrap();
+        probe.set_len(bs).unwrap();
+        if matches!(sys::seek_data(&probe, 0), Ok(sys::NextData::None)) {
+            assert_eq!(stats.blocks_compared, 2);
+            assert_eq!(stats.bytes_read, 0);
+        }
+        let report = super::super::verify_against_manifest(
+            &file,
+            &dir.path().join("img"),
+            &mut manifest,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(report.bad_offsets.is_empty());
+        let image = std::fs::read(dir.path().join("img")).unwrap();
+        assert_eq!(&image[(10 * bs) as usize..(11 * bs) as usize], &data[..]);
+        assert!(
+            image[(11 * bs) as usize..(500 * bs) as usize]
+                .iter()
+                .all(|&b| b == 0)
+        );
+    }
+
+    /// A zero block over data in the image is still punched.
+    #[test]
+    fn a_zero_block_over_data_is_punched() {
+        let dir = tempfile::tempdir().unwrap();
+        let bs = 65536u64;
+        let path = dir.path().join("img");
+        let mut w = writer(dir.path(), 4 * bs);
+        w.image.write_all_at(&[1u8; 100], 2 * bs + 5).unwrap();
+        for block in 0..4 {
+            w.put_zero_block(block).unwrap();
+        }
+        assert_eq!(w.changed().iter().collect::<Vec<_>>(), vec![2]);
+        w.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0));
+    }
+}

@@ -1,48 +1,266 @@
 //! The `file` source: an image file or block device, read once, sequentially.
+//!
+//! A source that is written while it is read gives an image that matches no
+//! state it ever had. This source notices such writes where it can: for a
+//! regular file the size, mtime, ctime and inode before and after; for a block
+//! device (whose node's times do not move) a re-read, after the patch, of the
+//! blocks the backup wrote plus a random share of the rest, compared with the
+//! digests taken while reading. See the man page's "Sources written during a
+//! backup" for what this does and does not detect.
 
 use std::collections::VecDeque;
-use std::fs::File;
+use std::fs::{File, FileType, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rand::Rng;
 
 use super::{Source, SourceReport};
 use crate::error::{Error, Result};
 use crate::image::file_size;
-use crate::image::reader::{Chunk, Stage, read_sequential_ahead};
+use crate::image::reader::{Chunk, Stage, read_full_at, read_sequential_ahead};
 use crate::image::sums::Digest;
 use crate::image::writer::ImageWriter;
+
+/// At most this many bytes of written blocks are re-read from a block device
+/// (chosen at random when the backup wrote more).
+pub const RECHECK_WRITTEN_MAX: u64 = 1 << 30;
+/// One block in this many of the blocks the backup did not write is re-read
+/// from a block device as well, up to [`RECHECK_WRITTEN_MAX`] bytes.
+pub const RECHECK_SHARE: u64 = 100;
+
+/// What identifies the source's state on disk, as far as `fstat` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata, size: u64) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size,
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
 
 /// A file or block device backed up block by block.
 pub struct FileSource {
     file: File,
     path: PathBuf,
     size: u64,
+    block_device: bool,
+    /// The source as it was opened.
+    before: Stamp,
+}
+
+/// What kind of thing `ft` is, when it is not one backy can back up.
+fn refused_type(ft: &FileType) -> Option<&'static str> {
+    if ft.is_file() || ft.is_block_device() {
+        None
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a FIFO (named pipe), which can block a backup forever")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_char_device() {
+        Some("a character device (such as /dev/zero or /dev/null), which has no size to back up")
+    } else {
+        Some("neither a file nor a block device")
+    }
+}
+
+/// Opens `path` for reading without blocking, so a FIFO swapped in after a
+/// check cannot block `open` (with the job locked), refuses what it opened
+/// unless it is a file or block device, then makes reads blocking again.
+fn open_checked(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(Error::io("cannot open source", path))?;
+    let meta = file
+        .metadata()
+        .map_err(Error::io("cannot stat source", path))?;
+    if let Some(kind) = refused_type(&meta.file_type()) {
+        return Err(Error::SourceType {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    let flags = rustix::fs::fcntl_getfl(&file)
+        .map_err(|e| Error::io("cannot set flags of source", path)(e.into()))?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| Error::io("cannot set flags of source", path)(e.into()))?;
+    Ok((file, meta))
 }
 
 impl FileSource {
-    /// Opens the source; fails with a clear message when it is missing or unreadable.
+    /// Opens the source; fails with a clear message when it is missing,
+    /// unreadable, or not an image file or block device.
     pub fn open(path: &Path) -> Result<FileSource> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::Other(format!(
+        let not_found = || {
+            Error::Other(format!(
                 "source {} does not exist; check 'filename' in the job's config",
                 path.display()
-            )),
-            _ => Error::io("cannot open source", path)(e),
+            ))
+        };
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not_found(),
+            _ => Error::io("cannot stat source", path)(e),
         })?;
-        let meta = file
-            .metadata()
-            .map_err(Error::io("cannot stat source", path))?;
-        if meta.is_dir() {
-            return Err(Error::Other(format!(
-                "source {} is a directory; backy backs up image files and block devices",
-                path.display()
-            )));
+        if let Some(kind) = refused_type(&meta.file_type()) {
+            return Err(Error::SourceType {
+                path: path.to_owned(),
+                kind,
+            });
         }
+        let (file, meta) = open_checked(path).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                not_found()
+            }
+            e => e,
+        })?;
         let size = file_size(&file, path)?;
         Ok(FileSource {
+            before: Stamp::of(&meta, size),
+            block_device: meta.file_type().is_block_device(),
             file,
             path: path.to_owned(),
             size,
         })
+    }
+
+    fn changed(&self, detail: String) -> Error {
+        Error::SourceChanged {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// The source as it is now, by the open file; a size change is an error.
+    fn stamp_now(&self) -> Result<Stamp> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(Error::io("cannot stat source", &self.path))?;
+        let size = file_size(&self.file, &self.path)?;
+        if size != self.size {
+            return Err(self.changed(format!(
+                "it changed size during the backup (from {} to {size} bytes)",
+                self.size
+            )));
+        }
+        Ok(Stamp::of(&meta, size))
+    }
+
+    /// After reading: fails when the source is not as it was opened.
+    fn check_unchanged(&self, writer: &mut ImageWriter) -> Result<()> {
+        let now = self.stamp_now()?;
+        // The name may point elsewhere now (an image renamed over it).
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) != (self.before.dev, self.before.ino) => {
+                return Err(self.changed(
+                    "its path now names another file than the one that was read".to_string(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.changed("its path was removed while it was read".to_string()));
+            }
+            Err(e) => return Err(Error::io("cannot stat source", &self.path)(e)),
+        }
+        if self.block_device {
+            self.recheck_sample(writer)?;
+        } else {
+            if now.mtime != self.before.mtime {
+                return Err(
+                    self.changed("its modification time moved while it was read".to_string())
+                );
+            }
+            if now.ctime != self.before.ctime {
+                return Err(self.changed("its change time moved while it was read".to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the blocks the backup wrote and a random share of the others
+    /// and compares them with the digests taken while reading.
+    fn recheck_sample(&self, writer: &mut ImageWriter) -> Result<()> {
+        let bs = writer.block_size();
+        let blocks = writer.blocks();
+        let max = (RECHECK_WRITTEN_MAX / bs).max(1) as usize;
+        let mut rng = rand::rng();
+        // The written blocks, or a uniform random `max` of them (reservoir).
+        let changed = writer.changed();
+        let mut sample: Vec<u64> = Vec::new();
+        let mut seen = 0u64;
+        for block in changed.iter() {
+            seen += 1;
+            if sample.len() < max {
+                sample.push(block);
+            } else {
+                let j = rng.random_range(0..seen);
+                if j < max as u64 {
+                    sample[j as usize] = block;
+                }
+            }
+        }
+        let others = blocks - seen;
+        let written = sample.len();
+        // A random share of the blocks the backup did not write, drawn until
+        // enough distinct ones are found (bounded, so a mostly written device
+        // cannot keep it drawing).
+        let want = (others.div_ceil(RECHECK_SHARE) as usize).min(max);
+        let mut extra = std::collections::BTreeSet::new();
+        let mut draws = 0;
+        while extra.len() < want && draws < 4 * want + 64 {
+            draws += 1;
+            let block = rng.random_range(0..blocks);
+            if !changed.contains(block) {
+                extra.insert(block);
+            }
+        }
+        sample.extend(extra);
+        sample.sort_unstable();
+        // Read the device, not what the page cache kept of the first pass.
+        crate::sys::drop_page_cache(&self.file);
+        let mut buf = vec![0u8; bs as usize];
+        let mut differ = Vec::new();
+        for &block in &sample {
+            let len = writer.block_len(block);
+            let n = read_full_at(&self.file, &mut buf[..len], block * bs)
+                .map_err(Error::io("cannot read source", &self.path))?;
+            if n != len || Digest::of(&buf[..len]) != writer.digest(block)? {
+                differ.push(block * bs);
+            }
+        }
+        tracing::debug!(
+            "Re-read {} blocks of {} ({written} written by this backup): {} differ",
+            sample.len(),
+            self.path.display(),
+            differ.len()
+        );
+        if !differ.is_empty() {
+            let shown: Vec<String> = differ.iter().take(5).map(u64::to_string).collect();
+            return Err(self.changed(format!(
+                "{} of {} blocks read again after the backup differ from what was read (offsets {}{})",
+                differ.len(),
+                sample.len(),
+                shown.join(", "),
+                if differ.len() > 5 { ", ..." } else { "" }
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -52,6 +270,12 @@ impl Source for FileSource {
     }
 
     fn verifies_while_patching(&self) -> bool {
+        true
+    }
+
+    fn patch_again_distrusting_parent(&mut self) -> bool {
+        // Every patch reads the whole source and compares each block with the
+        // image; the checks against the state at `open` still hold.
         true
     }
 
@@ -65,7 +289,7 @@ impl Source for FileSource {
         // Digests of the data chunks seen ahead and not yet consumed.
         let mut pending: VecDeque<Vec<Digest>> = VecDeque::with_capacity(2);
         let mut spare: Vec<Vec<Digest>> = Vec::new();
-        read_sequential_ahead(&self.file, &self.path, self.size, bs, |stage, chunk| {
+        let read = read_sequential_ahead(&self.file, &self.path, self.size, bs, |stage, chunk| {
             match (stage, chunk) {
                 (Stage::Ahead, &Chunk::Data { offset, ref buf }) => {
                     let mut digests = spare.pop().unwrap_or_default();
@@ -94,15 +318,13 @@ impl Source for FileSource {
                 }
             }
             Ok(())
-        })?;
-        let after = file_size(&self.file, &self.path)?;
-        if after != self.size {
-            return Err(Error::SourceChangedSize {
-                path: self.path.clone(),
-                before: self.size,
-                after,
-            });
+        });
+        if let Err(e) = read {
+            // A source that shrank ends early: say that it was written.
+            self.stamp_now()?;
+            return Err(e);
         }
+        self.check_unchanged(writer)?;
         Ok(SourceReport {
             bytes_written: self.size,
             stats: Vec::new(),
@@ -121,6 +343,38 @@ mod tests {
     use crate::image::verify_against_manifest;
     use crate::sys;
     use proptest::prelude::*;
+
+    /// A FIFO that replaces the source between the type check and `open`
+    /// neither blocks the open nor passes the check after it.
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(open_checked(&path).map(|_| ())).unwrap());
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("open_checked blocked on a FIFO");
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("is a FIFO"), "{err}");
+        assert!(err.contains(&fifo.display().to_string()), "{err}");
+        let err = FileSource::open(&fifo).err().unwrap().to_string();
+        assert!(err.contains("is a FIFO"), "{err}");
+        let err = FileSource::open(Path::new("/dev/zero"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("is a character device"), "{err}");
+    }
     use std::os::unix::fs::FileExt;
 
     #[derive(Debug, Clone)]
@@ -212,6 +466,76 @@ mod tests {
             report.bad_offsets
         );
         image
+    }
+
+    /// A first-backup writer for a new image in `dir`.
+    fn new_writer(dir: &Path) -> ImageWriter {
+        let image = dir.join("img");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&image)
+            .unwrap();
+        let manifest = Manifest::create(&dir.join("img.sums"), 0).unwrap();
+        ImageWriter::new(file, &image, manifest, false)
+    }
+
+    /// Patches from a source opened on `src`, after `meddle` ran between the
+    /// open and the patch.
+    fn patch_after(src: &Path, meddle: impl FnOnce()) -> Result<SourceReport> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = FileSource::open(src).unwrap();
+        meddle();
+        let mut writer = new_writer(dir.path());
+        source.patch(&mut writer, &mut |_| {})
+    }
+
+    #[test]
+    fn a_file_written_renamed_over_or_resized_after_open_is_a_source_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, vec![5u8; 300_000]).unwrap();
+        assert!(patch_after(&src, || {}).is_ok());
+
+        let err = patch_after(&src, || {
+            let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+            f.write_all_at(b"new", 1000).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 75);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "source {} was written during the backup (",
+                src.display()
+            )),
+            "{text}"
+        );
+        for word in ["time moved", "fsfreeze", "snapshot", "stop the VM"] {
+            assert!(text.contains(word), "{word:?} in {text}");
+        }
+
+        let other = dir.path().join("other");
+        let err = patch_after(&src, || {
+            std::fs::write(&other, vec![5u8; 300_000]).unwrap();
+            std::fs::rename(&other, &src).unwrap();
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("names another file"), "{err}");
+
+        let err = patch_after(&src, || {
+            let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+            f.set_len(100_000).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 75);
+        assert!(
+            err.to_string()
+                .contains("changed size during the backup (from 300000 to 100000 bytes)"),
+            "{err}"
+        );
     }
 
     proptest! {

@@ -83,6 +83,14 @@ pub trait Source {
         false
     }
 
+    /// The parent turned out damaged (see [`crate::commands::backup`]): get
+    /// ready to patch a new clone of it again, trusting nothing of it. `false`
+    /// when this source cannot (the backup then fails and the next one, with
+    /// the parent distrusted, heals).
+    fn patch_again_distrusting_parent(&mut self) -> bool {
+        false
+    }
+
     /// Checks the new image. By default in full: every block against the
     /// checksums taken from the source while patching.
     fn verify(
