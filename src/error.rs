@@ -119,6 +119,31 @@ pub enum Error {
         /// Its lock file.
         lock: PathBuf,
     },
+    // Scheduler, output and interruption (issue 9, daemon side).
+    /// The scheduler's `base-dir` does not exist (an unmounted backup volume).
+    #[error(
+        "base-dir {} does not exist; mount the backup volume there or create the directory (mkdir -p), then try again",
+        path.display()
+    )]
+    BaseDirMissing {
+        /// The configured base directory.
+        path: PathBuf,
+    },
+    /// Writing a command's output to stdout failed (a full disk, a closed pipe).
+    #[error("cannot write to stdout: {}", plain_io(source))]
+    Output {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The command was stopped by SIGTERM, SIGINT or SIGHUP.
+    #[error("interrupted by {name}; nothing was completed")]
+    Interrupted {
+        /// The signal's name (`SIGTERM`).
+        name: &'static str,
+        /// Its number.
+        number: i32,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
@@ -126,10 +151,14 @@ pub enum Error {
 
 impl Error {
     /// The process exit code for this error: 69 for a running scheduler (as the
-    /// original, for init scripts), else 1.
+    /// original, for init scripts), 128 + the signal for an interrupted command
+    /// and 141 for a closed output pipe (as a shell shows them), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::SchedulerRunning { .. } => 69,
+            // As a shell reports a command that SIGPIPE or another signal ended.
+            Error::Output { source } if source.kind() == io::ErrorKind::BrokenPipe => 141,
+            Error::Interrupted { number, .. } => 128u8.saturating_add(*number as u8),
             _ => 1,
         }
     }
@@ -138,6 +167,22 @@ impl Error {
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
+    }
+}
+
+/// An OS error's message without the " (os error N)" suffix.
+pub fn plain_io(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+impl Error {
+    /// Whether the error is a closed output pipe, which ends a command quietly.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Output { source } if source.kind() == io::ErrorKind::BrokenPipe)
     }
 }
 

@@ -34,11 +34,9 @@ pub fn format_tags(rev: &Revision) -> String {
 pub fn run(dir: &Path, json: bool) -> Result<()> {
     let job = Job::open(dir)?;
     if json {
-        println!("{}", to_json(&job));
-        return Ok(());
+        return crate::output::stdout_line(&to_json(&job));
     }
-    print!("{}", render_table(&job.revisions));
-    Ok(())
+    crate::output::stdout(&render_table(&job.revisions))
 }
 
 /// The table of SPEC section 3, with its summary line.
