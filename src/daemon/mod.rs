@@ -11,9 +11,11 @@ pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +39,11 @@ pub enum Event {
         job: String,
         /// Exit code (`None`: killed by a signal).
         code: Option<i32>,
+        /// The signal that killed it.
+        signal: Option<i32>,
+        /// The reason the child gave on stderr (its `backy: ...` line), else
+        /// its last line there.
+        last_line: Option<String>,
     },
     /// The console asked for an immediate run.
     RunNow(String),
@@ -44,6 +51,92 @@ pub enum Event {
     Terminate,
     /// SIGHUP: reload the configuration.
     Reload,
+}
+
+/// Exit status of `backy backup` when the source was written while it was read.
+pub const EXIT_SOURCE_WRITTEN: i32 = 75;
+
+/// Longest wait between SIGTERM and SIGKILL for a run that timed out.
+const MAX_KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// Why the latest run of a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The child could not be started.
+    Start(String),
+    /// `base-dir` is missing.
+    BaseDirMissing(PathBuf),
+    /// Exit status 75.
+    SourceWritten,
+    /// Another non-zero exit status.
+    Exit(i32, Option<String>),
+    /// Killed by a signal the scheduler did not send.
+    Signal(i32, Option<String>),
+    /// Ran longer than its run-timeout and was stopped.
+    TimedOut(Duration),
+}
+
+impl Failure {
+    /// A stable word for the status file and `check`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Start(_) => "start",
+            Failure::BaseDirMissing(_) => "base-dir-missing",
+            Failure::SourceWritten => "source-written",
+            Failure::Exit(..) => "exit",
+            Failure::Signal(..) => "signal",
+            Failure::TimedOut(_) => "timeout",
+        }
+    }
+
+    /// What an operator reads.
+    fn describe(&self) -> String {
+        let said = |line: &Option<String>| match line {
+            Some(l) => format!(": {}", l.strip_prefix("backy: ").unwrap_or(l)),
+            None => String::new(),
+        };
+        match self {
+            Failure::Start(e) => format!("could not be started: {e}"),
+            Failure::BaseDirMissing(dir) => format!(
+                "base-dir {} does not exist; mount the backup volume or create it",
+                dir.display()
+            ),
+            Failure::SourceWritten => {
+                "the source was written during the backup (freeze or snapshot it)".into()
+            }
+            Failure::Exit(code, line) => format!("exit code {code}{}", said(line)),
+            Failure::Signal(sig, line) => format!("killed by signal {sig}{}", said(line)),
+            Failure::TimedOut(after) => format!(
+                "ran longer than its run-timeout of {} and was stopped",
+                status::duration_text(*after)
+            ),
+        }
+    }
+}
+
+/// A backup child the scheduler started and has not yet seen end.
+struct Running {
+    /// Shared with the thread that waits for it; whoever holds the lock may
+    /// signal the pid, which cannot be reaped (and reused) meanwhile.
+    child: Arc<Mutex<Child>>,
+    pid: u32,
+    started: Instant,
+    timeout: Option<Duration>,
+    /// When SIGTERM was sent because the run timed out.
+    stopping: Option<Instant>,
+    killed: bool,
+}
+
+impl Running {
+    /// Sends `signal` unless the child has ended already.
+    fn signal(&self, signal: rustix::process::Signal) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(child.try_wait(), Ok(None))
+            && let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32)
+        {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +174,8 @@ struct JobState {
     run_tags: BTreeSet<String>,
     /// Deadline the queued run had, for ordering.
     queued_deadline: Option<DateTime<Utc>>,
-    pid: Option<u32>,
+    /// Why the latest run failed (`None` after a success).
+    failure: Option<Failure>,
     /// Complete revisions (timestamp, tags, duration), oldest first.
     history: Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)>,
     /// When the last successful run started and its tags: planning counts it even
@@ -128,6 +222,8 @@ pub struct Scheduler {
     config_path: PathBuf,
     config: Config,
     jobs: BTreeMap<String, JobState>,
+    /// Running children by job, including jobs a reload removed.
+    children: BTreeMap<String, Running>,
     backy: PathBuf,
     events: Receiver<Event>,
     sender: Sender<Event>,
@@ -158,8 +254,12 @@ impl Scheduler {
         for w in &config.warnings {
             tracing::warn!("{}: {w}", config_path.display());
         }
-        std::fs::create_dir_all(&config.base_dir)
-            .map_err(Error::io("cannot create base directory", &config.base_dir))?;
+        // Never create it: an unmounted backup volume would fill its parent.
+        if !config.base_dir.is_dir() {
+            return Err(Error::BaseDirMissing {
+                path: config.base_dir.clone(),
+            });
+        }
         let lock_path = config.base_dir.join(".lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -183,6 +283,7 @@ impl Scheduler {
             config_path: config_path.to_owned(),
             config,
             jobs: BTreeMap::new(),
+            children: BTreeMap::new(),
             backy: backy_command(),
             events,
             sender,
@@ -233,7 +334,7 @@ impl Scheduler {
                     backoff_until: None,
                     run_tags: BTreeSet::new(),
                     queued_deadline: None,
-                    pid: None,
+                    failure: None,
                     history: Vec::new(),
                     last_success: None,
                     started: None,
@@ -244,13 +345,18 @@ impl Scheduler {
                 },
             };
             state.history = load_history(&dir);
+            if self.children.contains_key(name) {
+                // Removed and added back while its backup still runs.
+                state.phase = Phase::Running;
+            }
             reschedule(&mut state, now);
             self.jobs.insert(name.clone(), state);
         }
-        for (name, state) in old {
-            if state.phase == Phase::Running {
+        for name in old.keys() {
+            if let Some(child) = self.children.get(name) {
                 tracing::info!(
-                    "Job {name} was removed from the config; its running backup finishes"
+                    "Job {name} was removed from the config; its running backup (pid {}) finishes",
+                    child.pid
                 );
             }
         }
@@ -267,7 +373,8 @@ impl Scheduler {
                     let bound = listener.local_addr().unwrap_or(sa);
                     tracing::info!("Console listening on {bound}");
                     let shared: Arc<dyn console::Daemon> = self.shared.clone();
-                    std::thread::spawn(move || console::serve(listener, shared));
+                    let idle = self.config.console_timeout;
+                    std::thread::spawn(move || console::serve(listener, shared, idle));
                 }
                 Err(e) => tracing::warn!("Cannot listen on {sa} for the console: {e}"),
             }
@@ -277,19 +384,20 @@ impl Scheduler {
     /// Runs until a terminate event and all children have ended.
     pub fn run(&mut self) -> Result<()> {
         tracing::info!(
-            "Scheduler started with {} jobs, {} workers, base directory {}",
-            self.jobs.len(),
+            "Scheduler started with {}, {} workers, base directory {}",
+            status::count(self.jobs.len(), "job"),
             self.config.worker_limit,
             self.config.base_dir.display()
         );
         loop {
             let now = Utc::now();
+            self.stop_overdue();
             if !self.terminating {
                 self.queue_due(now);
                 self.start_queued(now);
             }
             self.publish(now);
-            if self.terminating && self.running() == 0 {
+            if self.terminating && self.children.is_empty() {
                 self.publish(Utc::now());
                 tracing::info!("Scheduler stopped");
                 return Ok(());
@@ -304,10 +412,37 @@ impl Scheduler {
     }
 
     fn running(&self) -> usize {
-        self.jobs
-            .values()
-            .filter(|j| j.phase == Phase::Running)
-            .count()
+        self.children.len()
+    }
+
+    /// Stops runs that took longer than their run-timeout: SIGTERM, then
+    /// SIGKILL after a grace period (the timeout, at most 30 s).
+    fn stop_overdue(&mut self) {
+        for (name, child) in &mut self.children {
+            let Some(timeout) = child.timeout else {
+                continue;
+            };
+            match child.stopping {
+                None if child.started.elapsed() >= timeout => {
+                    tracing::error!(
+                        "Job {name} has run longer than its run-timeout of {}; stopping it (SIGTERM to pid {})",
+                        status::duration_text(timeout),
+                        child.pid
+                    );
+                    child.signal(rustix::process::Signal::TERM);
+                    child.stopping = Some(Instant::now());
+                }
+                Some(at) if !child.killed && at.elapsed() >= timeout.min(MAX_KILL_GRACE) => {
+                    tracing::error!(
+                        "Job {name} did not stop after SIGTERM; killing it (SIGKILL to pid {})",
+                        child.pid
+                    );
+                    child.signal(rustix::process::Signal::KILL);
+                    child.killed = true;
+                }
+                _ => {}
+            }
+        }
     }
 
     fn time_to_next_deadline(&self, now: DateTime<Utc>) -> Duration {
@@ -348,29 +483,33 @@ impl Scheduler {
             else {
                 return;
             };
-            if let Err(e) = self.spawn(&name, now) {
-                tracing::error!("Cannot start the backup of {name}: {e}");
+            if let Err(failure) = self.spawn(&name, now) {
+                tracing::error!("Job {name} failed: {}", failure.describe());
                 let job = self.jobs.get_mut(&name).expect("queued job exists");
-                fail(job, now);
+                job.failure = Some(failure);
+                fail(&name, job, now);
+                reschedule(job, now);
             }
         }
     }
 
-    fn spawn(&mut self, name: &str, _now: DateTime<Utc>) -> Result<()> {
+    fn spawn(&mut self, name: &str, _now: DateTime<Utc>) -> std::result::Result<(), Failure> {
+        if !self.config.base_dir.is_dir() {
+            return Err(Failure::BaseDirMissing(self.config.base_dir.clone()));
+        }
         let dir = self.job_dir(name);
         let job = self.jobs.get(name).expect("queued job exists");
-        write_job_config(&dir, &job.def)?;
+        let start = |e: Error| Failure::Start(e.to_string());
+        write_job_config(&dir, &job.def).map_err(start)?;
         let log_path = dir.join("backy.log");
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(Error::io("cannot open job log", &log_path))?;
-        let err = log
-            .try_clone()
-            .map_err(Error::io("cannot open job log", &log_path))?;
+            .map_err(|e| start(Error::io("cannot open job log", &log_path)(e)))?;
         let tags = job.run_tags.iter().cloned().collect::<Vec<_>>().join(",");
-        let mut child = Command::new(&self.backy)
+        let mut command = Command::new(&self.backy);
+        command
             .arg("-b")
             .arg(&dir)
             .arg("-l")
@@ -378,23 +517,61 @@ impl Scheduler {
             .args(["backup", &tags])
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(err)
+            .stderr(Stdio::piped());
+        let mut child = command
             .spawn()
-            .map_err(|e| Error::Other(format!("cannot run {}: {e}", self.backy.display())))?;
+            .map_err(|e| Failure::Start(format!("cannot run {}: {e}", self.backy.display())))?;
         let pid = child.id();
-        tracing::info!("Job {name} started (pid {pid}) with tags {tags}");
+        tracing::info!(
+            "Job {name} started (pid {pid}) with tags {tags}: {}",
+            crate::logging::shell_words(
+                std::iter::once(command.get_program()).chain(command.get_args())
+            )
+        );
+        let stderr = child.stderr.take();
+        let child = Arc::new(Mutex::new(child));
+        let (last_tx, last_rx) = channel();
+        if let Some(stderr) = stderr {
+            let job_name = name.to_string();
+            std::thread::spawn(move || {
+                let _ = last_tx.send(forward_stderr(&job_name, stderr, &log_path));
+            });
+        }
         let sender = self.sender.clone();
         let job_name = name.to_string();
+        let waited = child.clone();
         std::thread::spawn(move || {
-            let code = child.wait().ok().and_then(|s| s.code());
+            let status = loop {
+                let status = waited.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
+                match status {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(_) => break None,
+                }
+            };
+            // The reader ends with the pipe, unless a grandchild still holds it.
+            let last_line = last_rx.recv_timeout(Duration::from_secs(2)).ok().flatten();
             let _ = sender.send(Event::Exited {
                 job: job_name,
-                code,
+                code: status.and_then(|s| s.code()),
+                signal: status.and_then(|s| s.signal()),
+                last_line,
             });
         });
+        let timeout = self.config.run_timeout(name);
+        self.children.insert(
+            name.to_string(),
+            Running {
+                child,
+                pid,
+                started: Instant::now(),
+                timeout,
+                stopping: None,
+                killed: false,
+            },
+        );
         let job = self.jobs.get_mut(name).expect("queued job exists");
         job.phase = Phase::Running;
-        job.pid = Some(pid);
         job.started = Some(Utc::now());
         Ok(())
     }
@@ -402,7 +579,12 @@ impl Scheduler {
     fn handle(&mut self, event: Event) {
         let now = Utc::now();
         match event {
-            Event::Exited { job: name, code } => self.finished(&name, code, now),
+            Event::Exited {
+                job: name,
+                code,
+                signal,
+                last_line,
+            } => self.finished(&name, code, signal, last_line, now),
             Event::RunNow(name) => {
                 if let Some(job) = self.jobs.get_mut(&name)
                     && matches!(job.phase, Phase::Waiting | Phase::Failed | Phase::Finished)
@@ -423,16 +605,11 @@ impl Scheduler {
                         if job.phase == Phase::Queued {
                             job.phase = Phase::Waiting;
                         }
-                        if let (Phase::Running, Some(pid)) = (job.phase, job.pid) {
-                            // The backup dies with an incomplete revision, which no
-                            // command chooses and the next backup removes.
-                            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                                let _ = rustix::process::kill_process(
-                                    pid,
-                                    rustix::process::Signal::TERM,
-                                );
-                            }
-                        }
+                    }
+                    // A stopped backup removes its incomplete revision (or the
+                    // next backup does), which no command chooses meanwhile.
+                    for child in self.children.values() {
+                        child.signal(rustix::process::Signal::TERM);
                     }
                 }
             }
@@ -451,9 +628,9 @@ impl Scheduler {
                     self.config.base_dir = base_dir;
                     self.apply_config(now);
                     tracing::info!(
-                        "Reloaded {}: {} jobs",
+                        "Reloaded {}: {}",
                         self.config_path.display(),
-                        self.jobs.len()
+                        status::count(self.jobs.len(), "job")
                     );
                 }
                 Err(e) => tracing::error!("Keeping the old configuration: {e}"),
@@ -461,34 +638,59 @@ impl Scheduler {
         }
     }
 
-    fn finished(&mut self, name: &str, code: Option<i32>, now: DateTime<Utc>) {
+    fn finished(
+        &mut self,
+        name: &str,
+        code: Option<i32>,
+        signal: Option<i32>,
+        last_line: Option<String>,
+        now: DateTime<Utc>,
+    ) {
         let dir = self.job_dir(name);
+        let child = self.children.remove(name);
+        let timed_out = child.as_ref().and_then(|c| c.stopping.and(c.timeout));
+        let failure = match (code, timed_out) {
+            (_, Some(after)) if code != Some(0) => Some(Failure::TimedOut(after)),
+            (Some(0), _) => None,
+            (Some(EXIT_SOURCE_WRITTEN), _) => Some(Failure::SourceWritten),
+            (Some(c), _) => Some(Failure::Exit(c, last_line)),
+            (None, _) => Some(Failure::Signal(signal.unwrap_or(0), last_line)),
+        };
+        let log_hint = format!("see {}", dir.join("backy.log").display());
         let Some(job) = self.jobs.get_mut(name) else {
+            match &failure {
+                None => tracing::info!("Job {name} (removed from the config) finished"),
+                Some(f) => tracing::error!(
+                    "Job {name} (removed from the config) failed: {} ({log_hint})",
+                    f.describe()
+                ),
+            }
             return;
         };
-        job.pid = None;
-        if code == Some(0) {
-            tracing::info!("Job {name} finished");
-            job.failures = 0;
-            job.backoff_until = None;
-            job.phase = Phase::Finished;
-            job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
-            match expire::expire(&dir, &job.schedule, now, false) {
-                Ok(plan) => tracing::debug!("Retention for {name}:\n{plan}"),
-                Err(e) => tracing::warn!("Could not expire revisions of {name}: {e}"),
+        match failure {
+            None => {
+                tracing::info!("Job {name} finished");
+                job.failures = 0;
+                job.backoff_until = None;
+                job.phase = Phase::Finished;
+                job.failure = None;
+                job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
+                match expire::expire(&dir, &job.schedule, now, false) {
+                    Ok(plan) => tracing::debug!("Retention for {name}:\n{plan}"),
+                    Err(e) => tracing::warn!("Could not expire revisions of {name}: {e}"),
+                }
             }
-        } else {
-            match code {
-                Some(c) => tracing::error!(
-                    "Job {name} failed with exit code {c} (see {}/backy.log)",
-                    dir.display()
-                ),
-                None => tracing::error!(
-                    "Job {name} was killed by a signal (see {}/backy.log)",
-                    dir.display()
-                ),
+            Some(failure) => {
+                match &failure {
+                    Failure::SourceWritten => tracing::error!(
+                        "Job {name}: backup failed: {} ({log_hint})",
+                        failure.describe()
+                    ),
+                    f => tracing::error!("Job {name} failed with {} ({log_hint})", f.describe()),
+                }
+                job.failure = Some(failure);
+                fail(name, job, now);
             }
-            fail(job, now);
         }
         job.history = load_history(&dir);
         reschedule(job, now);
@@ -517,6 +719,16 @@ impl Scheduler {
                         .map_or("-".into(), |d| format!("{d:.1} s")),
                     next_time: format_time(Some(effective_deadline(job))),
                     next_tags: join_tags(&job.schedule, &job.next.tags),
+                    last_failure: job
+                        .failure
+                        .as_ref()
+                        .map(Failure::describe)
+                        .unwrap_or_default(),
+                    last_failure_kind: job
+                        .failure
+                        .as_ref()
+                        .map(|f| f.kind().to_string())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -540,12 +752,66 @@ fn effective_deadline(job: &JobState) -> DateTime<Utc> {
     }
 }
 
-fn fail(job: &mut JobState, now: DateTime<Utc>) {
+fn fail(name: &str, job: &mut JobState, now: DateTime<Utc>) {
     job.failures += 1;
     job.phase = Phase::Failed;
     let wait = backoff(job.failures);
     job.backoff_until = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
-    tracing::info!("Retrying in {} minutes", wait.as_secs() / 60);
+    tracing::info!(
+        "Job {name}: retrying in {}",
+        status::count((wait.as_secs() / 60) as usize, "minute")
+    );
+}
+
+/// Copies a child's stderr into its job log, except its closing `backy: ...`
+/// summary, which the child logged already (so no error is in the log twice).
+/// A log that cannot be written gets one line in the scheduler's own log.
+/// Returns the summary's first line, else the last line seen.
+fn forward_stderr(job: &str, stderr: ChildStderr, log_path: &Path) -> Option<String> {
+    let mut log = OpenOptions::new().append(true).open(log_path).ok();
+    let mut complained = false;
+    let mut write = |lines: &[String]| {
+        for line in lines {
+            let result = match &mut log {
+                Some(f) => f.write_all(format!("{line}\n").as_bytes()),
+                None => Err(std::io::Error::other("it could not be opened")),
+            };
+            if let Err(e) = result
+                && !complained
+            {
+                complained = true;
+                tracing::warn!(
+                    "Job {job}: cannot write its output to {}: {}; dropped: {line}",
+                    log_path.display(),
+                    crate::error::plain_io(&e)
+                );
+            }
+        }
+    };
+    let (mut held, mut summary, mut last) = (Vec::<String>::new(), None, None);
+    let mut reader = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        if !line.is_empty() {
+            last = Some(line.clone());
+        }
+        if line.starts_with("backy: ") {
+            write(&std::mem::take(&mut held));
+            summary = Some(line.clone());
+            held.push(line);
+        } else if !held.is_empty() {
+            held.push(line);
+        } else {
+            write(&[line]);
+        }
+    }
+    summary.or(last)
 }
 
 /// Sets the next run from the schedule and the history; after a failure the
@@ -591,7 +857,15 @@ fn load_history(dir: &Path) -> Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>
 
 /// Writes a job's `config` before its run, only when it changed.
 fn write_job_config(dir: &Path, def: &JobDef) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(Error::io("cannot create job directory", dir))?;
+    std::fs::create_dir(dir)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(Error::io("cannot create job directory", dir))?;
     let text = def.job_config().to_yaml();
     let path = dir.join("config");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
