@@ -107,7 +107,7 @@ impl Failure {
             Failure::Exit(code, line) => format!("exit code {code}{}", said(line)),
             Failure::Signal(sig, line) => format!("killed by signal {sig}{}", said(line)),
             Failure::TimedOut(after) => format!(
-                "ran longer than its run-timeout of {} and was stopped",
+                "it ran longer than its run-timeout of {} and was stopped",
                 status::duration_text(*after)
             ),
         }
@@ -686,7 +686,11 @@ impl Scheduler {
                         "Job {name}: backup failed: {} ({log_hint})",
                         failure.describe()
                     ),
-                    f => tracing::error!("Job {name} failed with {} ({log_hint})", f.describe()),
+                    Failure::Exit(..) => tracing::error!(
+                        "Job {name} failed with {} ({log_hint})",
+                        failure.describe()
+                    ),
+                    f => tracing::error!("Job {name} failed: {} ({log_hint})", f.describe()),
                 }
                 job.failure = Some(failure);
                 fail(name, job, now);
