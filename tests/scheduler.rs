@@ -811,3 +811,66 @@ fn a_missing_base_dir_is_never_created() {
     assert!(daemon.stop().success());
     assert!(!base.exists());
 }
+
+/// Fills `fs` until a write fails for lack of space.
+fn fill_up(fs: &TestFs) {
+    let mut file = fs::File::create(fs.join("filler")).unwrap();
+    let block = pattern_bytes(77, MIB as usize);
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+    // Metadata reserves: keep writing small pieces until even those fail.
+    let mut n = 0;
+    while n < 10_000 && fs::write(fs.join(format!("f{n}")), &block[..4096]).is_ok() {
+        n += 1;
+    }
+}
+
+/// Issue 9: a backup that fails because the job filesystem is full (so its
+/// log cannot be written either) is reported by the scheduler with the reason,
+/// never as a panic's exit status 101 with an empty log; btrfs and XFS.
+#[test]
+fn a_full_job_filesystem_fails_the_run_with_its_reason() {
+    for kind in FsKind::REFLINK {
+        let Some(fs) = TestFs::new(kind, 320) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        write_file(&src, 32 * MIB, &[(0, &pattern_bytes(3, 32 * MIB as usize))]);
+        let base = fs.join("base");
+        fs::create_dir(&base).unwrap();
+        let conf = dir.path().join("backy.conf");
+        let jobs = format!(
+            "  j: {{schedule: fast, source: {{type: file, filename: {}}}}}\n",
+            src.display()
+        );
+        fs::write(
+            &conf,
+            config(&base, &jobs, 1).replace(
+                "status-interval: 1\n",
+                &format!(
+                    "status-interval: 1\n  status-file: {}\n",
+                    dir.path().join("status").display()
+                ),
+            ),
+        )
+        .unwrap();
+        // A first run writes the job's config; then the filesystem fills up.
+        let log = dir.path().join("scheduler.log");
+        let daemon = Daemon::start(&conf, &log, &[("BACKY_CMD", Path::new("/bin/true"))]);
+        daemon.wait_for_log("Job j finished", Duration::from_secs(20));
+        assert!(daemon.stop().success());
+        fill_up(&fs);
+        fs::write(&log, "").unwrap();
+        let daemon = Daemon::start(&conf, &log, &[]);
+        let text = daemon.wait_for_log("Job j failed", Duration::from_secs(60));
+        let line = text.lines().find(|l| l.contains("Job j failed")).unwrap();
+        assert!(
+            line.contains("Job j failed with exit code 1: ")
+                && line.contains("No space left on device"),
+            "{kind}: {text}"
+        );
+        assert!(!text.contains("exit code 101"), "{kind}: {text}");
+        assert!(daemon.stop().success());
+    }
+}
