@@ -757,6 +757,17 @@ fn output_errors_are_not_panics() {
     let job = dir.path().join("job");
     run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
     run_ok(backy_job(&job).args(["backup", "--allow-copy", "daily"]));
+    // The logged command line quotes what has spaces, as a shell takes it back.
+    let spaced = dir.path().join("job two");
+    let r = run_ok(backy_job(&spaced).args(["init", "file"]).arg(&src));
+    if !r.stderr.contains(&format!(
+        "INFO $ {} -b '{}' init file {}",
+        env!("CARGO_BIN_EXE_backy"),
+        spaced.display(),
+        src.display()
+    )) {
+        r.fail("expected the quoted command line");
+    }
     let full = || File::create("/dev/full").unwrap();
     let conf = dir.path().join("backy.conf");
     fs::write(

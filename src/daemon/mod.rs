@@ -5,6 +5,11 @@
 //! run as `backy -b <job> -l <job>/backy.log backup <tags>` child processes, so a
 //! crash in one backup never takes the daemon down; the console and the status
 //! file read a snapshot of the state that the loop publishes.
+//!
+//! Each child has a thread that waits for it (polling, so that the loop may
+//! signal its pid while it cannot have been reaped) and one that reads its
+//! stderr into the job log and keeps its closing `backy: ...` line as the
+//! reason of a failure. A run longer than its run-timeout is stopped.
 
 pub mod console;
 pub mod status;
@@ -229,6 +234,8 @@ pub struct Scheduler {
     sender: Sender<Event>,
     shared: Arc<Shared>,
     last_status_write: Option<Instant>,
+    /// The last error writing the status file, logged once.
+    status_error: Option<String>,
     terminating: bool,
     _lock: File,
 }
@@ -289,6 +296,7 @@ impl Scheduler {
             sender,
             shared,
             last_status_write: None,
+            status_error: None,
             terminating: false,
             _lock: lock,
         };
@@ -599,7 +607,10 @@ impl Scheduler {
             }
             Event::Terminate => {
                 if !self.terminating {
-                    tracing::info!("Terminating: stopping {} running backups", self.running());
+                    tracing::info!(
+                        "Terminating: stopping {}",
+                        status::count(self.running(), "running backup")
+                    );
                     self.terminating = true;
                     for job in self.jobs.values_mut() {
                         if job.phase == Phase::Queued {
@@ -740,8 +751,16 @@ impl Scheduler {
             .last_status_write
             .is_none_or(|t| t.elapsed() >= self.config.status_interval);
         if due || self.terminating {
-            if let Err(e) = write_status_file(&self.config.status_file, &statuses) {
-                tracing::error!("{e}");
+            // Said once per new problem, not every status-interval.
+            match write_status_file(&self.config.status_file, &statuses) {
+                Ok(()) => self.status_error = None,
+                Err(e) => {
+                    let text = e.to_string();
+                    if self.status_error.as_ref() != Some(&text) {
+                        tracing::error!("{text}");
+                        self.status_error = Some(text);
+                    }
+                }
             }
             self.last_status_write = Some(Instant::now());
         }
