@@ -136,8 +136,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The command was stopped by SIGTERM, SIGINT or SIGHUP.
-    #[error("interrupted by {name}; nothing was completed")]
+    /// The command was stopped by SIGTERM or SIGINT.
+    #[error("interrupted by {name}; the operation was stopped before it completed")]
     Interrupted {
         /// The signal's name (`SIGTERM`).
         name: &'static str,

@@ -1,4 +1,4 @@
-//! SIGTERM, SIGINT and SIGHUP during a long command (backup, restore, verify):
+//! SIGTERM and SIGINT during a long command (backup, restore, verify):
 //! the signal is noted, the command's loops stop at the next block with
 //! [`Error::Interrupted`] and clean up as on any failure, and the command ends
 //! with "Backy operation failed." (as backy 2.1 logged it). A command stuck where
@@ -18,15 +18,15 @@ fn name(number: i32) -> &'static str {
     match number {
         signal_hook::consts::SIGTERM => "SIGTERM",
         signal_hook::consts::SIGINT => "SIGINT",
-        signal_hook::consts::SIGHUP => "SIGHUP",
         _ => "a signal",
     }
 }
 
-/// Catches SIGTERM, SIGINT and SIGHUP for the rest of the process.
+/// Catches SIGTERM and SIGINT for the rest of the process. (SIGHUP keeps its
+/// default, so that `nohup` goes on working.)
 pub fn install() -> Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
     std::thread::spawn(move || {
         for number in signals.forever() {

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     tracing::info!("$ {}", backy::logging::shell_words(std::env::args_os()));
-    // Long commands stop cleanly on SIGTERM/SIGINT/SIGHUP (the scheduler has
+    // Long commands stop cleanly on SIGTERM/SIGINT (the scheduler has
     // its own handling; short reports keep the default, dying at once).
     let interruptible = matches!(
         cli.command,

@@ -847,8 +847,8 @@ with its command line after `$`, as in `$ backy backup daily`, and end with
 spans lines carries the time stamp. If the log file cannot be written (a full
 filesystem), the lines go to standard error instead.
 
-SIGTERM, SIGINT and SIGHUP stop `backup`, `restore`, `verify`, `expire`, `forget`
-and `init`: the command stops at its next chunk, cleans up as after any failure (a
+SIGTERM and SIGINT stop `backup`, `restore`, `verify`, `expire`, `forget` and
+`init`: the command stops at its next chunk, cleans up as after any failure (a
 backup removes its incomplete revision), logs `Backy operation failed.` and exits
 with 128 plus the signal number. A command that does not stop within 5 seconds (one
 blocked in the kernel), or gets a second signal, exits at once; the next backup then
@@ -898,8 +898,8 @@ Also `backy check`: CRITICAL. (`backy check`: 1 is WARNING.)
 : 69
 `backy scheduler`: another scheduler holds the base directory's lock. A service
 manager should not restart it (`RestartPreventExitStatus=69`).
-: 129, 130, 143
-Stopped by SIGHUP, SIGINT or SIGTERM (see LOGGING).
+: 130, 143
+Stopped by SIGINT or SIGTERM (see LOGGING).
 : 141
 Standard output was a pipe whose reader went away.
 ";
