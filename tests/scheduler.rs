@@ -179,9 +179,11 @@ fn console(port: u16, commands: &[&str]) -> String {
     transcript
 }
 
+/// A scheduler config with a schedule of seconds. Its run-timeout is set: the
+/// default, the shortest interval (2 s), would stop backups of a busy machine.
 fn config(base: &Path, jobs: &str, workers: usize) -> String {
     format!(
-        "global:\n  base-dir: {base}\n  worker-limit: {workers}\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n    rarely: {{interval: 6s, keep: 1}}\njobs:\n{jobs}",
+        "global:\n  base-dir: {base}\n  worker-limit: {workers}\n  run-timeout: 10m\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n    rarely: {{interval: 6s, keep: 1}}\njobs:\n{jobs}",
         base = base.display()
     )
 }
