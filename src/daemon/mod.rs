@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -660,13 +660,7 @@ impl Scheduler {
         let dir = self.job_dir(name);
         let child = self.children.remove(name);
         let timed_out = child.as_ref().and_then(|c| c.stopping.and(c.timeout));
-        let failure = match (code, timed_out) {
-            (_, Some(after)) if code != Some(0) => Some(Failure::TimedOut(after)),
-            (Some(0), _) => None,
-            (Some(EXIT_SOURCE_WRITTEN), _) => Some(Failure::SourceWritten),
-            (Some(c), _) => Some(Failure::Exit(c, last_line)),
-            (None, _) => Some(Failure::Signal(signal.unwrap_or(0), last_line)),
-        };
+        let failure = classify(code, signal, last_line, timed_out);
         let log_hint = format!("see {}", dir.join("backy.log").display());
         let Some(job) = self.jobs.get_mut(name) else {
             match &failure {
@@ -790,7 +784,24 @@ fn fail(name: &str, job: &mut JobState, now: DateTime<Utc>) {
 /// summary, which the child logged already (so no error is in the log twice).
 /// A log that cannot be written gets one line in the scheduler's own log.
 /// Returns the summary's first line, else the last line seen.
-fn forward_stderr(job: &str, stderr: ChildStderr, log_path: &Path) -> Option<String> {
+/// Why a child's run failed, from its exit status, the reason it gave and
+/// whether the scheduler stopped it after `timed_out` (`None`: success).
+fn classify(
+    code: Option<i32>,
+    signal: Option<i32>,
+    last_line: Option<String>,
+    timed_out: Option<Duration>,
+) -> Option<Failure> {
+    match (code, timed_out) {
+        (Some(0), _) => None,
+        (_, Some(after)) => Some(Failure::TimedOut(after)),
+        (Some(EXIT_SOURCE_WRITTEN), _) => Some(Failure::SourceWritten),
+        (Some(c), _) => Some(Failure::Exit(c, last_line)),
+        (None, _) => Some(Failure::Signal(signal.unwrap_or(0), last_line)),
+    }
+}
+
+fn forward_stderr(job: &str, stderr: impl std::io::Read, log_path: &Path) -> Option<String> {
     let mut log = OpenOptions::new().append(true).open(log_path).ok();
     let mut complained = false;
     let mut write = |lines: &[String]| {
@@ -922,4 +933,61 @@ pub fn run_forever(config_path: &Path) -> Result<()> {
     });
     scheduler.start_console();
     scheduler.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_told_apart() {
+        let said = Some("backy: cannot open source /x: No such file".to_string());
+        assert_eq!(classify(Some(0), None, said.clone(), None), None);
+        // A run that ended well just after its timeout still counts.
+        assert_eq!(
+            classify(Some(0), None, None, Some(Duration::from_secs(5))),
+            None
+        );
+        let f = classify(Some(143), None, said.clone(), Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(f.kind(), "timeout");
+        assert_eq!(
+            f.describe(),
+            "it ran longer than its run-timeout of 1 minute and was stopped"
+        );
+        let f = classify(Some(75), None, said.clone(), None).unwrap();
+        assert_eq!(f.kind(), "source-written");
+        assert_eq!(
+            f.describe(),
+            "the source was written during the backup (freeze or snapshot it)"
+        );
+        let f = classify(Some(1), None, said.clone(), None).unwrap();
+        assert_eq!(
+            f.describe(),
+            "exit code 1: cannot open source /x: No such file"
+        );
+        let f = classify(None, Some(9), None, None).unwrap();
+        assert_eq!(
+            (f.kind(), f.describe().as_str()),
+            ("signal", "killed by signal 9")
+        );
+    }
+
+    #[test]
+    fn stderr_goes_to_the_job_log_except_the_closing_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("backy.log");
+        std::fs::write(&log, "").unwrap();
+        let stderr =
+            "thread noise\nbacky: first\nsecond line of it\nmore\nbacky: the error\nits detail\n";
+        let reason = forward_stderr("j", stderr.as_bytes(), &log);
+        assert_eq!(reason.as_deref(), Some("backy: the error"));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "thread noise\nbacky: first\nsecond line of it\nmore\n"
+        );
+        // Without a summary the last line is the reason; a log that cannot be
+        // written loses the lines, not the reason.
+        let reason = forward_stderr("j", "a\nb\n\n".as_bytes(), &dir.path().join("none/log"));
+        assert_eq!(reason.as_deref(), Some("b"));
+    }
 }
