@@ -77,6 +77,16 @@ pub fn max_status_age(config: &Config) -> Duration {
     MIN_MAX_AGE.max(config.status_interval * 2)
 }
 
+/// An age to the whole unit below it: `90 seconds`, `10 minutes`, `3 hours`.
+fn age_text(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..120 => count(s as usize, "second"),
+        120..7200 => count((s / 60) as usize, "minute"),
+        _ => count((s / 3600) as usize, "hour"),
+    }
+}
+
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S UTC")
         .ok()
@@ -129,7 +139,7 @@ pub fn assess(
                 "Status file {} is older than {} (written {} ago; the scheduler rewrites it every {}): is the scheduler running?",
                 config.status_file.display(),
                 duration_text(max_age),
-                duration_text(Duration::from_secs(age.as_secs())),
+                age_text(age),
                 duration_text(config.status_interval)
             ),
             Vec::new(),
@@ -330,7 +340,7 @@ mod tests {
         let (text, code) = check(&c, &jobs, 301);
         assert_eq!(code, 2);
         assert!(
-            text.starts_with("CRITICAL: Status file /b/status is older than 5 minutes (written 301 seconds ago; the scheduler rewrites it every 30 seconds): is the scheduler running?"),
+            text.starts_with("CRITICAL: Status file /b/status is older than 5 minutes (written 5 minutes ago; the scheduler rewrites it every 30 seconds): is the scheduler running?"),
             "{text}"
         );
         // A long status-interval allows an older file.
