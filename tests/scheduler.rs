@@ -732,7 +732,7 @@ fn idle_console_clients_are_disconnected() {
         &conf,
         config(&base, "", 1).replace(
             "  telnet-port: 0\n",
-            "  telnet-port: 0\n  console-timeout: 2\n",
+            "  telnet-port: 0\n  console-timeout: 4\n",
         ),
     )
     .unwrap();
@@ -757,7 +757,7 @@ fn idle_console_clients_are_disconnected() {
     let mut text = String::new();
     first.read_to_string(&mut text).unwrap();
     assert!(
-        text.ends_with("\r\nClosing the connection: no input for 2 seconds.\r\n"),
+        text.ends_with("\r\nClosing the connection: no input for 4 seconds.\r\n"),
         "{text:?}"
     );
     for mut s in idle.into_iter().skip(1) {
