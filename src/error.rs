@@ -209,6 +209,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    // Scheduler, output and interruption (issue 9, daemon side).
+    /// The scheduler's `base-dir` does not exist (an unmounted backup volume).
+    #[error(
+        "base-dir {} does not exist; mount the backup volume there or create the directory (mkdir -p), then try again",
+        path.display()
+    )]
+    BaseDirMissing {
+        /// The configured base directory.
+        path: PathBuf,
+    },
+    /// Writing a command's output to stdout failed (a full disk, a closed pipe).
+    #[error("cannot write to stdout: {}", plain_io(source))]
+    Output {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     // --- issue 9, sources (keep together) ---
     /// The source was written while the backup read it (its size, times or
     /// identity moved, or a re-read sample differs): the revision would match
@@ -235,6 +252,14 @@ pub enum Error {
         /// "a FIFO (named pipe)", "a socket", ...
         kind: &'static str,
     },
+    /// The command was stopped by SIGTERM or SIGINT.
+    #[error("interrupted by {name}; the operation was stopped before it completed")]
+    Interrupted {
+        /// The signal's name (`SIGTERM`).
+        name: &'static str,
+        /// Its number.
+        number: i32,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
@@ -243,11 +268,15 @@ pub enum Error {
 impl Error {
     /// The process exit code for this error: 69 for a running scheduler (as the
     /// original, for init scripts), 75 (EX_TEMPFAIL) for a source written during
-    /// the backup (the next try may work), else 1.
+    /// the backup (the next try may work), 128 + the signal for an interrupted
+    /// command and 141 for a closed output pipe (as a shell shows them), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::SchedulerRunning { .. } => 69,
             Error::SourceChanged { .. } => 75,
+            // As a shell reports a command that SIGPIPE or another signal ended.
+            Error::Output { source } if source.kind() == io::ErrorKind::BrokenPipe => 141,
+            Error::Interrupted { number, .. } => 128u8.saturating_add(*number as u8),
             _ => 1,
         }
     }
@@ -262,6 +291,22 @@ impl Error {
 impl From<crate::source::rbd::error::RbdError> for Error {
     fn from(e: crate::source::rbd::error::RbdError) -> Error {
         Error::Rbd(Box::new(e))
+    }
+}
+
+/// An OS error's message without the " (os error N)" suffix.
+pub fn plain_io(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+impl Error {
+    /// Whether the error is a closed output pipe, which ends a command quietly.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Output { source } if source.kind() == io::ErrorKind::BrokenPipe)
     }
 }
 

@@ -18,7 +18,11 @@ pub fn active(name: &str) -> bool {
 /// Aborts the process if `BACKY_FAILPOINT` names this point.
 pub fn hit(name: &str) {
     if active(name) {
-        eprintln!("backy: failpoint {name} reached, aborting");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "backy: failpoint {name} reached, aborting"
+        );
         std::process::abort();
     }
 }

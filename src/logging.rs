@@ -33,14 +33,20 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
-        write!(
-            writer,
+        let prefix = format!(
             "{now} [{}] {} ",
             std::process::id(),
             event.metadata().level()
-        )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        );
+        let mut message = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut message), event)?;
+        // Every line of a multi-line message carries the prefix, so that grep
+        // and log readers see each with its time.
+        for line in message.split('\n') {
+            writeln!(writer, "{prefix}{line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -48,6 +54,8 @@ where
 pub struct ReopeningFile {
     path: PathBuf,
     open: Mutex<(File, u64, u64)>,
+    /// A write failed already (said once on stderr).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl ReopeningFile {
@@ -57,6 +65,7 @@ impl ReopeningFile {
         Ok(ReopeningFile {
             path: path.to_owned(),
             open: Mutex::new((file, dev, ino)),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -67,6 +76,25 @@ impl ReopeningFile {
     }
 
     fn write_line(&self, buf: &[u8]) -> io::Result<()> {
+        let result = self.append(buf);
+        if let Err(e) = &result {
+            // A full or broken log filesystem must not lose the message: it goes
+            // to stderr (the scheduler reads a child's stderr), noting why once.
+            let mut stderr = io::stderr().lock();
+            if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let _ = writeln!(
+                    stderr,
+                    "backy: cannot write to log file {}: {}; logging to stderr",
+                    self.path.display(),
+                    crate::error::plain_io(e)
+                );
+            }
+            let _ = stderr.write_all(buf);
+        }
+        result
+    }
+
+    fn append(&self, buf: &[u8]) -> io::Result<()> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let current = std::fs::metadata(&self.path)
             .ok()
@@ -109,6 +137,7 @@ pub fn init(logfile: Option<&Path>, verbose: bool, quiet: bool) -> Result<()> {
         (false, false) => LevelFilter::INFO,
     };
     let builder = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .event_format(LineFormat)
         .with_max_level(level);
     let result = match logfile {
@@ -120,4 +149,68 @@ pub fn init(logfile: Option<&Path>, verbose: bool, quiet: bool) -> Result<()> {
         None => builder.with_writer(io::stderr).try_init(),
     };
     result.map_err(|e| Error::Other(format!("cannot set up logging: {e}")))
+}
+
+/// A command line as a shell would take it back: words with spaces, quotes or
+/// other special characters in single quotes (`'my disk.img'`).
+pub fn shell_words<I, S>(words: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    words
+        .into_iter()
+        .map(|w| shell_quote(&w.as_ref().to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One word quoted for a POSIX shell, unchanged when it needs no quotes.
+pub fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./,:=+@%^".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_as_a_shell_takes_them() {
+        assert_eq!(
+            shell_words(["backy", "-b", "/srv/backy/vm 1", "backup", "daily,weekly"]),
+            "backy -b '/srv/backy/vm 1' backup daily,weekly"
+        );
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a$b"), "'a$b'");
+    }
+
+    #[test]
+    fn every_line_of_a_message_has_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let file = ReopeningFile::open(&path).unwrap();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(LineFormat)
+            .with_writer(file)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!("first\nsecond\nthird");
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for (line, word) in lines.iter().zip(["first", "second", "third"]) {
+            assert!(line.ends_with(&format!(" ERROR {word}")), "{text}");
+            assert!(
+                line.contains(&format!("[{}]", std::process::id())),
+                "{text}"
+            );
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! The `backy` command: parse, run, turn the outcome into an exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
 
+use backy::cli::Command;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -9,21 +11,36 @@ fn main() -> ExitCode {
     // Reports for scripts and people stay quiet on stderr unless asked.
     let quiet = cli.logfile.is_none() && !cli.verbose && cli.command.is_report();
     if let Err(e) = backy::logging::init(cli.logfile.as_deref(), cli.verbose, quiet) {
-        eprintln!("backy: {e}");
+        let _ = writeln!(std::io::stderr(), "backy: {e}");
         return ExitCode::FAILURE;
     }
-    let argv: Vec<String> = std::env::args().collect();
-    tracing::info!("$ {}", argv.join(" "));
+    tracing::info!("$ {}", backy::logging::shell_words(std::env::args_os()));
+    // Long commands stop cleanly on SIGTERM/SIGINT (the scheduler has
+    // its own handling; short reports keep the default, dying at once).
+    let interruptible = matches!(
+        cli.command,
+        Command::Backup { .. }
+            | Command::Restore { .. }
+            | Command::Verify { .. }
+            | Command::Expire { .. }
+            | Command::Forget { .. }
+            | Command::Init { .. }
+    );
+    if interruptible && let Err(e) = backy::interrupt::install() {
+        tracing::warn!("{e}");
+    }
     match backy::commands::run(&cli) {
         Ok(code) => {
             tracing::info!("Backy operation complete.");
             ExitCode::from(code)
         }
+        // A reader that went away (`backy find | head`): stop quietly.
+        Err(e) if e.is_broken_pipe() => ExitCode::from(e.exit_code()),
         Err(e) => {
             tracing::error!("{e}");
             tracing::info!("Backy operation failed.");
             if cli.logfile.is_some() {
-                eprintln!("backy: {e}");
+                let _ = writeln!(std::io::stderr(), "backy: {e}");
             }
             ExitCode::from(e.exit_code())
         }

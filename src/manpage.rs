@@ -704,7 +704,10 @@ Scheduler settings (`config` is accepted as another name for this key, as the ba
 2.0 manual called it):
 
 : `base-dir: `*DIR*
-Directory that holds one job directory per job. Default `/srv/backy`.
+Directory that holds one job directory per job. Default `/srv/backy`. It must exist:
+the scheduler never creates it, so that an unmounted backup volume does not fill the
+filesystem below its mount point. The scheduler refuses to start without it, and a
+run finds it missing fails (mount the volume or create the directory).
 : `worker-limit: `*N*
 How many backups run at the same time. Default 1.
 : `status-file: `*PATH*
@@ -717,6 +720,13 @@ Comma-separated addresses of the console. Default `::1, 127.0.0.1`; an empty str
 turns the console off.
 : `telnet-port: `*PORT*
 Port of the console. Default 6023.
+: `run-timeout: `*INTERVAL*
+How long a backup may run before the scheduler stops it, as for `interval`; also a
+key of each job, which wins. Default: the smallest interval of the job's schedule.
+See Running a backup under SCHEDULING.
+: `console-timeout: `*INTERVAL*
+How long a console connection may stay idle before it is closed, as for
+`interval`. Default 10 minutes.
 ## schedules
 Each key names a schedule. A schedule maps tag names (free-form, such as `daily`) to
 two parameters:
@@ -739,6 +749,8 @@ writes it to the job's `config` file before each run when it changed.
 : `allow-copy: true`
 Back up this job even on a filesystem without reflinks, with full copies (see
 `backup --allow-copy`).
+: `run-timeout: `*INTERVAL*
+This job's run timeout (see `global`).
 ## Example
 ```
 global:
@@ -803,9 +815,25 @@ For each run the scheduler writes the job's `config` and starts
 `backy -b `*base-dir*`/`*job*` -l `*base-dir*`/`*job*`/backy.log backup `*tags*,
 with the child's output appended to the same log: at most `worker-limit` at a time,
 earliest run time first. It starts the `backy` beside its own executable, not the one
-on `PATH` (`BACKY_CMD` overrides). A failing backup is logged and retried after 2, 4,
-8, ... minutes, at most 6 hours (min(2^*n*, 360) minutes after *n* failures in a
-row). A success resets the count; a `run` from the console does not.
+on `PATH` (`BACKY_CMD` overrides). The logged command line quotes words as a shell
+would. The scheduler reads the child's standard error: the child's closing
+`backy: `*error* line is not copied into the job log (the child logged it there
+already) but becomes the reason the scheduler logs; when the job log cannot be
+written (a full filesystem) the scheduler's own log says so.
+
+A failing backup is logged with its reason (the exit status and the child's error,
+or the signal that ended it) and retried after 2, 4, 8, ... minutes, at most 6 hours
+(min(2^*n*, 360) minutes after *n* failures in a row). A success resets the count; a
+`run` from the console does not. Exit status 75 (the source was written during the
+backup) gets its own line, which says so and advises to freeze or snapshot the
+source.
+
+A backup that runs longer than its `run-timeout` (a source that blocks, a hung
+storage) is stopped: SIGTERM, then SIGKILL if it has not ended after the timeout
+again (at most 30 seconds later). The run counts as failed, with backoff as any
+failure, and the log says so, so that one stuck job cannot hold the workers while the
+others fall out of their SLA. A backup whose job a reload removed runs to its end (or
+its timeout), and its end is logged.
 ## Retention
 After each run the scheduler expires the job's revisions under the job's backup lock
 (`backy expire` does the same by hand). For each tag of the schedule it takes the
@@ -823,7 +851,10 @@ with a YAML list of one mapping per job: `job`; `sla` (`OK` or `TOO OLD`); `stat
 (`waiting for deadline`, `queued for execution`, `running`, `failed` or `finished`);
 `last_time`, `last_tags`, `last_duration` for the newest complete revision; and
 `next_time`, `next_tags`. Times are written as `2015-11-05 11:56:10 UTC`, durations
-as `50.7 s`, and `-` stands for none.
+as `50.7 s`, and `-` stands for none. While a job's latest run failed, two more keys
+say why (we add them; older readers ignore them): `last_failure`, for people, and
+`last_failure_kind`, one of `source-written`, `timeout`, `exit`, `signal`, `start`
+and `base-dir-missing`.
 ## Signals
 The scheduler holds a lock on *base-dir*`/.lock`; a second scheduler for the same
 base directory exits with status 69. SIGTERM, SIGINT and SIGQUIT stop the scheduler
@@ -834,17 +865,34 @@ configuration is logged and the old one kept) and reopens the log file.
 
 const MONITORING: &str = "\
 # MONITORING
-`backy check -c `*CONFIG* reads the status file named by the configuration and prints
-one line for Nagios-compatible monitoring:
+`backy check -c `*CONFIG* reads the configuration that the scheduler uses and the
+status file it names, and compares the two. It prints one line for Nagios-compatible
+monitoring, with performance data after a `|` (`jobs=`*n* configured jobs,
+`out_of_sla=`*n*, and `oldest_backup_age=`*seconds*`s`, the age of the oldest
+newest backup over all jobs, `U` when no job has one), then one line per job or file
+concerned. The first line is the worst of:
 
 : `OK: `*n*` jobs within SLA`
-Exit status 0.
+Every configured job is in the status file and within its SLA. Exit status 0.
+: `WARNING: `...
+A job within its SLA whose latest backup failed because the source was written
+during it, or a job in the status file that the configuration no longer has (the
+scheduler runs an older configuration: reload it). Exit status 1.
 : `CRITICAL: `*n*` jobs not within SLA`
-Followed by one line *job*` (last time: `*time*`)` per late job. Exit status 2.
-: `CRITICAL: Status file is older than 5 minutes`
-The scheduler is not running, or hangs. Exit status 2.
+Followed by one line *job*` (last time: `*time*`)` per late job, with the reason
+of the latest failed run after it. Exit status 2.
+: `CRITICAL: `*n*` jobs configured but not scheduled`
+A configured job is missing from the status file (an empty status file lists none):
+the running scheduler does not back it up, so it is CRITICAL, not UNKNOWN, until the
+scheduler is reloaded (SIGHUP) or restarted. Exit status 2.
+: `CRITICAL: Status file `*path*` is older than 5 minutes` ...
+The scheduler is not running, or hangs. The limit is 5 minutes or twice the
+configured `status-interval`, whichever is longer, and the line says how old the file
+is. Exit status 2.
 : `UNKNOWN: No status file found at `*path*
 Exit status 3.
+
+Several findings are joined with `;` on the first line, the worst first.
 
 A job is within its SLA when its newest complete revision is younger than 1.5 times
 the smallest interval of its schedule: 36 hours for a daily schedule. A job that has
@@ -883,7 +931,9 @@ Lists the commands.
 Close the connection.
 
 Anything else gets *cmd*`: command not found.` The console runs nothing but these
-commands.
+commands. Below the `jobs` table, each job whose latest run failed gets a line with
+the reason. At most 32 clients are served at once; a connection that sends nothing
+for `console-timeout` (default 10 minutes) is told so and closed.
 ";
 
 const LOGGING: &str = "\
@@ -892,7 +942,21 @@ Without `-l`, log lines go to standard error, never to standard output, so that
 `restore -` stays clean. With `-l `*FILE* they are appended to *FILE*, as
 `2015-11-05 11:56:10 [`*pid*`] INFO `*message* (UTC). A command's lines start
 with its command line after `$`, as in `$ backy backup daily`, and end with
-`Backy operation complete.` or `Backy operation failed.`
+`Backy operation complete.` or `Backy operation failed.` Each line of a message that
+spans lines carries the time stamp. If the log file cannot be written (a full
+filesystem), the lines go to standard error instead.
+
+SIGTERM and SIGINT stop `backup`, `restore`, `verify`, `expire`, `forget` and
+`init`: the command stops at its next chunk, cleans up as after any failure (a
+backup removes its incomplete revision), logs `Backy operation failed.` and exits
+with 128 plus the signal number. A command that does not stop within 5 seconds (one
+blocked in the kernel), or gets a second signal, exits at once; the next backup then
+removes what it left.
+
+Output on standard output that cannot be written is an error, such as
+`cannot write to stdout: No space left on device` for a full disk (exit status 1); a reader that went
+away (`backy status | head -1`) ends the command quietly with exit status 141, as a
+shell reports SIGPIPE.
 
 The log file is reopened when it has been renamed or removed, so logrotate needs
 neither `copytruncate` nor a signal. A progress bar is shown only when standard error
@@ -927,7 +991,7 @@ Any failure: a bad argument value, a missing source, a failed verification, a he
 lock, a full disk. The message says what and where.
 : 2
 A command-line usage error (unknown option, missing argument).
-Also `backy check`: CRITICAL.
+Also `backy check`: CRITICAL. (`backy check`: 1 is WARNING.)
 : 3
 `backy check`: UNKNOWN (no status file).
 : 69
@@ -937,6 +1001,10 @@ manager should not restart it (`RestartPreventExitStatus=69`).
 `backy backup`: the source was written during the backup (EX_TEMPFAIL; see
 \"Sources written during a backup\"). No revision was made; the next try may work,
 but only a frozen source is sure to.
+: 130, 143
+Stopped by SIGINT or SIGTERM (see LOGGING).
+: 141
+Standard output was a pipe whose reader went away.
 ";
 
 const FILES: &str = "\

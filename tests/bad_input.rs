@@ -850,3 +850,131 @@ fn restore_of_a_job_without_revisions() {
         "{files:?}"
     );
 }
+
+/// Issue 9: output that cannot be written (a full disk, a reader that went
+/// away) is a clear error or a quiet non-zero exit, never a panic.
+#[test]
+fn output_errors_are_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    make_source(&src, 4 * MIB, 3);
+    let job = dir.path().join("job");
+    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    run_ok(backy_job(&job).args(["backup", "--allow-copy", "daily"]));
+    // The logged command line quotes what has spaces, as a shell takes it back.
+    let spaced = dir.path().join("job two");
+    let r = run_ok(backy_job(&spaced).args(["init", "file"]).arg(&src));
+    if !r.stderr.contains(&format!(
+        "INFO $ {} -b '{}' init file {}",
+        env!("CARGO_BIN_EXE_backy"),
+        spaced.display(),
+        src.display()
+    )) {
+        r.fail("expected the quoted command line");
+    }
+    let full = || File::create("/dev/full").unwrap();
+    let conf = dir.path().join("backy.conf");
+    fs::write(
+        &conf,
+        format!(
+            "global: {{base-dir: {}}}\nschedules: {{s: {{daily: {{interval: 1d, keep: 1}}}}}}\njobs: {{job: {{schedule: s, source: {{type: file, filename: {}}}}}}}\n",
+            dir.path().display(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    fs::write(dir.path().join("status"), "[]\n").unwrap();
+    let commands: [&[&str]; 5] = [
+        &["find"],
+        &["status"],
+        &["status", "--json"],
+        &["completions", "bash"],
+        &["expire", "--dry-run", "-c", path_str(&conf)],
+    ];
+    // `run` captures stdout itself; these commands get their own.
+    let with_stdout = |cmd: &mut Command, out: std::process::Stdio| {
+        let o = cmd
+            .stdout(out)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{cmd:?} panicked: {stderr}"
+        );
+        (o.status.code(), stderr)
+    };
+    for args in commands {
+        let (code, stderr) = with_stdout(backy_job(&job).args(args), full().into());
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to stdout: No space left on device"),
+            "{args:?}: {stderr}"
+        );
+        // Into a pipe whose reader is gone: quiet, 141 as a shell shows SIGPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let (code, stderr) = with_stdout(backy_job(&job).args(args), writer.into());
+        assert_eq!(code, Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("ERROR"), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = with_stdout(backy().arg("check").arg("-c").arg(&conf), full().into());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+}
+
+/// Issue 9: SIGTERM or SIGINT stops a backup cleanly: the incomplete revision
+/// is removed as on any failure, the log says "Backy operation failed.", and the
+/// exit status is 128 + the signal, on btrfs and XFS.
+#[test]
+fn an_interrupted_backup_says_so_and_cleans_up() {
+    for kind in FsKind::REFLINK {
+        for (signal, code) in [("TERM", 143), ("INT", 130)] {
+            let Some(fs) = TestFs::new(kind, 512) else {
+                return;
+            };
+            let (src, job, scratch) = (fs.join("src.img"), fs.join("job"), fs.join("scratch"));
+            let fx = Fixture::build(fs, src, job, scratch, 4 * MIB, false);
+            // 64 MiB read slowly (the failpoint waits per 4 MiB chunk).
+            make_source(&fx.src, 64 * MIB, 7);
+            let log = fx.scratch.join("backup.log");
+            let mut child = fx
+                .backy()
+                .arg("-l")
+                .arg(&log)
+                .args(["backup", "daily"])
+                .env("BACKY_FAILPOINT", "slow-read")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let start = std::time::Instant::now();
+            while !fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Creating revision")
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "no backup started"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            run_ok(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
+            let status = child.wait().unwrap();
+            let text = fs::read_to_string(&log).unwrap();
+            assert_eq!(status.code(), Some(code), "{kind} SIG{signal}:\n{text}");
+            for needle in [
+                format!("ERROR interrupted by SIG{signal}"),
+                "INFO Backy operation failed.".to_string(),
+            ] {
+                assert!(
+                    text.contains(needle.as_str()),
+                    "{kind}: {needle:?} not in\n{text}"
+                );
+            }
+            assert!(!text.contains("did not stop by itself"), "{kind}:\n{text}");
+            fx.assert_untouched();
+        }
+    }
+}

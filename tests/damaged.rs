@@ -498,7 +498,7 @@ fn scheduler_sla_ignores_future_dates_and_check_names_damage() {
     fs::write(
         &conf,
         format!(
-            "global:\n  base-dir: {}\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n  slow:\n    rarely: {{interval: 1d, keep: 2}}\njobs:\n{jobs}",
+            "global:\n  base-dir: {}\n  status-interval: 1\n  run-timeout: 10m\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n  slow:\n    rarely: {{interval: 1d, keep: 2}}\njobs:\n{jobs}",
             base.display()
         ),
     )
@@ -532,8 +532,8 @@ fn scheduler_sla_ignores_future_dates_and_check_names_damage() {
     let r = run(backy().arg("check").arg("-c").arg(&conf)).code(2);
     assert!(r.stdout.starts_with("CRITICAL: 1 job"), "{}", r.stdout);
     for needle in [
-        "\nbroken (last time: 2099-01-01 00:00:00 UTC)\n",
-        "WARNING: 2 of 2 jobs have damaged or future-dated revisions",
+        "\nbroken (last time: 2099-01-01 00:00:00 UTC)",
+        "; 2 of 2 jobs have damaged or future-dated revisions |",
         damaged.to_str().unwrap(),
         "broken: revision ",
         "in the future",

@@ -179,9 +179,11 @@ fn console(port: u16, commands: &[&str]) -> String {
     transcript
 }
 
+/// A scheduler config with a schedule of seconds. Its run-timeout is set: the
+/// default, the shortest interval (2 s), would stop backups of a busy machine.
 fn config(base: &Path, jobs: &str, workers: usize) -> String {
     format!(
-        "global:\n  base-dir: {base}\n  worker-limit: {workers}\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n    rarely: {{interval: 6s, keep: 1}}\njobs:\n{jobs}",
+        "global:\n  base-dir: {base}\n  worker-limit: {workers}\n  run-timeout: 10m\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n    rarely: {{interval: 6s, keep: 1}}\njobs:\n{jobs}",
         base = base.display()
     )
 }
@@ -202,6 +204,7 @@ fn scheduler_backs_up_expires_reports_and_answers() {
     jobs.push_str(
         "  broken: {schedule: fast, source: {type: file, filename: /nonexistent/disk.img}}\n",
     );
+    fs::create_dir(&base).unwrap();
     let conf = fs.join("backy.conf");
     fs::write(&conf, config(&base, &jobs, 2)).unwrap();
     let (cmd, record) = recording_backy(fs.path());
@@ -250,7 +253,7 @@ fn scheduler_backs_up_expires_reports_and_answers() {
     junk.write_all(&vec![b'x'; 100_000]).unwrap();
     junk.write_all(b"\r\nhalf a comm").unwrap();
     drop(junk);
-    assert!(console(port, &["jobs job1"]).contains("1 jobs shown"));
+    assert!(console(port, &["jobs job1"]).contains("\n1 job shown"));
 
     // Status file and check agree: the broken job is out of SLA, the others in.
     let status = fs::read_to_string(base.join("status")).unwrap();
@@ -260,8 +263,11 @@ fn scheduler_backs_up_expires_reports_and_answers() {
     );
     let r = run(backy().arg("check").arg("-c").arg(&conf)).code(2);
     assert!(
-        r.stdout
-            .starts_with("CRITICAL: 1 jobs not within SLA\nbroken (last time: -)\n"),
+        r.stdout.starts_with(
+            "CRITICAL: 1 job not within SLA | jobs=4 out_of_sla=1 oldest_backup_age="
+        ) && r.stdout.contains(
+            "\nbroken (last time: -), last run failed: exit code 1: source /nonexistent/disk.img "
+        ),
         "{}",
         r.stdout
     );
@@ -280,16 +286,38 @@ fn scheduler_backs_up_expires_reports_and_answers() {
     daemon.wait_for_log(": 3 jobs", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
     let r = run(backy().arg("check").arg("-c").arg(&conf)).code(0);
-    assert_eq!(r.stdout, "OK: 3 jobs within SLA\n");
+    assert!(
+        r.stdout
+            .starts_with("OK: 3 jobs within SLA | jobs=3 out_of_sla=0 oldest_backup_age=")
+            && r.stdout.ends_with("s\n")
+            && r.stdout.lines().count() == 1,
+        "{}",
+        r.stdout
+    );
 
     let status = daemon.stop();
     assert!(status.success(), "scheduler exited with {status}");
     let log = fs::read_to_string(fs.join("scheduler.log")).unwrap();
     assert!(log.contains("Scheduler stopped"), "{log}");
     assert!(
-        log.contains("Job broken failed with exit code 1") && log.contains("Retrying in 2 minutes"),
+        log.contains("Job broken failed with exit code 1: source /nonexistent/disk.img ")
+            && log.contains("Job broken: retrying in 2 minutes"),
         "{log}"
     );
+
+    // Each failed run's error is in the job's log once, with its timestamp
+    // (before, the child's stderr summary was appended beside it).
+    let job_log = fs::read_to_string(base.join("broken/backy.log")).unwrap();
+    let runs = job_log.matches("Backy operation failed.").count();
+    assert!(runs >= 1, "{job_log}");
+    assert_eq!(
+        job_log
+            .matches("/nonexistent/disk.img does not exist")
+            .count(),
+        runs,
+        "{job_log}"
+    );
+    assert!(!job_log.contains("\nbacky: "), "{job_log}");
 
     // worker-limit 2 held; backups happened with the right tags; retention kept
     // at most `keep` of each tag beyond the newest run.
@@ -338,6 +366,7 @@ fn worker_limit_one_serialises_and_sigterm_leaves_nothing_complete_that_is_not()
             src.display()
         ));
     }
+    fs::create_dir(&base).unwrap();
     let conf = fs.join("backy.conf");
     fs::write(&conf, config(&base, &jobs, 1)).unwrap();
     let (cmd, record) = recording_backy(fs.path());
@@ -383,16 +412,39 @@ fn check_reports_missing_and_stale_status_files() {
         )
     );
     fs::create_dir_all(&base).unwrap();
+    // An empty status file (or one without a configured job) is not OK.
+    for empty in ["", "[]\n"] {
+        fs::write(base.join("status"), empty).unwrap();
+        let r = run(backy().arg("check").arg("-c").arg(&conf)).code(2);
+        assert!(
+            r.stdout
+                .starts_with("CRITICAL: 1 job configured but not scheduled | jobs=1 ")
+                && r.stdout
+                    .contains("\na is in the configuration but not in the status file"),
+            "{}",
+            r.stdout
+        );
+    }
     fs::write(base.join("status"), "- job: a\n  sla: OK\n  status: finished\n  last_time: '-'\n  last_tags: ''\n  last_duration: '-'\n  next_time: '-'\n  next_tags: ''\n").unwrap();
     let r = run(backy().arg("check").arg("-c").arg(&conf)).code(0);
-    assert_eq!(r.stdout, "OK: 1 jobs within SLA\n");
+    assert_eq!(
+        r.stdout,
+        "OK: 1 job within SLA | jobs=1 out_of_sla=0 oldest_backup_age=U\n"
+    );
     run_ok(
         Command::new("touch")
             .args(["-d", "10 minutes ago"])
             .arg(base.join("status")),
     );
     let r = run(backy().arg("check").arg("-c").arg(&conf)).code(2);
-    assert_eq!(r.stdout, "CRITICAL: Status file is older than 5 minutes\n");
+    assert!(
+        r.stdout.starts_with(&format!(
+            "CRITICAL: Status file {} is older than 5 minutes (written 10 minutes ago; the scheduler rewrites it every 1 second): is the scheduler running? |",
+            base.join("status").display()
+        )),
+        "{}",
+        r.stdout
+    );
     fs::write(&conf, "jobs: [").unwrap();
     let r = run(backy().arg("check").arg("-c").arg(&conf)).code(3);
     assert!(r.stdout.starts_with("UNKNOWN: "), "{}", r.stdout);
@@ -433,6 +485,7 @@ fn sighup_storm_locked_expiry_and_dry_run() {
         "  job1: {{schedule: fast, source: {{type: file, filename: {}}}}}\n",
         src.display()
     );
+    fs::create_dir(&base).unwrap();
     let conf = fs.join("backy.conf");
     fs::write(&conf, config(&base, &jobs, 1)).unwrap();
     let daemon = Daemon::start(&conf, &fs.join("scheduler.log"), &[]);
@@ -441,7 +494,7 @@ fn sighup_storm_locked_expiry_and_dry_run() {
         daemon.signal("HUP");
     }
     daemon.wait_for_log("Reloaded", Duration::from_secs(10));
-    assert!(console(port, &["jobs"]).contains("1 jobs shown"));
+    assert!(console(port, &["jobs"]).contains("\n1 job shown"));
 
     // A reader holds the job's purge lock (shared), as a restore does.
     let job = base.join("job1");
@@ -494,4 +547,332 @@ fn sighup_storm_locked_expiry_and_dry_run() {
     );
     assert_eq!(r.stdout.lines().count(), after.len() + 1, "{}", r.stdout);
     assert!(r.stdout.contains("keep"), "{}", r.stdout);
+}
+
+/// A `$BACKY_CMD` that plays a different child per job (chosen by the job
+/// directory's name in `-b DIR`) and runs the real backy for the others.
+fn scripted_backy(dir: &Path, cases: &str) -> PathBuf {
+    let script = dir.join("backy-scripted");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\ncase \"$2\" in\n{cases}\nesac\nexec {backy} \"$@\"\n",
+            backy = env!("CARGO_BIN_EXE_backy")
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn pid_in(line_start: &str, log: &str) -> i32 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(line_start))
+        .unwrap_or_else(|| panic!("no {line_start:?} in\n{log}"));
+    let after = line.split("pid ").nth(1).unwrap();
+    after
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Issue 9: a child that never ends (here one that even ignores SIGTERM) is
+/// stopped after its run-timeout, counts as failed with backoff, and the other
+/// job keeps being backed up with worker-limit 1; exit status 75 gets its own
+/// line and is told apart by the status file, the console and check; a job a
+/// reload removed still gets a line when its backup ends.
+#[test]
+fn run_timeout_source_written_and_removed_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    fs::create_dir(&base).unwrap();
+    let src = dir.path().join("good source.img");
+    write_file(&src, MIB, &[(0, &pattern_bytes(9, MIB as usize))]);
+    let cmd = scripted_backy(
+        dir.path(),
+        "  */stuck) trap '' TERM; exec sleep 600 ;;\n  */written) echo 'backy: source changed' >&2; exit 75 ;;\n  */slow) sleep 3; exit 0 ;;",
+    );
+    let job = |name: &str, extra: &str| {
+        format!(
+            "  {name}: {{schedule: fast, allow-copy: true{extra}, source: {{type: file, filename: '{}'}}}}\n",
+            src.display()
+        )
+    };
+    let all = [
+        job("good", ""),
+        job("slow", ", run-timeout: 1h"),
+        job("stuck", ", run-timeout: 2s"),
+        job("written", ""),
+    ];
+    let conf = dir.path().join("backy.conf");
+    let write_conf = |jobs: &[String]| {
+        fs::write(&conf, config(&base, &jobs.concat(), 1)).unwrap();
+    };
+    write_conf(&all);
+    let daemon = Daemon::start(
+        &conf,
+        &dir.path().join("scheduler.log"),
+        &[("BACKY_CMD", &cmd)],
+    );
+    let port = daemon.console_port();
+
+    // The slow job's backup outlives its removal from the configuration.
+    daemon.wait_for_log("Job slow started", Duration::from_secs(20));
+    write_conf(&[all[0].clone(), all[2].clone(), all[3].clone()]);
+    daemon.signal("HUP");
+    daemon.wait_for_log("Reloaded", Duration::from_secs(10));
+    daemon.wait_for_log(
+        "Job slow (removed from the config) finished",
+        Duration::from_secs(20),
+    );
+
+    let log = daemon.wait_for_log(
+        "Job stuck did not stop after SIGTERM; killing it (SIGKILL",
+        Duration::from_secs(30),
+    );
+    assert!(
+        log.contains("Job stuck has run longer than its run-timeout of 2 seconds; stopping it (SIGTERM to pid"),
+        "{log}"
+    );
+    let pid = pid_in("Job stuck started (pid", &log);
+    let log = daemon.wait_for_log("Job stuck: retrying in 2 minutes", Duration::from_secs(20));
+    assert!(
+        log.contains(
+            "Job stuck failed: it ran longer than its run-timeout of 2 seconds and was stopped"
+        ),
+        "{log}"
+    );
+    assert!(!alive(pid), "the stuck child {pid} still runs");
+    let log = daemon.wait_for_log(
+        "Job written: backup failed: the source was written during the backup (freeze or snapshot it)",
+        Duration::from_secs(20),
+    );
+    // The other job goes on after the stuck one was stopped.
+    let killed_at = log.find("killing it (SIGKILL").unwrap();
+    let start = Instant::now();
+    while !daemon.log()[killed_at..].contains("Job good finished") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The logged command line quotes what has spaces.
+    assert!(
+        log.contains(&format!("-b {}/good -l", base.display())),
+        "{log}"
+    );
+
+    // Status file, console and check tell the reasons apart.
+    let start = Instant::now();
+    loop {
+        let status = fs::read_to_string(base.join("status")).unwrap_or_default();
+        let needles = [
+            "- job: stuck\n  sla: ",
+            "last_failure_kind: timeout",
+            "last_failure_kind: source-written",
+            "last_failure: the source was written during the backup (freeze or snapshot it)",
+        ];
+        if needles.iter().all(|n| status.contains(n)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{needles:?} not all in\n{status}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let session = console(port, &["jobs"]);
+    assert!(
+        session.contains("\nwritten: last run failed: the source was written during the backup")
+            && session.contains("\nstuck: last run failed: it ran longer than its run-timeout")
+            && session.contains("3 jobs shown"),
+        "{session}"
+    );
+    let r = run(backy().arg("check").arg("-c").arg(&conf));
+    assert!(
+        r.stdout
+            .contains("written: last run failed: the source was written during the backup")
+            || r.stdout.contains(
+                "written (last time: -), last run failed: the source was written during the backup"
+            ),
+        "{}",
+        r.stdout
+    );
+    let status = daemon.stop();
+    assert!(status.success());
+    // Each error of the good job's runs is in its log once (none failed here);
+    // the child's own `backy: ...` summary is not copied in beside its entry.
+    let job_log = fs::read_to_string(base.join("written/backy.log")).unwrap_or_default();
+    assert!(!job_log.contains("backy: source changed"), "{job_log}");
+}
+
+/// Issue 9: 32 idle console clients no longer lock operators out: each is
+/// told and disconnected after console-timeout.
+#[test]
+fn idle_console_clients_are_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    fs::create_dir(&base).unwrap();
+    let conf = dir.path().join("backy.conf");
+    fs::write(
+        &conf,
+        config(&base, "", 1).replace(
+            "  telnet-port: 0\n",
+            "  telnet-port: 0\n  console-timeout: 4\n",
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&conf, &dir.path().join("scheduler.log"), &[]);
+    let port = daemon.console_port();
+    let idle: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // Each idle client got its prompt; the 33rd is turned away.
+    let mut first = idle[0].try_clone().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut refused = String::new();
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = extra.read_to_string(&mut refused);
+    assert!(refused.contains("Too many console clients"), "{refused:?}");
+    // Idle ones are told why, then closed.
+    let mut text = String::new();
+    first.read_to_string(&mut text).unwrap();
+    assert!(
+        text.ends_with("\r\nClosing the connection: no input for 4 seconds.\r\n"),
+        "{text:?}"
+    );
+    for mut s in idle.into_iter().skip(1) {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert!(rest.contains("Closing the connection"), "{rest:?}");
+    }
+    // Now there is room again.
+    assert!(console(port, &["status", "quit"]).contains("| Status | # |"));
+    assert!(daemon.stop().success());
+}
+
+/// Issue 9: an unmounted backup volume (a missing base-dir) is never created
+/// by the scheduler: it refuses to start, and a run after base-dir vanished
+/// fails without creating it.
+#[test]
+fn a_missing_base_dir_is_never_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("mnt/backy");
+    let conf = dir.path().join("backy.conf");
+    let jobs = "  j: {schedule: fast, source: {type: file, filename: /x.img}}\n";
+    fs::write(&conf, config(&base, jobs, 1)).unwrap();
+    let r = run(backy().arg("scheduler").arg("-c").arg(&conf)).code(1);
+    assert!(
+        r.stderr.contains(&format!(
+            "base-dir {} does not exist; mount the backup volume there or create the directory",
+            base.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!base.exists() && !base.parent().unwrap().exists());
+
+    fs::create_dir_all(&base).unwrap();
+    let truth = Path::new("/bin/true");
+    let daemon = Daemon::start(
+        &conf,
+        &dir.path().join("scheduler.log"),
+        &[("BACKY_CMD", truth)],
+    );
+    daemon.wait_for_log("Job j finished", Duration::from_secs(20));
+    fs::remove_dir_all(&base).unwrap();
+    let log = daemon.wait_for_log("Job j failed: base-dir", Duration::from_secs(20));
+    assert!(
+        log.contains(&format!(
+            "Job j failed: base-dir {} does not exist; mount the backup volume or create it",
+            base.display()
+        )),
+        "{log}"
+    );
+    assert!(!base.exists(), "the scheduler created {}", base.display());
+    assert!(daemon.stop().success());
+    assert!(!base.exists());
+}
+
+/// Fills `fs` until a write fails for lack of space.
+fn fill_up(fs: &TestFs) {
+    let mut file = fs::File::create(fs.join("filler")).unwrap();
+    let block = pattern_bytes(77, MIB as usize);
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+    // Metadata reserves: keep writing small pieces until even those fail.
+    let mut n = 0;
+    while n < 10_000 && fs::write(fs.join(format!("f{n}")), &block[..4096]).is_ok() {
+        n += 1;
+    }
+}
+
+/// Issue 9: a backup that fails because the job filesystem is full (so its
+/// log cannot be written either) is reported by the scheduler with the reason,
+/// never as a panic's exit status 101 with an empty log; btrfs and XFS.
+#[test]
+fn a_full_job_filesystem_fails_the_run_with_its_reason() {
+    for kind in FsKind::REFLINK {
+        let Some(fs) = TestFs::new(kind, 320) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        write_file(&src, 32 * MIB, &[(0, &pattern_bytes(3, 32 * MIB as usize))]);
+        let base = fs.join("base");
+        fs::create_dir(&base).unwrap();
+        let conf = dir.path().join("backy.conf");
+        let jobs = format!(
+            "  j: {{schedule: fast, source: {{type: file, filename: {}}}}}\n",
+            src.display()
+        );
+        fs::write(
+            &conf,
+            config(&base, &jobs, 1).replace(
+                "status-interval: 1\n",
+                &format!(
+                    "status-interval: 1\n  status-file: {}\n",
+                    dir.path().join("status").display()
+                ),
+            ),
+        )
+        .unwrap();
+        // A first run writes the job's config; then the filesystem fills up.
+        let log = dir.path().join("scheduler.log");
+        let daemon = Daemon::start(&conf, &log, &[("BACKY_CMD", Path::new("/bin/true"))]);
+        daemon.wait_for_log("Job j finished", Duration::from_secs(20));
+        assert!(daemon.stop().success());
+        fill_up(&fs);
+        fs::write(&log, "").unwrap();
+        let daemon = Daemon::start(&conf, &log, &[]);
+        let text = daemon.wait_for_log("Job j failed", Duration::from_secs(60));
+        let line = text.lines().find(|l| l.contains("Job j failed")).unwrap();
+        assert!(
+            line.contains("Job j failed with exit code 1: ")
+                && line.contains("No space left on device"),
+            "{kind}: {text}"
+        );
+        assert!(!text.contains("exit code 101"), "{kind}: {text}");
+        assert!(daemon.stop().success());
+    }
 }

@@ -7,6 +7,7 @@ use crate::error::Result;
 
 /// Writes the completion script for `shell` to stdout.
 pub fn run(shell: clap_complete::Shell) -> Result<()> {
-    clap_complete::generate(shell, &mut Cli::command(), "backy", &mut std::io::stdout());
-    Ok(())
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "backy", &mut script);
+    crate::output::stdout(&String::from_utf8_lossy(&script))
 }

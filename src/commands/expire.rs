@@ -23,9 +23,9 @@ pub fn run(dir: &Path, config_path: &Path, dry_run: bool) -> Result<()> {
         ))
     })?;
     let plan = crate::expire::expire(&dir, schedule, Utc::now(), dry_run)?;
-    print!("{plan}");
+    let mut text = plan.to_string();
     if dry_run {
-        println!("(dry run: nothing changed)");
+        text.push_str("(dry run: nothing changed)\n");
     }
-    Ok(())
+    crate::output::stdout(&text)
 }

@@ -9,6 +9,5 @@ use crate::job::Job;
 pub fn run(dir: &Path, spec: &str) -> Result<()> {
     let job = Job::open(dir)?;
     let rev = job.resolve(spec)?;
-    println!("{}", job.image_path(&rev.id).display());
-    Ok(())
+    crate::output::stdout_line(&job.image_path(&rev.id).display().to_string())
 }

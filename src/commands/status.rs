@@ -36,19 +36,18 @@ pub fn format_tags(rev: &Revision) -> String {
 pub fn run(dir: &Path, json: bool) -> Result<()> {
     let job = Job::open(dir)?;
     if json {
-        println!("{}", to_json(&job));
-        return Ok(());
+        return crate::output::stdout_line(&to_json(&job));
     }
-    print!("{}", render_table(&job.revisions));
+    let mut text = render_table(&job.revisions);
     let damaged = job.damaged.iter().map(Damaged::describe);
     let future = job
         .future_revisions(Utc::now())
         .into_iter()
         .map(future_note);
     for line in damaged.chain(future).chain(job.link_problems()) {
-        println!("Warning: {line}");
+        text.push_str(&format!("Warning: {line}\n"));
     }
-    Ok(())
+    crate::output::stdout(&text)
 }
 
 /// The table of SPEC section 3, with its summary line.

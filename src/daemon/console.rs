@@ -5,12 +5,13 @@
 //! (IAC sequences), binary junk and over-long lines are dropped, so no client can
 //! disturb the daemon or the others.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use super::status::{JobStatus, jobs_table, status_counts};
+use super::status::{JobStatus, count, duration_text, jobs_table, status_counts};
 
 /// Longest accepted command line.
 const MAX_LINE: usize = 1024;
@@ -25,8 +26,9 @@ pub trait Daemon: Send + Sync + 'static {
     fn run(&self, job: &str) -> bool;
 }
 
-/// Serves `listener` until the process ends.
-pub fn serve(listener: TcpListener, daemon: Arc<dyn Daemon>) {
+/// Serves `listener` until the process ends; a client that sends nothing for
+/// `idle` is told so and disconnected, so idle clients cannot use up the slots.
+pub fn serve(listener: TcpListener, daemon: Arc<dyn Daemon>, idle: Duration) {
     let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -37,7 +39,7 @@ pub fn serve(listener: TcpListener, daemon: Arc<dyn Daemon>) {
         clients.fetch_add(1, Ordering::SeqCst);
         let (daemon, clients) = (daemon.clone(), clients.clone());
         std::thread::spawn(move || {
-            let _ = session(stream, daemon.as_ref());
+            let _ = session(stream, daemon.as_ref(), idle);
             clients.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -48,13 +50,29 @@ pub fn prompt() -> String {
     format!("backy-{} % ", env!("CARGO_PKG_VERSION"))
 }
 
-fn session(stream: TcpStream, daemon: &dyn Daemon) -> std::io::Result<()> {
+fn session(stream: TcpStream, daemon: &dyn Daemon, idle: Duration) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    stream.set_read_timeout(Some(idle))?;
+    // A client that reads nothing must not block its thread forever either.
+    stream.set_write_timeout(Some(idle))?;
     let mut out = BufWriter::new(stream.try_clone()?);
     let mut lines = LineReader::new(stream);
     out.write_all(prompt().as_bytes())?;
     out.flush()?;
-    while let Some(line) = lines.next_line()? {
+    loop {
+        let line = match lines.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                let message = format!(
+                    "\r\nClosing the connection: no input for {}.\r\n",
+                    duration_text(idle)
+                );
+                out.write_all(message.as_bytes())?;
+                return out.flush();
+            }
+            Err(e) => return Err(e),
+        };
         let reply = match line {
             Line::TooLong => "Line too long; commands are short: try 'help'.".to_string(),
             Line::Text(text) => match answer(&text, daemon) {
@@ -69,7 +87,6 @@ fn session(stream: TcpStream, daemon: &dyn Daemon) -> std::io::Result<()> {
         out.write_all(prompt().as_bytes())?;
         out.flush()?;
     }
-    Ok(())
 }
 
 /// The reply to one command line; `None` to close the connection.
@@ -110,7 +127,12 @@ pub fn answer(line: &str, daemon: &dyn Daemon) -> Option<String> {
 }
 
 fn show_jobs(jobs: Vec<JobStatus>) -> String {
-    format!("{}\n{} jobs shown", jobs_table(&jobs), jobs.len())
+    let mut text = jobs_table(&jobs);
+    // Why failed jobs failed, below the table (the SPEC's columns stay).
+    for j in jobs.iter().filter(|j| !j.last_failure.is_empty()) {
+        text.push_str(&format!("\n{}: last run failed: {}", j.job, j.last_failure));
+    }
+    format!("{text}\n{} shown", count(jobs.len(), "job"))
 }
 
 enum Line {
@@ -228,6 +250,8 @@ mod tests {
             next_time: "2015-11-06 11:56:10 UTC".into(),
             next_tags: "daily".into(),
             warnings: Vec::new(),
+            last_failure: String::new(),
+            last_failure_kind: String::new(),
         };
         StaticDaemon {
             jobs: vec![job("test01"), job("test02"), job("vm01")],
@@ -241,6 +265,7 @@ mod tests {
         let a = |l: &str| answer(l, &d);
         assert!(a("jobs").unwrap().ends_with("3 jobs shown"));
         assert!(a("jobs ^test").unwrap().ends_with("2 jobs shown"));
+        assert!(a("jobs vm01").unwrap().ends_with("\n1 job shown"));
         assert!(
             a("jobs 0").unwrap().ends_with("3 jobs shown"),
             "searched anywhere"

@@ -5,15 +5,22 @@
 //! run as `backy -b <job> -l <job>/backy.log backup <tags>` child processes, so a
 //! crash in one backup never takes the daemon down; the console and the status
 //! file read a snapshot of the state that the loop publishes.
+//!
+//! Each child has a thread that waits for it (polling, so that the loop may
+//! signal its pid while it cannot have been reaped) and one that reads its
+//! stderr into the job log and keeps its closing `backy: ...` line as the
+//! reason of a failure. A run longer than its run-timeout is stopped.
 
 pub mod console;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +44,11 @@ pub enum Event {
         job: String,
         /// Exit code (`None`: killed by a signal).
         code: Option<i32>,
+        /// The signal that killed it.
+        signal: Option<i32>,
+        /// The reason the child gave on stderr (its `backy: ...` line), else
+        /// its last line there.
+        last_line: Option<String>,
     },
     /// The console asked for an immediate run.
     RunNow(String),
@@ -44,6 +56,92 @@ pub enum Event {
     Terminate,
     /// SIGHUP: reload the configuration.
     Reload,
+}
+
+/// Exit status of `backy backup` when the source was written while it was read.
+pub const EXIT_SOURCE_WRITTEN: i32 = 75;
+
+/// Longest wait between SIGTERM and SIGKILL for a run that timed out.
+const MAX_KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// Why the latest run of a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The child could not be started.
+    Start(String),
+    /// `base-dir` is missing.
+    BaseDirMissing(PathBuf),
+    /// Exit status 75.
+    SourceWritten,
+    /// Another non-zero exit status.
+    Exit(i32, Option<String>),
+    /// Killed by a signal the scheduler did not send.
+    Signal(i32, Option<String>),
+    /// Ran longer than its run-timeout and was stopped.
+    TimedOut(Duration),
+}
+
+impl Failure {
+    /// A stable word for the status file and `check`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Start(_) => "start",
+            Failure::BaseDirMissing(_) => "base-dir-missing",
+            Failure::SourceWritten => "source-written",
+            Failure::Exit(..) => "exit",
+            Failure::Signal(..) => "signal",
+            Failure::TimedOut(_) => "timeout",
+        }
+    }
+
+    /// What an operator reads.
+    fn describe(&self) -> String {
+        let said = |line: &Option<String>| match line {
+            Some(l) => format!(": {}", l.strip_prefix("backy: ").unwrap_or(l)),
+            None => String::new(),
+        };
+        match self {
+            Failure::Start(e) => format!("could not be started: {e}"),
+            Failure::BaseDirMissing(dir) => format!(
+                "base-dir {} does not exist; mount the backup volume or create it",
+                dir.display()
+            ),
+            Failure::SourceWritten => {
+                "the source was written during the backup (freeze or snapshot it)".into()
+            }
+            Failure::Exit(code, line) => format!("exit code {code}{}", said(line)),
+            Failure::Signal(sig, line) => format!("killed by signal {sig}{}", said(line)),
+            Failure::TimedOut(after) => format!(
+                "it ran longer than its run-timeout of {} and was stopped",
+                status::duration_text(*after)
+            ),
+        }
+    }
+}
+
+/// A backup child the scheduler started and has not yet seen end.
+struct Running {
+    /// Shared with the thread that waits for it; whoever holds the lock may
+    /// signal the pid, which cannot be reaped (and reused) meanwhile.
+    child: Arc<Mutex<Child>>,
+    pid: u32,
+    started: Instant,
+    timeout: Option<Duration>,
+    /// When SIGTERM was sent because the run timed out.
+    stopping: Option<Instant>,
+    killed: bool,
+}
+
+impl Running {
+    /// Sends `signal` unless the child has ended already.
+    fn signal(&self, signal: rustix::process::Signal) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(child.try_wait(), Ok(None))
+            && let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32)
+        {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +179,8 @@ struct JobState {
     run_tags: BTreeSet<String>,
     /// Deadline the queued run had, for ordering.
     queued_deadline: Option<DateTime<Utc>>,
-    pid: Option<u32>,
+    /// Why the latest run failed (`None` after a success).
+    failure: Option<Failure>,
     /// Complete revisions (timestamp, tags, duration), oldest first.
     history: Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)>,
     /// Damaged revisions and revisions dated in the future, for the status file.
@@ -130,11 +229,15 @@ pub struct Scheduler {
     config_path: PathBuf,
     config: Config,
     jobs: BTreeMap<String, JobState>,
+    /// Running children by job, including jobs a reload removed.
+    children: BTreeMap<String, Running>,
     backy: PathBuf,
     events: Receiver<Event>,
     sender: Sender<Event>,
     shared: Arc<Shared>,
     last_status_write: Option<Instant>,
+    /// The last error writing the status file, logged once.
+    status_error: Option<String>,
     terminating: bool,
     _lock: File,
 }
@@ -160,8 +263,12 @@ impl Scheduler {
         for w in &config.warnings {
             tracing::warn!("{}: {w}", config_path.display());
         }
-        std::fs::create_dir_all(&config.base_dir)
-            .map_err(Error::io("cannot create base directory", &config.base_dir))?;
+        // Never create it: an unmounted backup volume would fill its parent.
+        if !config.base_dir.is_dir() {
+            return Err(Error::BaseDirMissing {
+                path: config.base_dir.clone(),
+            });
+        }
         let lock_path = config.base_dir.join(".lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -185,11 +292,13 @@ impl Scheduler {
             config_path: config_path.to_owned(),
             config,
             jobs: BTreeMap::new(),
+            children: BTreeMap::new(),
             backy: backy_command(),
             events,
             sender,
             shared,
             last_status_write: None,
+            status_error: None,
             terminating: false,
             _lock: lock,
         };
@@ -235,7 +344,7 @@ impl Scheduler {
                     backoff_until: None,
                     run_tags: BTreeSet::new(),
                     queued_deadline: None,
-                    pid: None,
+                    failure: None,
                     history: Vec::new(),
                     warnings: Vec::new(),
                     last_success: None,
@@ -247,13 +356,18 @@ impl Scheduler {
                 },
             };
             (state.history, state.warnings) = load_history(&dir, now);
+            if self.children.contains_key(name) {
+                // Removed and added back while its backup still runs.
+                state.phase = Phase::Running;
+            }
             reschedule(&mut state, now);
             self.jobs.insert(name.clone(), state);
         }
-        for (name, state) in old {
-            if state.phase == Phase::Running {
+        for name in old.keys() {
+            if let Some(child) = self.children.get(name) {
                 tracing::info!(
-                    "Job {name} was removed from the config; its running backup finishes"
+                    "Job {name} was removed from the config; its running backup (pid {}) finishes",
+                    child.pid
                 );
             }
         }
@@ -270,7 +384,8 @@ impl Scheduler {
                     let bound = listener.local_addr().unwrap_or(sa);
                     tracing::info!("Console listening on {bound}");
                     let shared: Arc<dyn console::Daemon> = self.shared.clone();
-                    std::thread::spawn(move || console::serve(listener, shared));
+                    let idle = self.config.console_timeout;
+                    std::thread::spawn(move || console::serve(listener, shared, idle));
                 }
                 Err(e) => tracing::warn!("Cannot listen on {sa} for the console: {e}"),
             }
@@ -280,19 +395,20 @@ impl Scheduler {
     /// Runs until a terminate event and all children have ended.
     pub fn run(&mut self) -> Result<()> {
         tracing::info!(
-            "Scheduler started with {} jobs, {} workers, base directory {}",
-            self.jobs.len(),
+            "Scheduler started with {}, {} workers, base directory {}",
+            status::count(self.jobs.len(), "job"),
             self.config.worker_limit,
             self.config.base_dir.display()
         );
         loop {
             let now = Utc::now();
+            self.stop_overdue();
             if !self.terminating {
                 self.queue_due(now);
                 self.start_queued(now);
             }
             self.publish(now);
-            if self.terminating && self.running() == 0 {
+            if self.terminating && self.children.is_empty() {
                 self.publish(Utc::now());
                 tracing::info!("Scheduler stopped");
                 return Ok(());
@@ -307,10 +423,37 @@ impl Scheduler {
     }
 
     fn running(&self) -> usize {
-        self.jobs
-            .values()
-            .filter(|j| j.phase == Phase::Running)
-            .count()
+        self.children.len()
+    }
+
+    /// Stops runs that took longer than their run-timeout: SIGTERM, then
+    /// SIGKILL after a grace period (the timeout, at most 30 s).
+    fn stop_overdue(&mut self) {
+        for (name, child) in &mut self.children {
+            let Some(timeout) = child.timeout else {
+                continue;
+            };
+            match child.stopping {
+                None if child.started.elapsed() >= timeout => {
+                    tracing::error!(
+                        "Job {name} has run longer than its run-timeout of {}; stopping it (SIGTERM to pid {})",
+                        status::duration_text(timeout),
+                        child.pid
+                    );
+                    child.signal(rustix::process::Signal::TERM);
+                    child.stopping = Some(Instant::now());
+                }
+                Some(at) if !child.killed && at.elapsed() >= timeout.min(MAX_KILL_GRACE) => {
+                    tracing::error!(
+                        "Job {name} did not stop after SIGTERM; killing it (SIGKILL to pid {})",
+                        child.pid
+                    );
+                    child.signal(rustix::process::Signal::KILL);
+                    child.killed = true;
+                }
+                _ => {}
+            }
+        }
     }
 
     fn time_to_next_deadline(&self, now: DateTime<Utc>) -> Duration {
@@ -351,29 +494,33 @@ impl Scheduler {
             else {
                 return;
             };
-            if let Err(e) = self.spawn(&name, now) {
-                tracing::error!("Cannot start the backup of {name}: {e}");
+            if let Err(failure) = self.spawn(&name, now) {
+                tracing::error!("Job {name} failed: {}", failure.describe());
                 let job = self.jobs.get_mut(&name).expect("queued job exists");
-                fail(job, now);
+                job.failure = Some(failure);
+                fail(&name, job, now);
+                reschedule(job, now);
             }
         }
     }
 
-    fn spawn(&mut self, name: &str, _now: DateTime<Utc>) -> Result<()> {
+    fn spawn(&mut self, name: &str, _now: DateTime<Utc>) -> std::result::Result<(), Failure> {
+        if !self.config.base_dir.is_dir() {
+            return Err(Failure::BaseDirMissing(self.config.base_dir.clone()));
+        }
         let dir = self.job_dir(name);
         let job = self.jobs.get(name).expect("queued job exists");
-        write_job_config(&dir, &job.def)?;
+        let start = |e: Error| Failure::Start(e.to_string());
+        write_job_config(&dir, &job.def).map_err(start)?;
         let log_path = dir.join("backy.log");
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(Error::io("cannot open job log", &log_path))?;
-        let err = log
-            .try_clone()
-            .map_err(Error::io("cannot open job log", &log_path))?;
+            .map_err(|e| start(Error::io("cannot open job log", &log_path)(e)))?;
         let tags = job.run_tags.iter().cloned().collect::<Vec<_>>().join(",");
-        let mut child = Command::new(&self.backy)
+        let mut command = Command::new(&self.backy);
+        command
             .arg("-b")
             .arg(&dir)
             .arg("-l")
@@ -381,23 +528,61 @@ impl Scheduler {
             .args(["backup", &tags])
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(err)
+            .stderr(Stdio::piped());
+        let mut child = command
             .spawn()
-            .map_err(|e| Error::Other(format!("cannot run {}: {e}", self.backy.display())))?;
+            .map_err(|e| Failure::Start(format!("cannot run {}: {e}", self.backy.display())))?;
         let pid = child.id();
-        tracing::info!("Job {name} started (pid {pid}) with tags {tags}");
+        tracing::info!(
+            "Job {name} started (pid {pid}) with tags {tags}: {}",
+            crate::logging::shell_words(
+                std::iter::once(command.get_program()).chain(command.get_args())
+            )
+        );
+        let stderr = child.stderr.take();
+        let child = Arc::new(Mutex::new(child));
+        let (last_tx, last_rx) = channel();
+        if let Some(stderr) = stderr {
+            let job_name = name.to_string();
+            std::thread::spawn(move || {
+                let _ = last_tx.send(forward_stderr(&job_name, stderr, &log_path));
+            });
+        }
         let sender = self.sender.clone();
         let job_name = name.to_string();
+        let waited = child.clone();
         std::thread::spawn(move || {
-            let code = child.wait().ok().and_then(|s| s.code());
+            let status = loop {
+                let status = waited.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
+                match status {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(_) => break None,
+                }
+            };
+            // The reader ends with the pipe, unless a grandchild still holds it.
+            let last_line = last_rx.recv_timeout(Duration::from_secs(2)).ok().flatten();
             let _ = sender.send(Event::Exited {
                 job: job_name,
-                code,
+                code: status.and_then(|s| s.code()),
+                signal: status.and_then(|s| s.signal()),
+                last_line,
             });
         });
+        let timeout = self.config.run_timeout(name);
+        self.children.insert(
+            name.to_string(),
+            Running {
+                child,
+                pid,
+                started: Instant::now(),
+                timeout,
+                stopping: None,
+                killed: false,
+            },
+        );
         let job = self.jobs.get_mut(name).expect("queued job exists");
         job.phase = Phase::Running;
-        job.pid = Some(pid);
         job.started = Some(Utc::now());
         Ok(())
     }
@@ -405,7 +590,12 @@ impl Scheduler {
     fn handle(&mut self, event: Event) {
         let now = Utc::now();
         match event {
-            Event::Exited { job: name, code } => self.finished(&name, code, now),
+            Event::Exited {
+                job: name,
+                code,
+                signal,
+                last_line,
+            } => self.finished(&name, code, signal, last_line, now),
             Event::RunNow(name) => {
                 if let Some(job) = self.jobs.get_mut(&name)
                     && matches!(job.phase, Phase::Waiting | Phase::Failed | Phase::Finished)
@@ -420,22 +610,20 @@ impl Scheduler {
             }
             Event::Terminate => {
                 if !self.terminating {
-                    tracing::info!("Terminating: stopping {} running backups", self.running());
+                    tracing::info!(
+                        "Terminating: stopping {}",
+                        status::count(self.running(), "running backup")
+                    );
                     self.terminating = true;
                     for job in self.jobs.values_mut() {
                         if job.phase == Phase::Queued {
                             job.phase = Phase::Waiting;
                         }
-                        if let (Phase::Running, Some(pid)) = (job.phase, job.pid) {
-                            // The backup dies with an incomplete revision, which no
-                            // command chooses and the next backup removes.
-                            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                                let _ = rustix::process::kill_process(
-                                    pid,
-                                    rustix::process::Signal::TERM,
-                                );
-                            }
-                        }
+                    }
+                    // A stopped backup removes its incomplete revision (or the
+                    // next backup does), which no command chooses meanwhile.
+                    for child in self.children.values() {
+                        child.signal(rustix::process::Signal::TERM);
                     }
                 }
             }
@@ -454,9 +642,9 @@ impl Scheduler {
                     self.config.base_dir = base_dir;
                     self.apply_config(now);
                     tracing::info!(
-                        "Reloaded {}: {} jobs",
+                        "Reloaded {}: {}",
                         self.config_path.display(),
-                        self.jobs.len()
+                        status::count(self.jobs.len(), "job")
                     );
                 }
                 Err(e) => tracing::error!("Keeping the old configuration: {e}"),
@@ -464,34 +652,57 @@ impl Scheduler {
         }
     }
 
-    fn finished(&mut self, name: &str, code: Option<i32>, now: DateTime<Utc>) {
+    fn finished(
+        &mut self,
+        name: &str,
+        code: Option<i32>,
+        signal: Option<i32>,
+        last_line: Option<String>,
+        now: DateTime<Utc>,
+    ) {
         let dir = self.job_dir(name);
+        let child = self.children.remove(name);
+        let timed_out = child.as_ref().and_then(|c| c.stopping.and(c.timeout));
+        let failure = classify(code, signal, last_line, timed_out);
+        let log_hint = format!("see {}", dir.join("backy.log").display());
         let Some(job) = self.jobs.get_mut(name) else {
+            match &failure {
+                None => tracing::info!("Job {name} (removed from the config) finished"),
+                Some(f) => tracing::error!(
+                    "Job {name} (removed from the config) failed: {} ({log_hint})",
+                    f.describe()
+                ),
+            }
             return;
         };
-        job.pid = None;
-        if code == Some(0) {
-            tracing::info!("Job {name} finished");
-            job.failures = 0;
-            job.backoff_until = None;
-            job.phase = Phase::Finished;
-            job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
-            match expire::expire(&dir, &job.schedule, now, false) {
-                Ok(plan) => tracing::debug!("Retention for {name}:\n{plan}"),
-                Err(e) => tracing::warn!("Could not expire revisions of {name}: {e}"),
+        match failure {
+            None => {
+                tracing::info!("Job {name} finished");
+                job.failures = 0;
+                job.backoff_until = None;
+                job.phase = Phase::Finished;
+                job.failure = None;
+                job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
+                match expire::expire(&dir, &job.schedule, now, false) {
+                    Ok(plan) => tracing::debug!("Retention for {name}:\n{plan}"),
+                    Err(e) => tracing::warn!("Could not expire revisions of {name}: {e}"),
+                }
             }
-        } else {
-            match code {
-                Some(c) => tracing::error!(
-                    "Job {name} failed with exit code {c} (see {}/backy.log)",
-                    dir.display()
-                ),
-                None => tracing::error!(
-                    "Job {name} was killed by a signal (see {}/backy.log)",
-                    dir.display()
-                ),
+            Some(failure) => {
+                match &failure {
+                    Failure::SourceWritten => tracing::error!(
+                        "Job {name}: backup failed: {} ({log_hint})",
+                        failure.describe()
+                    ),
+                    Failure::Exit(..) => tracing::error!(
+                        "Job {name} failed with {} ({log_hint})",
+                        failure.describe()
+                    ),
+                    f => tracing::error!("Job {name} failed: {} ({log_hint})", f.describe()),
+                }
+                job.failure = Some(failure);
+                fail(name, job, now);
             }
-            fail(job, now);
         }
         (job.history, job.warnings) = load_history(&dir, now);
         reschedule(job, now);
@@ -530,6 +741,16 @@ impl Scheduler {
                     next_time: format_time(Some(effective_deadline(job))),
                     next_tags: join_tags(&job.schedule, &job.next.tags),
                     warnings: job.warnings.clone(),
+                    last_failure: job
+                        .failure
+                        .as_ref()
+                        .map(Failure::describe)
+                        .unwrap_or_default(),
+                    last_failure_kind: job
+                        .failure
+                        .as_ref()
+                        .map(|f| f.kind().to_string())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -537,8 +758,16 @@ impl Scheduler {
             .last_status_write
             .is_none_or(|t| t.elapsed() >= self.config.status_interval);
         if due || self.terminating {
-            if let Err(e) = write_status_file(&self.config.status_file, &statuses) {
-                tracing::error!("{e}");
+            // Said once per new problem, not every status-interval.
+            match write_status_file(&self.config.status_file, &statuses) {
+                Ok(()) => self.status_error = None,
+                Err(e) => {
+                    let text = e.to_string();
+                    if self.status_error.as_ref() != Some(&text) {
+                        tracing::error!("{text}");
+                        self.status_error = Some(text);
+                    }
+                }
             }
             self.last_status_write = Some(Instant::now());
         }
@@ -553,12 +782,83 @@ fn effective_deadline(job: &JobState) -> DateTime<Utc> {
     }
 }
 
-fn fail(job: &mut JobState, now: DateTime<Utc>) {
+fn fail(name: &str, job: &mut JobState, now: DateTime<Utc>) {
     job.failures += 1;
     job.phase = Phase::Failed;
     let wait = backoff(job.failures);
     job.backoff_until = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
-    tracing::info!("Retrying in {} minutes", wait.as_secs() / 60);
+    tracing::info!(
+        "Job {name}: retrying in {}",
+        status::count((wait.as_secs() / 60) as usize, "minute")
+    );
+}
+
+/// Copies a child's stderr into its job log, except its closing `backy: ...`
+/// summary, which the child logged already (so no error is in the log twice).
+/// A log that cannot be written gets one line in the scheduler's own log.
+/// Returns the summary's first line, else the last line seen.
+/// Why a child's run failed, from its exit status, the reason it gave and
+/// whether the scheduler stopped it after `timed_out` (`None`: success).
+fn classify(
+    code: Option<i32>,
+    signal: Option<i32>,
+    last_line: Option<String>,
+    timed_out: Option<Duration>,
+) -> Option<Failure> {
+    match (code, timed_out) {
+        (Some(0), _) => None,
+        (_, Some(after)) => Some(Failure::TimedOut(after)),
+        (Some(EXIT_SOURCE_WRITTEN), _) => Some(Failure::SourceWritten),
+        (Some(c), _) => Some(Failure::Exit(c, last_line)),
+        (None, _) => Some(Failure::Signal(signal.unwrap_or(0), last_line)),
+    }
+}
+
+fn forward_stderr(job: &str, stderr: impl std::io::Read, log_path: &Path) -> Option<String> {
+    let mut log = OpenOptions::new().append(true).open(log_path).ok();
+    let mut complained = false;
+    let mut write = |lines: &[String]| {
+        for line in lines {
+            let result = match &mut log {
+                Some(f) => f.write_all(format!("{line}\n").as_bytes()),
+                None => Err(std::io::Error::other("it could not be opened")),
+            };
+            if let Err(e) = result
+                && !complained
+            {
+                complained = true;
+                tracing::warn!(
+                    "Job {job}: cannot write its output to {}: {}; dropped: {line}",
+                    log_path.display(),
+                    crate::error::plain_io(&e)
+                );
+            }
+        }
+    };
+    let (mut held, mut summary, mut last) = (Vec::<String>::new(), None, None);
+    let mut reader = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        if !line.is_empty() {
+            last = Some(line.clone());
+        }
+        if line.starts_with("backy: ") {
+            write(&std::mem::take(&mut held));
+            summary = Some(line.clone());
+            held.push(line);
+        } else if !held.is_empty() {
+            held.push(line);
+        } else {
+            write(&[line]);
+        }
+    }
+    summary.or(last)
 }
 
 /// Sets the next run from the schedule and the history; after a failure the
@@ -609,7 +909,15 @@ fn load_history(dir: &Path, now: DateTime<Utc>) -> (History, Vec<String>) {
 
 /// Writes a job's `config` before its run, only when it changed.
 fn write_job_config(dir: &Path, def: &JobDef) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(Error::io("cannot create job directory", dir))?;
+    std::fs::create_dir(dir)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(Error::io("cannot create job directory", dir))?;
     let text = def.job_config().to_yaml();
     let path = dir.join("config");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
@@ -643,4 +951,61 @@ pub fn run_forever(config_path: &Path) -> Result<()> {
     });
     scheduler.start_console();
     scheduler.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_told_apart() {
+        let said = Some("backy: cannot open source /x: No such file".to_string());
+        assert_eq!(classify(Some(0), None, said.clone(), None), None);
+        // A run that ended well just after its timeout still counts.
+        assert_eq!(
+            classify(Some(0), None, None, Some(Duration::from_secs(5))),
+            None
+        );
+        let f = classify(Some(143), None, said.clone(), Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(f.kind(), "timeout");
+        assert_eq!(
+            f.describe(),
+            "it ran longer than its run-timeout of 1 minute and was stopped"
+        );
+        let f = classify(Some(75), None, said.clone(), None).unwrap();
+        assert_eq!(f.kind(), "source-written");
+        assert_eq!(
+            f.describe(),
+            "the source was written during the backup (freeze or snapshot it)"
+        );
+        let f = classify(Some(1), None, said.clone(), None).unwrap();
+        assert_eq!(
+            f.describe(),
+            "exit code 1: cannot open source /x: No such file"
+        );
+        let f = classify(None, Some(9), None, None).unwrap();
+        assert_eq!(
+            (f.kind(), f.describe().as_str()),
+            ("signal", "killed by signal 9")
+        );
+    }
+
+    #[test]
+    fn stderr_goes_to_the_job_log_except_the_closing_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("backy.log");
+        std::fs::write(&log, "").unwrap();
+        let stderr =
+            "thread noise\nbacky: first\nsecond line of it\nmore\nbacky: the error\nits detail\n";
+        let reason = forward_stderr("j", stderr.as_bytes(), &log);
+        assert_eq!(reason.as_deref(), Some("backy: the error"));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "thread noise\nbacky: first\nsecond line of it\nmore\n"
+        );
+        // Without a summary the last line is the reason; a log that cannot be
+        // written loses the lines, not the reason.
+        let reason = forward_stderr("j", "a\nb\n\n".as_bytes(), &dir.path().join("none/log"));
+        assert_eq!(reason.as_deref(), Some("b"));
+    }
 }

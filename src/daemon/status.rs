@@ -32,12 +32,45 @@ pub struct JobStatus {
     /// `backy check` reports them as WARNING.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Why the latest run failed, for people (absent after a success; we add it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_failure: String,
+    /// The same as a word for programs: `source-written`, `timeout`, `exit`,
+    /// `signal`, `start` or `base-dir-missing` (absent after a success).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_failure_kind: String,
 }
 
 impl JobStatus {
     /// Whether the job is within its SLA.
     pub fn ok(&self) -> bool {
         self.sla == "OK"
+    }
+
+    /// Whether the latest run failed because the source was written meanwhile.
+    pub fn source_written(&self) -> bool {
+        self.last_failure_kind == "source-written"
+    }
+}
+
+/// A duration in the largest whole unit: `10 minutes`, `1 hour`, `90 seconds`.
+pub fn duration_text(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s.is_multiple_of(3600) {
+        count((s / 3600) as usize, "hour")
+    } else if s >= 60 && s.is_multiple_of(60) {
+        count((s / 60) as usize, "minute")
+    } else {
+        count(s as usize, "second")
+    }
+}
+
+/// `1 job`, `2 jobs`: a count with its noun.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -129,6 +162,8 @@ mod tests {
             next_time: "2015-11-06 11:56:10 UTC".into(),
             next_tags: "daily,weekly".into(),
             warnings: Vec::new(),
+            last_failure: String::new(),
+            last_failure_kind: String::new(),
         }
     }
 
@@ -141,6 +176,23 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.starts_with("- job: test01\n  sla: OK\n  status: waiting for deadline\n  last_time: 2015-11-05 11:56:10 UTC\n"), "{text}");
         assert_eq!(read_status_file(&p).unwrap(), jobs);
+        assert!(!text.contains("last_failure"), "{text}");
+        // A failure is told apart; files without the keys (older versions) read.
+        let mut failed = job("test03", "OK");
+        failed.status = "failed".into();
+        failed.last_failure = "the source was written during the backup".into();
+        failed.last_failure_kind = "source-written".into();
+        write_status_file(&p, std::slice::from_ref(&failed)).unwrap();
+        let back = read_status_file(&p).unwrap();
+        assert!(back[0].source_written());
+        assert_eq!(back, [failed]);
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(0, "job"), "0 jobs");
+        assert_eq!(count(1, "job"), "1 job");
+        assert_eq!(count(2, "minute"), "2 minutes");
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub fn read_sequential_ahead(
         };
         let mut held: Option<Chunk> = None;
         for item in rx.iter() {
+            // A long read stops at the next chunk on SIGTERM/SIGINT.
+            crate::interrupt::check()?;
+            if crate::failpoint::active("slow-read") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
             let chunk = item?;
             handle(Stage::Ahead, &chunk)?;
             if let Some(previous) = held.replace(chunk) {

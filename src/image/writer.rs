@@ -359,6 +359,9 @@ impl ImageWriter {
     }
 
     fn patch_block(&mut self, block: u64, data: &[u8], digest: Digest, known: Known) -> Result<()> {
+        // Sources that do not read through `read_sequential` (Ceph diffs) stop
+        // here on SIGTERM/SIGINT.
+        crate::interrupt::check()?;
         self.patch(block, data, digest, known)?;
         // Only now is the block final on disk, ready for the verifier to read.
         if let Some(v) = &mut self.verifier {

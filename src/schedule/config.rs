@@ -8,6 +8,9 @@
 //!   status-interval: 30           # seconds (or 30s, 1m, ...), default 30
 //!   telnet-addrs: "::1, 127.0.0.1"   # default; "" disables the console
 //!   telnet-port: 6023             # default
+//!   run-timeout: 1d               # stop a backup running longer; default: the
+//!                                 # job's shortest interval (also per job)
+//!   console-timeout: 10m          # close idle console connections, default 10m
 //! schedules:
 //!   default:
 //!     daily:   {interval: 1d,  keep: 9}
@@ -43,6 +46,8 @@ pub const DEFAULT_STATUS_INTERVAL: u64 = 30;
 pub const DEFAULT_TELNET_ADDRS: &str = "::1, 127.0.0.1";
 /// `telnet-port` when the configuration does not name one.
 pub const DEFAULT_TELNET_PORT: u16 = 6023;
+/// `console-timeout` in seconds when the configuration does not name one.
+pub const DEFAULT_CONSOLE_TIMEOUT: u64 = 10 * MINUTE;
 /// The longest interval a tag may have (100 years): keeps `keep * interval`
 /// and every time computed from it far inside the range of a date.
 pub const MAX_INTERVAL: u64 = 36_500 * DAY;
@@ -67,6 +72,11 @@ pub struct Config {
     pub telnet_addrs: Vec<IpAddr>,
     /// The telnet console's port (0: any free port, for tests).
     pub telnet_port: u16,
+    /// `run-timeout` of the global section: how long a backup may run before
+    /// it is stopped, for jobs that set none (`None`: the job's shortest interval).
+    pub run_timeout: Option<Duration>,
+    /// How long a console connection may stay idle before it is closed.
+    pub console_timeout: Duration,
     /// Schedules by name.
     pub schedules: BTreeMap<String, Schedule>,
     /// Jobs by name.
@@ -103,6 +113,8 @@ pub struct JobDef {
     pub source: SourceConfig,
     /// The operator allows full copies where reflinks are impossible.
     pub allow_copy: bool,
+    /// The job's own `run-timeout`, if it sets one.
+    pub run_timeout: Option<Duration>,
 }
 
 impl JobDef {
@@ -232,6 +244,18 @@ impl Config {
         self.jobs
             .get(job)
             .and_then(|j| self.schedules.get(&j.schedule))
+    }
+
+    /// How long a run of `job` may take before the scheduler stops it: the
+    /// job's `run-timeout`, else the global one, else the shortest interval of
+    /// its schedule (a run that takes longer has missed its next slot anyway).
+    pub fn run_timeout(&self, job: &str) -> Option<Duration> {
+        let def = self.jobs.get(job)?;
+        def.run_timeout.or(self.run_timeout).or_else(|| {
+            self.schedules
+                .get(&def.schedule)
+                .map(|s| Duration::from_secs(s.min_interval().max(1)))
+        })
     }
 
     /// The directory of a job.
@@ -435,6 +459,41 @@ jobs:
             JobConfig::parse(&c.jobs["c"].job_config().to_yaml()).unwrap(),
             c.jobs["c"].job_config()
         );
+    }
+
+    #[test]
+    fn run_and_console_timeouts() {
+        let jobs = "jobs:\n  a: {schedule: s, source: {type: file, filename: /a}}\n  b: {schedule: s, run-timeout: 90s, source: {type: file, filename: /b}}\n";
+        let schedules =
+            "schedules: {s: {hourly: {interval: 1h, keep: 24}, daily: {interval: 1d, keep: 9}}}\n";
+        let c = Config::parse(&format!("{schedules}{jobs}")).unwrap();
+        // Default: the shortest interval; a job's own key wins.
+        assert_eq!(c.run_timeout("a"), Some(Duration::from_secs(3600)));
+        assert_eq!(c.run_timeout("b"), Some(Duration::from_secs(90)));
+        assert_eq!(c.run_timeout("nope"), None);
+        assert_eq!(c.console_timeout, Duration::from_secs(600));
+        let c = Config::parse(&format!(
+            "global: {{run-timeout: 2h, console-timeout: 5}}\n{schedules}{jobs}"
+        ))
+        .unwrap();
+        assert_eq!(c.run_timeout("a"), Some(Duration::from_secs(7200)));
+        assert_eq!(c.run_timeout("b"), Some(Duration::from_secs(90)));
+        assert_eq!(c.console_timeout, Duration::from_secs(5));
+        let bad = format!(
+            "global: {{run-timeout: soon, console-timeout: 0}}\n{schedules}{}",
+            jobs.replace("90s", "-1")
+        );
+        let errors = errors(&bad);
+        for key in [
+            "global.run-timeout: 'soon' is not an interval",
+            "global.console-timeout: '0' is zero",
+            "jobs.b.run-timeout: ",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key}: {errors:#?}"
+            );
+        }
     }
 
     #[test]

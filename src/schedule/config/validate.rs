@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde_norway::{Mapping, Value};
 
 use super::{
-    Config, DEFAULT_BASE_DIR, DEFAULT_STATUS_INTERVAL, DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT,
-    DEFAULT_WORKER_LIMIT, JobDef, Schedule, TagRule, parse_interval,
+    Config, DEFAULT_BASE_DIR, DEFAULT_CONSOLE_TIMEOUT, DEFAULT_STATUS_INTERVAL,
+    DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT, DEFAULT_WORKER_LIMIT, JobDef, Schedule, TagRule,
+    parse_interval,
 };
 use crate::config::{JobConfig, SourceConfig};
 
@@ -19,17 +20,19 @@ use crate::config::{JobConfig, SourceConfig};
 const LATER_VERSION_KEYS: [&str; 3] = ["backend", "backup-completed-callback", "cow"];
 /// Top-level sections of backy 2.5 (its HTTP API and peers); accepted with a warning.
 const LATER_VERSION_SECTIONS: [&str; 2] = ["api", "peers"];
-const GLOBAL_KEYS: [&str; 6] = [
+const GLOBAL_KEYS: [&str; 8] = [
     "base-dir",
     "worker-limit",
     "status-file",
     "status-interval",
     "telnet-addrs",
     "telnet-port",
+    "run-timeout",
+    "console-timeout",
 ];
 const TOP_KEYS: [&str; 4] = ["global", "config", "schedules", "jobs"];
 const TAG_KEYS: [&str; 2] = ["interval", "keep"];
-const JOB_KEYS: [&str; 3] = ["schedule", "source", "allow-copy"];
+const JOB_KEYS: [&str; 4] = ["schedule", "source", "allow-copy", "run-timeout"];
 const SOURCE_TYPES: [&str; 3] = ["file", "ceph-rbd", "flyingcircus"];
 
 /// Parses the text of a configuration file: see [`Config::parse`].
@@ -68,6 +71,8 @@ pub(super) fn parse(text: &str) -> std::result::Result<Config, String> {
         status_interval: global.status_interval,
         telnet_addrs: global.telnet_addrs,
         telnet_port: global.telnet_port,
+        run_timeout: global.run_timeout,
+        console_timeout: global.console_timeout,
         schedules,
         jobs,
         warnings: p.warnings,
@@ -241,6 +246,8 @@ struct Global {
     status_interval: Duration,
     telnet_addrs: Vec<IpAddr>,
     telnet_port: u16,
+    run_timeout: Option<Duration>,
+    console_timeout: Duration,
 }
 
 fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
@@ -306,6 +313,9 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
             Vec::new()
         }),
     };
+    let run_timeout = optional_interval(map.get("run-timeout"), &at("run-timeout"), p);
+    let console_timeout = optional_interval(map.get("console-timeout"), &at("console-timeout"), p)
+        .unwrap_or(Duration::from_secs(DEFAULT_CONSOLE_TIMEOUT));
     Global {
         base_dir,
         worker_limit,
@@ -313,7 +323,18 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
         status_interval: Duration::from_secs(status_interval),
         telnet_addrs,
         telnet_port,
+        run_timeout,
+        console_timeout,
     }
+}
+
+/// An optional interval key (`run-timeout: 2h`); a bad value is reported.
+fn optional_interval(value: Option<&Value>, path: &str, p: &mut Problems) -> Option<Duration> {
+    let value = value?;
+    interval_value(value)
+        .map(Duration::from_secs)
+        .map_err(|e| p.error(path, e))
+        .ok()
 }
 
 /// A path value that must be absolute (the scheduler and `backy check` run
@@ -625,12 +646,14 @@ fn parse_job(
             None
         }
     };
+    let run_timeout = optional_interval(job.get("run-timeout"), &join(path, "run-timeout"), p);
     let (source, source_allows_copy) = source?;
     Some(JobDef {
         name: name.to_string(),
         schedule: schedule?,
         source,
         allow_copy: allow_copy || source_allows_copy,
+        run_timeout,
     })
 }
 
