@@ -26,9 +26,25 @@ pub fn format_duration(d: Option<f64>) -> String {
     }
 }
 
+/// `1 job`, `2 jobs`: a count with its noun (regular plurals only).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(0, "job"), "0 jobs");
+        assert_eq!(count(1, "job"), "1 job");
+        assert_eq!(count(2, "minute"), "2 minutes");
+    }
 
     #[test]
     fn sizes() {

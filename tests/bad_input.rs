@@ -922,6 +922,21 @@ fn output_errors_are_not_panics() {
     let (code, stderr) = with_stdout(backy().arg("check").arg("-c").arg(&conf), full().into());
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+    // `restore - | head`: the reader going away ends the restore quietly too; a
+    // full stdout names the filesystem that is full.
+    let restore = || {
+        let mut c = backy_job(&job);
+        c.args(["restore", "-r", "0", "-"]);
+        c
+    };
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let (code, stderr) = with_stdout(&mut restore(), writer.into());
+    assert_eq!(code, Some(141), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    let (code, stderr) = with_stdout(&mut restore(), full().into());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is full"), "{stderr}");
 }
 
 /// Issue 9: SIGTERM or SIGINT stops a backup cleanly: the incomplete revision

@@ -454,7 +454,7 @@ fn verify_says_what_it_cannot_check() {
     )
     .unwrap();
     run_ok(backy_job(&job).arg("status")).stdout_has(
-        "1 revisions containing 1.00 MiB data (estimated); 1 incomplete revision not counted\n",
+        "1 revision containing 1.00 MiB data (estimated); 1 incomplete revision not counted\n",
     );
 }
 

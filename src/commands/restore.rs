@@ -380,9 +380,15 @@ impl Restore<'_> {
         let note = "stdout got only part of the image";
         self.copy(None, Sink::Dense(&mut out, name), note)
             .and_then(|()| out.flush().map_err(Error::io("cannot write", name)))
-            .map_err(|e| match &real {
-                Some(p) if p.is_absolute() => full_target(e, p, Some(p), note),
-                _ => e,
+            .map_err(|e| match (e, &real) {
+                // A reader that went away (`restore - | head`) ends the restore quietly.
+                (Error::Io { source, .. }, _)
+                    if source.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Error::Output { source }
+                }
+                (e, Some(p)) if p.is_absolute() => full_target(e, p, Some(p), note),
+                (e, _) => e,
             })
     }
 

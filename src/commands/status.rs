@@ -88,8 +88,8 @@ pub fn render_table(revisions: &[Revision]) -> String {
     let total: u64 = complete.iter().map(|r| r.bytes_written()).sum();
     let incomplete = revisions.len() - complete.len();
     format!(
-        "{table}\n{} revisions containing {} data (estimated){}\n",
-        complete.len(),
+        "{table}\n{} containing {} data (estimated){}\n",
+        crate::units::count(complete.len(), "revision"),
         format_bytes(total),
         match incomplete {
             0 => String::new(),

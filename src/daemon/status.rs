@@ -65,14 +65,7 @@ pub fn duration_text(d: std::time::Duration) -> String {
     }
 }
 
-/// `1 job`, `2 jobs`: a count with its noun.
-pub fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
+pub use crate::units::count;
 
 /// Writes the status file atomically.
 pub fn write_status_file(path: &Path, jobs: &[JobStatus]) -> Result<()> {
@@ -186,13 +179,6 @@ mod tests {
         let back = read_status_file(&p).unwrap();
         assert!(back[0].source_written());
         assert_eq!(back, [failed]);
-    }
-
-    #[test]
-    fn counts_are_singular_for_one() {
-        assert_eq!(count(0, "job"), "0 jobs");
-        assert_eq!(count(1, "job"), "1 job");
-        assert_eq!(count(2, "minute"), "2 minutes");
     }
 
     #[test]
