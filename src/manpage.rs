@@ -516,6 +516,13 @@ Applies the retention rules of the job's schedule (see SCHEDULING) to the job gi
 with `-b`, under the job's backup lock, as the scheduler does after each run.",
     ),
     (
+        "nbd-server",
+        "\
+Serves the job's revisions to NBD clients until SIGINT or SIGTERM (see NBD SERVER).
+`-p 0` picks a free port; the log line `Serving the revisions of ... on ADDR:PORT`
+says which.",
+    ),
+    (
         "completions",
         "\
 For example `backy completions bash > /etc/bash_completion.d/backy`, or for zsh
@@ -532,6 +539,7 @@ const SECTIONS: &[&str] = &[
     SCHEDULING,
     MONITORING,
     CONSOLE,
+    NBD_SERVER,
     LOGGING,
     ENVIRONMENT,
     EXIT_STATUS,
@@ -936,6 +944,51 @@ the reason. At most 32 clients are served at once; a connection that sends nothi
 for `console-timeout` (default 10 minutes) is told so and closed.
 ";
 
+const NBD_SERVER: &str = "\
+# NBD SERVER
+`backy nbd-server` serves the job's complete revisions over the NBD protocol (fixed
+newstyle handshake) to `nbd-client`, `qemu-img`, `qemu-io`, `nbdinfo`, `nbdcopy`,
+`nbdfuse` and other clients. It listens on 127.0.0.1 port 9000 unless `-H`, `-p` or
+`--socket` say otherwise; a non-loopback address gets a warning, since NBD has no
+authentication.
+
+The export name is any revision specification (see REVISION SPECIFICATIONS): an
+ID, a number, a tag, `last`, a unique prefix; the empty name is the newest
+revision. Listing the exports (`nbd-client -l`, `nbdinfo --list`) shows the bare
+IDs, newest first, with date and tags as descriptions. Incomplete and damaged
+revisions are never served. Reads of holes are reported as holes (structured
+replies, `base:allocation` block status), so `qemu-img convert` and `nbdcopy` write
+sparse copies.
+
+Exports are read-only: writes get `EPERM`. With `--overlay` each export is writable
+through a throw-away reflink clone of the revision (`.nbd-overlay.*` in the job
+directory), shared by all connections to that export and removed when the last one
+disconnects; a filesystem whose journal needs recovery can then be mounted. The
+revision itself never changes.
+
+The server takes no job lock: backups and expiry run as usual. A client that is
+reading a revision that `expire` or `forget` removes goes on reading it until it
+disconnects; the revision is no longer listed.
+
+Limits: `--max-connections` (default 16) connections at once (more are refused with
+a message), 64 options and 30 seconds per handshake, 64 KiB of option data, names
+of 4096 bytes, 32 MiB per request. There is no idle timeout once an export is open:
+a mount may sit idle for hours. SIGINT or SIGTERM lets requests in flight finish.
+
+Single-file restore on a machine with the nbd kernel module (`-b 512` for kernels
+whose default block size is larger than the guest's sectors):
+
+```
+cd /srv/backy/vm01; backy nbd-server
+nbd-client -b 512 -N daily localhost 9000 /dev/nbd0
+mount -o ro /dev/nbd0p1 /mnt/restore
+```
+
+Without it, `nbdfuse` makes the export a file that a loop device can mount at the
+partition's offset (see EXAMPLES). A VM can even run straight from a revision with
+`--overlay`: `qemu-system-x86_64 -drive file=nbd://127.0.0.1:9000/daily,format=raw ...`.
+";
+
 const LOGGING: &str = "\
 # LOGGING
 Without `-l`, log lines go to standard error, never to standard output, so that
@@ -1086,15 +1139,25 @@ cp --reflink=always \"$(backy find -r daily)\" /tmp/vm01.img
 backy restore -r 1 - | rbd import - rbd/vm01.restored
 ```
 
-Get files out of a revision without copying it:
+Get files out of a revision without copying it, with a loop device at the
+partition's offset (`fdisk -l` or `parted ... unit B print` tell the offset;
+1048576 is the usual first partition):
 
 ```
 cd /srv/backy/vm01
-kpartx -av \"$(backy find -r daily)\"
-mount -o ro /dev/mapper/loop0p1 /mnt/restore
+losetup --find --show -r -o 1048576 \"$(backy find -r daily)\"
+mount -o ro /dev/loop0 /mnt/restore
 cp /mnt/restore/home/user/important-file /tmp/
-umount /mnt/restore
-kpartx -d \"$(backy find -r daily)\"
+umount /mnt/restore; losetup -d /dev/loop0
+```
+
+The same through NBD, from another machine or with a dirty journal (see NBD SERVER):
+
+```
+cd /srv/backy/vm01; backy nbd-server --overlay &
+nbdfuse /mnt/nbd/disk nbd://127.0.0.1:9000/daily &
+losetup --find --show -o 1048576 /mnt/nbd/disk
+mount /dev/loop0 /mnt/restore
 ```
 
 Run the scheduler in the foreground and check it:
