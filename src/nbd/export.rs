@@ -263,6 +263,8 @@ impl JobCatalog {
                 path.display()
             ));
         }
+        // Clients mostly read whole images in order (nbdcopy, qemu-img convert).
+        sys::advise_sequential(&file);
         Ok((file, meta.len()))
     }
 
