@@ -3,11 +3,15 @@
 //! Everything that reads or writes revision images goes through this module;
 //! sources see only [`writer::ImageWriter`].
 
+pub mod blockset;
 pub mod prefetch;
 pub mod reader;
 pub mod sums;
 pub mod verify;
 pub mod writer;
+
+/// 1 MiB of zeros, for writing zeros without allocating them.
+pub(crate) static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -135,7 +139,6 @@ pub fn copy_checked(
     mut sink: Sink<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Option<u64>> {
-    static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
     let size = file_size(src, src_path)?;
     let bs = manifest
         .as_ref()

@@ -11,11 +11,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::VerifyReport;
+pub use super::blockset::BlockSet;
 use super::prefetch::Prefetcher;
 use super::reader::read_full_at;
 use super::sums::{Digest, Manifest, is_zero};
 use super::verify::InlineVerifier;
+use super::{VerifyReport, ZEROS};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -49,7 +50,7 @@ pub struct ImageWriter {
     parent_digests_trusted: bool,
     /// Without trusted digests: which blocks got a digest (one bit per block), so
     /// `finish` can hash the rest from the image.
-    touched: Vec<u64>,
+    touched: BlockSet,
     punch_supported: bool,
     old: Vec<u8>,
     stats: WriteStats,
@@ -62,7 +63,7 @@ pub struct ImageWriter {
     /// The filesystem answers `SEEK_DATA`.
     seek_data_supported: bool,
     /// Blocks whose bytes this backup wrote or punched (one bit per block).
-    changed: Vec<u64>,
+    changed: BlockSet,
 }
 
 impl ImageWriter {
@@ -82,7 +83,7 @@ impl ImageWriter {
             path: path.to_owned(),
             manifest,
             parent_digests_trusted,
-            touched: Vec::new(),
+            touched: BlockSet::default(),
             punch_supported: true,
             old: Vec::new(),
             stats: WriteStats::default(),
@@ -90,7 +91,7 @@ impl ImageWriter {
             prefetcher: None,
             hole: None,
             seek_data_supported: true,
-            changed: Vec::new(),
+            changed: BlockSet::default(),
         };
         if !parent_digests_trusted {
             writer.resize_touched();
@@ -149,8 +150,7 @@ impl ImageWriter {
             .map_err(Error::io("cannot resize image", &self.path))?;
         self.hole = None;
         self.manifest.resize(size)?;
-        self.changed
-            .truncate(self.manifest.blocks().div_ceil(64) as usize);
+        self.changed.resize(self.manifest.blocks());
         // The block whose length changed (the old tail on a grow, the new tail on
         // a shrink) keeps a digest of its old length; a source that does not
         // rewrite it (a diff) would leave that digest stale.
@@ -168,19 +168,15 @@ impl ImageWriter {
         } else {
             self.resize_touched();
             if let Some(block) = boundary {
-                self.touched[(block / 64) as usize] &= !(1 << (block % 64));
+                self.touched.remove(block);
             }
         }
         Ok(())
     }
 
-    /// Fits the touched-bit set to the block count; bits beyond the end clear.
+    /// Fits the touched set to the block count; blocks beyond the end leave it.
     fn resize_touched(&mut self) {
-        let blocks = self.blocks();
-        if let Some(w) = self.touched.get_mut((blocks / 64) as usize) {
-            *w &= (1u64 << (blocks % 64)).wrapping_sub(1);
-        }
-        self.touched.resize(blocks.div_ceil(64) as usize, 0);
+        self.touched.resize(self.blocks());
     }
 
     /// Makes block `block` equal to `data` (a full block, or the short tail block).
@@ -291,25 +287,24 @@ impl ImageWriter {
     fn mark_changed(&mut self, offset: u64, len: u64) {
         let bs = self.block_size();
         let blocks = self.blocks();
-        self.changed.resize(blocks.div_ceil(64) as usize, 0);
+        if self.changed.limit() != blocks {
+            self.changed.resize(blocks);
+        }
         for block in offset / bs..(offset + len).div_ceil(bs).min(blocks) {
-            self.changed[(block / 64) as usize] |= 1 << (block % 64);
+            self.changed.insert(block);
         }
     }
 
     /// The blocks this backup wrote or punched (so far).
     pub fn changed(&self) -> BlockSet {
-        BlockSet {
-            words: self.changed.clone(),
-            limit: self.blocks(),
-        }
+        let mut set = self.changed.clone();
+        set.resize(self.blocks());
+        set
     }
 
     /// Whether block `block` was written or punched by this backup.
     pub fn is_changed(&self, block: u64) -> bool {
-        self.changed
-            .get((block / 64) as usize)
-            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+        self.changed.contains(block)
     }
 
     /// Length of block `block` (the last one may be short).
@@ -384,7 +379,7 @@ impl ImageWriter {
             return self.manifest.set(block, digest);
         }
         if !self.parent_digests_trusted {
-            self.touched[(block / 64) as usize] |= 1 << (block % 64);
+            self.touched.insert(block);
         }
         if digest.is_zero() && known.is_none() && self.is_hole(offset, data.len() as u64)? {
             // A hole of the source over a hole of the image: nothing to read or do.
@@ -499,12 +494,11 @@ impl ImageWriter {
     pub fn finish(mut self) -> Result<(File, Manifest, WriteStats)> {
         if !self.parent_digests_trusted {
             let mut buf = vec![0u8; self.block_size() as usize];
-            for block in 0..self.blocks() {
-                if self.touched[(block / 64) as usize] & (1 << (block % 64)) == 0 {
-                    let len = self.block_len(block);
-                    self.read_block(block, &mut buf[..len])?;
-                    self.manifest.set(block, Digest::of(&buf[..len]))?;
-                }
+            let missing: Vec<u64> = self.touched.missing().collect();
+            for block in missing {
+                let len = self.block_len(block);
+                self.read_block(block, &mut buf[..len])?;
+                self.manifest.set(block, Digest::of(&buf[..len]))?;
             }
         }
         let started = std::time::Instant::now();
@@ -517,52 +511,6 @@ impl ImageWriter {
             started.elapsed().as_secs_f64()
         );
         Ok((self.image, self.manifest, self.stats))
-    }
-}
-
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
-
-/// A set of block numbers (one bit per block).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BlockSet {
-    words: Vec<u64>,
-    limit: u64,
-}
-
-impl BlockSet {
-    /// Whether `block` is in the set.
-    pub fn contains(&self, block: u64) -> bool {
-        block < self.limit
-            && self
-                .words
-                .get((block / 64) as usize)
-                .is_some_and(|w| w & (1 << (block % 64)) != 0)
-    }
-
-    /// How many blocks are in the set.
-    pub fn len(&self) -> u64 {
-        self.iter().count() as u64
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
-    }
-
-    /// The blocks in the set, in order.
-    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.words.iter().enumerate().flat_map(move |(i, &w)| {
-            let mut w = w;
-            std::iter::from_fn(move || {
-                if w == 0 {
-                    return None;
-                }
-                let bit = i as u64 * 64 + u64::from(w.trailing_zeros());
-                w &= w - 1;
-                Some(bit)
-            })
-            .filter(move |&b| b < self.limit)
-        })
     }
 }
 

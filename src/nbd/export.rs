@@ -107,7 +107,7 @@ impl Export {
                 Err(e) => return Err(e),
             }
         }
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let zeros = &crate::image::ZEROS;
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(zeros.len() as u64) as usize;

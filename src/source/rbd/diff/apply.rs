@@ -3,6 +3,7 @@
 use std::io::Read;
 
 use super::format::{DiffError, DiffReader, Record};
+use crate::image::blockset::BlockSet;
 use crate::image::writer::ImageWriter;
 
 /// What a diff must say about its snapshots.
@@ -81,7 +82,7 @@ pub(super) fn apply_records(
     let (mut seen_from, mut seen_to, mut seen_size) = (None, None, false);
     let mut block = vec![0u8; writer.block_size() as usize];
     let mut old = vec![0u8; writer.block_size() as usize];
-    let mut touched = expect.from_snap.is_none().then(Vec::<u64>::new);
+    let mut touched = expect.from_snap.is_none().then(BlockSet::default);
     loop {
         let (at, record) = reader.next_record()?;
         progress(at - reported);
@@ -151,7 +152,7 @@ pub(super) fn apply_records(
                 applied.size = size;
                 seen_size = true;
                 if let Some(t) = touched.as_mut() {
-                    t.resize(writer.blocks().div_ceil(64) as usize, 0);
+                    t.resize(writer.blocks());
                 }
             }
             Record::Write { offset, len } | Record::Zero { offset, len } => {
@@ -169,7 +170,7 @@ pub(super) fn apply_records(
                     len,
                     is_write,
                     (&mut block, &mut old),
-                    touched.as_deref_mut(),
+                    touched.as_mut(),
                 )?;
                 applied.bytes_in_records += len;
             }
@@ -178,7 +179,7 @@ pub(super) fn apply_records(
                     return Err(invalid("data after the end record".into()));
                 }
                 if let Some(t) = &touched {
-                    for index in (0..writer.blocks()).filter(|&i| !is_set(t, i)) {
+                    for index in t.missing() {
                         writer.put_zero_block(index)?;
                     }
                 }
@@ -186,10 +187,6 @@ pub(super) fn apply_records(
             }
         }
     }
-}
-
-fn is_set(bits: &[u64], i: u64) -> bool {
-    bits[(i / 64) as usize] & (1 << (i % 64)) != 0
 }
 
 /// Writes one `w` (data from the stream) or `z` extent, block by block. With
@@ -201,7 +198,7 @@ fn apply_extent(
     len: u64,
     is_write: bool,
     (block, old): (&mut [u8], &mut [u8]),
-    mut touched: Option<&mut [u64]>,
+    mut touched: Option<&mut BlockSet>,
 ) -> Result<(), DiffError> {
     let bs = writer.block_size();
     let end = offset + len;
@@ -213,14 +210,7 @@ fn apply_extent(
         let stop = end.min(start + blen as u64);
         let buf = &mut block[..blen];
         let whole = pos == start && stop == start + blen as u64;
-        let first_touch = match touched.as_deref_mut() {
-            Some(bits) => {
-                let first = !is_set(bits, index);
-                bits[(index / 64) as usize] |= 1 << (index % 64);
-                first
-            }
-            None => false,
-        };
+        let first_touch = touched.as_deref_mut().is_some_and(|t| t.insert(index));
         let changed = (pos - start) as usize..(stop - start) as usize;
         let over = !first_touch && !whole;
         if over {
