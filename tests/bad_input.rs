@@ -101,15 +101,7 @@ impl Fixture {
         .arg(env!("CARGO_BIN_EXE_backy"))
         .arg("-b")
         .arg(&self.job);
-        for var in [
-            "BACKY_CMD",
-            "BACKY_CP",
-            "BACKY_RBD",
-            "CEPH_ARGS",
-            "CEPH_CLUSTER",
-        ] {
-            cmd.env_remove(var);
-        }
+        remove_backy_env(&mut cmd);
         cmd
     }
 
