@@ -1,6 +1,6 @@
-//! Bad input (CONVENTIONS "Errors"): every mistake an operator can make gets one
-//! clear sentence on stderr that names the thing and says what to do, exit code 1
-//! (2 for command-line usage errors), never a panic, and the revisions the job
+//! Bad input: every mistake an operator can make gets one clear sentence on
+//! stderr that names the thing and says what to do, exit code 1 (2 for
+//! command-line usage errors), never a panic, and the revisions the job
 //! already had stay exactly as they were: listed complete, restorable
 //! byte-identical, with no half-made revision or stray file beside them.
 
