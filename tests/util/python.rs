@@ -4,7 +4,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::command::{is_executable, skip};
+use super::command::{is_executable, remove_backy_env, skip};
 
 /// Path of the Python backy 2.1.5 launcher, or return from the calling test
 /// when it must be skipped: `let backy21 = require_python_backy!();`.
@@ -37,11 +37,11 @@ pub fn python_backy() -> Option<PathBuf> {
     }
 }
 
-/// A `Command` for the Python backy at `launcher` (see [`python_backy`]).
+/// A `Command` for the Python backy at `launcher` (see [`python_backy`]), with
+/// [`BACKY_ENV_REMOVED`](super::BACKY_ENV_REMOVED) removed from its environment
+/// as for ours.
 pub fn python_backy_command(launcher: &Path) -> Command {
     let mut cmd = Command::new(launcher);
-    for var in ["BACKY_CMD", "BACKY_CP", "BACKY_RBD"] {
-        cmd.env_remove(var);
-    }
+    remove_backy_env(&mut cmd);
     cmd
 }
