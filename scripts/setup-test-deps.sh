@@ -6,7 +6,7 @@
 #   backy's librbd reads, python3-rbd for the harness's exact writes);
 # - the original Python backy 2.1.5 in a venv at target/backy21, with the
 #   launcher target/backy21/bin/backy21 that the tests run as the peer
-#   (tests/util/mod.rs, python_backy()).
+#   (tests/util/python.rs, python_backy()).
 #
 # Safe to run again and again; `cargo clean` removes the venv with target/.
 # Environment: PYTHON (default python3) makes the venv.

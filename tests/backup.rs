@@ -194,7 +194,8 @@ fn backup_restore_and_sharing_on_xfs() {
     sharing_case(FsKind::Xfs);
 }
 
-/// LESSONS 11: without reflink, refuse unless copies are allowed, and record it.
+/// Without reflink, refuse unless copies are allowed, and record it (a silent full
+/// copy per revision, as backy 2.1 made when reflink failed, fills the disk).
 fn no_reflink_case(kind: FsKind) {
     let fs = require_fs!(kind, 128);
     let src = fs.join("src.img");
@@ -342,7 +343,7 @@ fn a_second_backup_of_the_same_job_is_refused() {
     assert_eq!(status_json(&job).len(), 2);
 }
 
-/// LESSONS 2: growing and shrinking sources, trailing holes, zero blocks versus
+/// Growing and shrinking sources, trailing holes, zero blocks versus
 /// unallocated ones, hole/data edges inside a block.
 #[test]
 fn size_changes_and_hole_edges() {
@@ -410,7 +411,7 @@ fn size_changes_and_hole_edges() {
     run_ok(backy_job(&job).arg("verify"));
 }
 
-/// LESSONS 9: an incomplete revision is invisible to find, latest, tags and
+/// An incomplete revision is invisible to find, latest, tags and
 /// numbers; it shows `0 s` in status; the next backup removes it.
 #[test]
 fn incomplete_revisions_are_invisible_and_removed() {
@@ -538,7 +539,7 @@ fn verify_detects_corruption_and_distrust_forces_full_compare() {
     assert_same_content(&out, &src);
 }
 
-/// LESSONS 18: a manifest from a future format version is not trusted blindly.
+/// A manifest from a future format version is not trusted blindly.
 #[test]
 fn manifest_of_unknown_version_is_not_trusted() {
     let fs = require_fs!(FsKind::Btrfs, 256);

@@ -1,6 +1,6 @@
-//! Bad input (CONVENTIONS "Errors"): every mistake an operator can make gets one
-//! clear sentence on stderr that names the thing and says what to do, exit code 1
-//! (2 for command-line usage errors), never a panic, and the revisions the job
+//! Bad input: every mistake an operator can make gets one clear sentence on
+//! stderr that names the thing and says what to do, exit code 1 (2 for
+//! command-line usage errors), never a panic, and the revisions the job
 //! already had stay exactly as they were: listed complete, restorable
 //! byte-identical, with no half-made revision or stray file beside them.
 
@@ -101,15 +101,7 @@ impl Fixture {
         .arg(env!("CARGO_BIN_EXE_backy"))
         .arg("-b")
         .arg(&self.job);
-        for var in [
-            "BACKY_CMD",
-            "BACKY_CP",
-            "BACKY_RBD",
-            "CEPH_ARGS",
-            "CEPH_CLUSTER",
-        ] {
-            cmd.env_remove(var);
-        }
+        remove_backy_env(&mut cmd);
         cmd
     }
 

@@ -188,8 +188,9 @@ fn full_always_keeps_no_snapshot() {
     assert!(s.backy_snaps().is_empty(), "{:?}", s.backy_snaps());
 }
 
-/// LESSONS 6: `full-every: 2` makes every second backup compare the whole
-/// snapshot although a diff was possible; it still shares unchanged extents.
+/// `full-every: 2` makes every second backup compare the whole snapshot
+/// although a diff was possible (so a diff that misses changes cannot hide them
+/// for long); it still shares unchanged extents.
 #[test]
 fn full_every_compares_the_whole_snapshot_periodically() {
     let Some(s) = setup("full-every: 2\n") else {
@@ -267,10 +268,9 @@ fn lost_base_snapshot_falls_back_to_a_full_backup_that_shares() {
     s.newest_restores_and_stores_about(256 * 1024);
 }
 
-/// LESSONS 3: rbd killed mid-stream, a non-zero exit after complete-looking
-/// output, a stream without its end record, and (LESSONS 4) a diff from the
-/// wrong snapshot: none may complete a revision; earlier revisions and the
-/// parent's snapshot stay.
+/// rbd killed mid-stream, a non-zero exit after complete-looking output, a
+/// stream without its end record, and a diff from the wrong snapshot: none may
+/// complete a revision; earlier revisions and the parent's snapshot stay.
 #[test]
 fn broken_diff_streams_never_complete_a_revision() {
     let Some(s) = setup("") else { return };
@@ -307,7 +307,7 @@ fn broken_diff_streams_never_complete_a_revision() {
     s.backup("daily").success().stderr_has("Incremental backup");
 }
 
-/// LESSONS 6: a diff that misses a change (as object-map bugs did) is caught by
+/// A diff that misses a change (as Ceph object-map bugs did) is caught by
 /// sampled verification, which also samples what the diff called unchanged.
 #[test]
 fn a_corrupted_diff_is_caught_by_sampled_verification() {
@@ -329,7 +329,7 @@ fn a_corrupted_diff_is_caught_by_sampled_verification() {
     assert_eq!(s.backy_snaps(), vec![format!("backy-{good}")]);
 }
 
-/// LESSONS 7: running out of the verification budget is reported as partial,
+/// Running out of the verification budget is reported as partial,
 /// with the count, never as a pass.
 #[test]
 fn an_exhausted_verification_budget_is_reported() {

@@ -1,4 +1,4 @@
-//! Crash safety (LESSONS 14): a backup killed at any moment leaves a job whose
+//! Crash safety: a backup killed at any moment leaves a job whose
 //! complete revisions all restore correctly, whose `last` names the newest
 //! complete revision once the next backup ran, and whose leftovers the next
 //! backup removes.

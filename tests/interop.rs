@@ -1,12 +1,13 @@
-//! Job directories work both ways between us and the original backy 2.1.5
-//! (SPEC section 1): a job we wrote is usable by backy 2.1.5's `status`, `find`,
-//! `restore` and `backup`, and a job it wrote is usable by ours, our next backup
-//! continuing its chain and sharing extents with its newest revision.
+//! Job directories (backy 2.1's on-disk format) work both ways between us and
+//! the original backy 2.1.5: a job we wrote is usable by backy 2.1.5's `status`,
+//! `find`, `restore` and `backup`, and a job it wrote is usable by ours, our
+//! next backup continuing its chain and sharing extents with its newest revision.
 //!
 //! Not covered: backy 2.1 rewrites `.rev` files only when its scheduler expires
 //! revisions, and its scheduler cannot run on this Python (see
-//! `shared/peers/README.md`). That our `.rev` files survive such a rewrite is
-//! left to the format rules of SPEC section 1 (nothing essential in extra keys).
+//! `scripts/setup-test-deps.sh`). That our `.rev` files survive such a rewrite
+//! is left to the rule that nothing essential lives only in keys backy 2.1 does
+//! not know (its rewrite keeps its five keys and drops the rest).
 
 mod util;
 

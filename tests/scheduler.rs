@@ -472,9 +472,9 @@ fn a_bad_config_stops_the_scheduler_from_starting() {
     }
 }
 
-/// LESSONS 10 and 13: a storm of SIGHUPs leaves the daemon working; expiry
+/// A storm of SIGHUPs leaves the daemon working; expiry
 /// never deletes what a reader (restore, NBD) holds, and waits for the next run;
-/// `expire --dry-run` says per revision which tag keeps it (LESSONS 16).
+/// `expire --dry-run` says per revision which tag keeps it.
 #[test]
 fn sighup_storm_locked_expiry_and_dry_run() {
     let fs = require_fs!(FsKind::Btrfs, 512);

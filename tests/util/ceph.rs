@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use tempfile::TempDir;
 
-use super::{is_root, run, run_ok, skip, tool};
+use super::command::{is_root, run, run_ok, skip, tool};
 
 /// The RBD pool every test cluster has.
 pub const POOL: &str = "rbd";
