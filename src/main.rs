@@ -13,7 +13,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let argv: Vec<String> = std::env::args().collect();
-    tracing::info!("$ {}", argv.join(" "));
+    // The Consul token of `init flyingcircus` stays out of the log.
+    tracing::info!("$ {}", backy::config::loggable_argv(&argv));
     match backy::commands::run(&cli) {
         Ok(code) => {
             tracing::info!("Backy operation complete.");

@@ -610,10 +610,23 @@ fn load_history(dir: &Path, now: DateTime<Utc>) -> (History, Vec<String>) {
 /// Writes a job's `config` before its run, only when it changed.
 fn write_job_config(dir: &Path, def: &JobDef) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(Error::io("cannot create job directory", dir))?;
-    let text = def.job_config().to_yaml();
+    let config = def.job_config();
+    let text = config.to_yaml();
     let path = dir.join("config");
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        write_atomic(&path, text.as_bytes(), 0o644)?;
+    // A Consul token is a secret: 0600, also for a config an older version wrote.
+    let secret = matches!(
+        &config.source,
+        crate::config::SourceConfig::FlyingCircus {
+            consul_acl_token: Some(_),
+            ..
+        }
+    );
+    let mode = if secret { 0o600 } else { 0o644 };
+    let too_open = secret
+        && std::fs::metadata(&path)
+            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0);
+    if too_open || std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        write_atomic(&path, text.as_bytes(), mode)?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! run means the real parts ran.
 #![allow(dead_code, unused_macros)]
 pub mod ceph;
+pub mod consul;
 
 use std::env;
 use std::fmt;
@@ -129,6 +130,8 @@ pub fn backy() -> Command {
         "CEPH_ARGS",
         "CEPH_CLUSTER",
         "CEPH_CONF",
+        "CONSUL_HTTP_ADDR",
+        "CONSUL_HTTP_TOKEN",
     ] {
         cmd.env_remove(var);
     }

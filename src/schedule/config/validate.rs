@@ -654,6 +654,12 @@ fn source_keys(type_name: &str) -> &'static [&'static str] {
             "image",
             "vm",
             "consul_acl_token",
+            "consul-address",
+            "freeze-timeout",
+            "full-always",
+            "whole-object",
+            "full-every",
+            "verification-timeout",
             "allow-copy",
         ],
     }
@@ -716,9 +722,15 @@ fn parse_source(map: &Mapping, path: &str, p: &mut Problems) -> Option<(SourceCo
         if let (Value::String(k), Value::String(v)) = (key, value)
             && !comma_hint(v).is_empty()
         {
+            // The token is a secret: never repeat it.
+            let shown = if k == "consul_acl_token" {
+                "the token".to_string()
+            } else {
+                format!("'{v}'")
+            };
             p.warn(
                 &join(path, k),
-                format!("'{v}' ends with a comma; if that is a typo, drop it (block-style YAML needs none)"),
+                format!("{shown} ends with a comma; if that is a typo, drop it (block-style YAML needs none)"),
             );
         }
         let later = matches!(key, Value::String(k) if LATER_VERSION_KEYS.contains(&k.as_str()));
@@ -806,6 +818,12 @@ jobs:
                 image: "test03.root".into(),
                 vm: "test03,".into(),
                 consul_acl_token: Some("a211c244-846b-11e5-999b-081196cf15b4".into()),
+                consul_address: None,
+                freeze_timeout: None,
+                full_always: false,
+                whole_object: false,
+                full_every: None,
+                verification_timeout: None,
             }
         );
     }
