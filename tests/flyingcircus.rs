@@ -465,3 +465,156 @@ fn the_token_stays_out_of_logs_and_messages() {
         assert!(!t.contains(TOKEN), "the token leaked:\n{t}");
     }
 }
+
+/// Runs `backy check -c CONFIG` until it exits `code` (the scheduler writes its
+/// status file every second), for at most `limit`.
+fn check_until(conf: &Path, code: i32, limit: Duration) -> Run {
+    let started = std::time::Instant::now();
+    loop {
+        let r = run(backy().arg("check").arg("-c").arg(conf));
+        if r.code == Some(code) {
+            return r;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "check did not exit {code} within {limit:?}; last: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The console's answer to `jobs`.
+fn console_jobs(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"jobs\r\nquit\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The real scheduler runs a flyingcircus job from its `source:` (with
+/// `consul-address` and `freeze-timeout`): after three crash-consistent
+/// revisions in a row `check` is a WARNING (exit 1) naming the job, and the
+/// console's job table marks it; after a frozen one `check` is OK again.
+#[test]
+fn check_warns_after_three_crash_consistent_revisions_in_a_row() {
+    let Some(s) = setup(1) else { return };
+    let hv = s.hypervisor(Answer::Never);
+    let base = s.fs.join("base");
+    let conf = s.fs.join("backy.conf");
+    fs::write(
+        &conf,
+        format!(
+            "global:\n  base-dir: {base}\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\n  crash-consistent-warning: 3\nschedules:\n  fast:\n    often: {{interval: 6s, keep: 20}}\njobs:\n  fc:\n    schedule: fast\n    source:\n      type: flyingcircus\n      pool: rbd\n      image: img\n      vm: {VM}\n      consul_acl_token: {TOKEN}\n      consul-address: {addr}\n      freeze-timeout: 1\n",
+            base = base.display(),
+            addr = s.consul.address()
+        ),
+    )
+    .unwrap();
+    let sched_log = s.fs.join("scheduler.log");
+    let mut cmd = backy();
+    s.ceph.env(&mut cmd);
+    let mut child = cmd
+        .arg("-l")
+        .arg(&sched_log)
+        .args(["scheduler", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(&mut child);
+    let job = base.join("fc");
+    let revisions = || -> Vec<serde_json::Value> {
+        if !job.join("config").exists() {
+            return Vec::new();
+        }
+        let r = run(backy_job(&job).args(["status", "--json"]));
+        serde_json::from_str(&r.stdout).unwrap_or_default()
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&[serde_json::Value]) -> bool| {
+        let started = std::time::Instant::now();
+        loop {
+            let revs = revisions();
+            if done(&revs) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "no {what} after 180 s: {revs:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let complete = |revs: &[serde_json::Value], c: &str| {
+        revs.iter()
+            .filter(|r| r["complete"] == true && r["consistency"] == c)
+            .count()
+    };
+    wait_for("three crash-consistent revisions", &|revs| {
+        complete(revs, "crash") >= 3
+    });
+    let r = check_until(&conf, 1, Duration::from_secs(60));
+    assert!(
+        r.stdout
+            .starts_with("WARNING: 1 flyingcircus jobs are not frozen: fc"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("revisions are only crash-consistent"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("freeze-timeout (1 s)"), "{}", r.stdout);
+    let log = fs::read_to_string(&sched_log).unwrap();
+    let port: u16 = log
+        .lines()
+        .find_map(|l| l.split("Console listening on 127.0.0.1:").nth(1))
+        .expect("the console's port in the log")
+        .trim()
+        .parse()
+        .unwrap();
+    let table = console_jobs(port);
+    assert!(table.contains("Consistency"), "{table}");
+    assert!(table.contains("crash (WARNING)"), "{table}");
+    // The scheduler wrote the token-holding config for owner only.
+    assert_eq!(
+        fs::metadata(job.join("config"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    hv.set_answer(Answer::After(Duration::ZERO));
+    wait_for("frozen revision", &|revs| {
+        revs.iter()
+            .rev()
+            .find(|r| r["complete"] == true)
+            .is_some_and(|r| r["consistency"] == "frozen")
+    });
+    let r = check_until(&conf, 0, Duration::from_secs(60));
+    assert!(
+        r.stdout.starts_with("OK: 1 jobs within SLA"),
+        "{}",
+        r.stdout
+    );
+    assert!(!hv.taken().is_empty());
+    for log in [sched_log.clone(), job.join("backy.log")] {
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(!text.contains(TOKEN), "the token is in {}", log.display());
+    }
+}

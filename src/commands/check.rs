@@ -1,6 +1,6 @@
 //! `backy check -c CONFIG`: the Nagios check of all jobs (SPEC section 8).
 //!
-//! One status line first, then details; exit 0 OK, 2 CRITICAL, 3 UNKNOWN.
+//! One status line first, then details; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -53,7 +53,7 @@ pub fn evaluate(config_path: &Path, now: SystemTime) -> (String, u8) {
     };
     let late: Vec<_> = jobs.iter().filter(|j| !j.ok()).collect();
     if late.is_empty() {
-        if let Some(warning) = damaged_warning(&jobs) {
+        if let Some(warning) = all_warnings(&jobs) {
             return (warning, WARNING);
         }
         return (format!("OK: {} jobs within SLA", jobs.len()), OK);
@@ -62,11 +62,42 @@ pub fn evaluate(config_path: &Path, now: SystemTime) -> (String, u8) {
     for j in late {
         text.push_str(&format!("\n{} (last time: {})", j.job, j.last_time));
     }
-    if let Some(warning) = damaged_warning(&jobs) {
+    if let Some(warning) = all_warnings(&jobs) {
         text.push('\n');
         text.push_str(&warning);
     }
     (text, CRITICAL)
+}
+
+/// The WARNING lines: damaged revisions, then unfrozen flyingcircus jobs.
+fn all_warnings(jobs: &[crate::daemon::status::JobStatus]) -> Option<String> {
+    let parts: Vec<String> = [damaged_warning(jobs), consistency_warning(jobs)]
+        .into_iter()
+        .flatten()
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("\n"))
+}
+
+/// `WARNING: ...` naming each flyingcircus job whose last revisions (global
+/// `crash-consistent-warning`, default 3) were all crash-consistent.
+fn consistency_warning(jobs: &[crate::daemon::status::JobStatus]) -> Option<String> {
+    let with: Vec<_> = jobs
+        .iter()
+        .filter_map(|j| j.consistency_warning.as_ref().map(|w| (&j.job, w)))
+        .collect();
+    if with.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = with.iter().map(|(j, _)| j.as_str()).collect();
+    let mut text = format!(
+        "WARNING: {} flyingcircus jobs are not frozen: {}",
+        with.len(),
+        names.join(", ")
+    );
+    for (job, w) in with {
+        text.push_str(&format!("\n{job}: {w}"));
+    }
+    Some(text)
 }
 
 /// `WARNING: ...` and one line per damaged or future-dated revision file the

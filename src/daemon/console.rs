@@ -228,6 +228,8 @@ mod tests {
             next_time: "2015-11-06 11:56:10 UTC".into(),
             next_tags: "daily".into(),
             warnings: Vec::new(),
+            consistency: None,
+            consistency_warning: None,
         };
         StaticDaemon {
             jobs: vec![job("test01"), job("test02"), job("vm01")],

@@ -6,6 +6,7 @@
 //! crash in one backup never takes the daemon down; the console and the status
 //! file read a snapshot of the state that the loop publishes.
 
+pub mod consistency;
 pub mod console;
 pub mod status;
 
@@ -86,6 +87,8 @@ struct JobState {
     history: Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)>,
     /// Damaged revisions and revisions dated in the future, for the status file.
     warnings: Vec<String>,
+    /// Whether the guests were frozen (Ceph jobs), for the status file.
+    consistency: consistency::Summary,
     /// When the last successful run started and its tags: planning counts it even
     /// if no revision shows it (a `$BACKY_CMD` that makes none), so a job is never
     /// re-run in a loop.
@@ -238,6 +241,7 @@ impl Scheduler {
                     pid: None,
                     history: Vec::new(),
                     warnings: Vec::new(),
+                    consistency: Default::default(),
                     last_success: None,
                     started: None,
                     known_since: std::fs::metadata(dir.join("config"))
@@ -247,6 +251,11 @@ impl Scheduler {
                 },
             };
             (state.history, state.warnings) = load_history(&dir, now);
+            state.consistency = consistency::summarize(
+                &dir,
+                &state.def.source,
+                self.config.crash_consistent_warning,
+            );
             reschedule(&mut state, now);
             self.jobs.insert(name.clone(), state);
         }
@@ -494,6 +503,8 @@ impl Scheduler {
             fail(job, now);
         }
         (job.history, job.warnings) = load_history(&dir, now);
+        job.consistency =
+            consistency::summarize(&dir, &job.def.source, self.config.crash_consistent_warning);
         reschedule(job, now);
     }
 
@@ -530,6 +541,8 @@ impl Scheduler {
                     next_time: format_time(Some(effective_deadline(job))),
                     next_tags: join_tags(&job.schedule, &job.next.tags),
                     warnings: job.warnings.clone(),
+                    consistency: job.consistency.newest.clone(),
+                    consistency_warning: job.consistency.warning.clone(),
                 }
             })
             .collect();

@@ -8,6 +8,7 @@
 //!   status-interval: 30           # seconds (or 30s, 1m, ...), default 30
 //!   telnet-addrs: "::1, 127.0.0.1"   # default; "" disables the console
 //!   telnet-port: 6023             # default
+//!   crash-consistent-warning: 3   # flyingcircus jobs: WARNING after 3 unfrozen revisions in a row (0: off)
 //! schedules:
 //!   default:
 //!     daily:   {interval: 1d,  keep: 9}
@@ -41,6 +42,8 @@ pub const DEFAULT_WORKER_LIMIT: usize = 1;
 pub const DEFAULT_STATUS_INTERVAL: u64 = 30;
 /// `telnet-addrs` when the configuration does not name them.
 pub const DEFAULT_TELNET_ADDRS: &str = "::1, 127.0.0.1";
+/// `crash-consistent-warning` when the configuration does not name one.
+pub const DEFAULT_CRASH_CONSISTENT_WARNING: u64 = 3;
 /// `telnet-port` when the configuration does not name one.
 pub const DEFAULT_TELNET_PORT: u16 = 6023;
 /// The longest interval a tag may have (100 years): keeps `keep * interval`
@@ -74,6 +77,9 @@ pub struct Config {
     /// Things that are accepted but worth telling the operator, one per entry,
     /// each starting with its key path.
     pub warnings: Vec<String>,
+    /// After this many crash-consistent revisions in a row, a flyingcircus job
+    /// is a WARNING for `backy check` (0: never).
+    pub crash_consistent_warning: u64,
 }
 
 /// A schedule: retention tags with how often each is made and how many stay.

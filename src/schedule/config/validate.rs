@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde_norway::{Mapping, Value};
 
 use super::{
-    Config, DEFAULT_BASE_DIR, DEFAULT_STATUS_INTERVAL, DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT,
-    DEFAULT_WORKER_LIMIT, JobDef, Schedule, TagRule, parse_interval,
+    Config, DEFAULT_BASE_DIR, DEFAULT_CRASH_CONSISTENT_WARNING, DEFAULT_STATUS_INTERVAL,
+    DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT, DEFAULT_WORKER_LIMIT, JobDef, Schedule, TagRule,
+    parse_interval,
 };
 use crate::config::{JobConfig, SourceConfig};
 
@@ -19,13 +20,14 @@ use crate::config::{JobConfig, SourceConfig};
 const LATER_VERSION_KEYS: [&str; 3] = ["backend", "backup-completed-callback", "cow"];
 /// Top-level sections of backy 2.5 (its HTTP API and peers); accepted with a warning.
 const LATER_VERSION_SECTIONS: [&str; 2] = ["api", "peers"];
-const GLOBAL_KEYS: [&str; 6] = [
+const GLOBAL_KEYS: [&str; 7] = [
     "base-dir",
     "worker-limit",
     "status-file",
     "status-interval",
     "telnet-addrs",
     "telnet-port",
+    "crash-consistent-warning",
 ];
 const TOP_KEYS: [&str; 4] = ["global", "config", "schedules", "jobs"];
 const TAG_KEYS: [&str; 2] = ["interval", "keep"];
@@ -71,6 +73,7 @@ pub(super) fn parse(text: &str) -> std::result::Result<Config, String> {
         schedules,
         jobs,
         warnings: p.warnings,
+        crash_consistent_warning: global.crash_consistent_warning,
     })
 }
 
@@ -241,6 +244,7 @@ struct Global {
     status_interval: Duration,
     telnet_addrs: Vec<IpAddr>,
     telnet_port: u16,
+    crash_consistent_warning: u64,
 }
 
 fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
@@ -306,6 +310,19 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
             Vec::new()
         }),
     };
+    let crash_consistent_warning = match map.get("crash-consistent-warning") {
+        None => DEFAULT_CRASH_CONSISTENT_WARNING,
+        Some(v) => whole_number(v).unwrap_or_else(|| {
+            p.error(
+                &at("crash-consistent-warning"),
+                format!(
+                    "must be a whole number of revisions (0 turns the warning off), not {}",
+                    describe(v)
+                ),
+            );
+            DEFAULT_CRASH_CONSISTENT_WARNING
+        }),
+    };
     Global {
         base_dir,
         worker_limit,
@@ -313,6 +330,7 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
         status_interval: Duration::from_secs(status_interval),
         telnet_addrs,
         telnet_port,
+        crash_consistent_warning,
     }
 }
 
