@@ -109,8 +109,13 @@ impl SourceConfig {
             "flyingcircus" => {
                 let parts: Vec<&str> = arg.split(',').collect();
                 if !(2..=3).contains(&parts.len()) || parts[1].is_empty() {
+                    // Everything after the VM may be the token: never repeat it.
+                    let shown = match parts.as_slice() {
+                        [source, vm, _, ..] => format!("{source},{vm},***"),
+                        _ => arg.to_string(),
+                    };
                     return Err(Error::Config(format!(
-                        "'{arg}' is not POOL/IMAGE,VM[,TOKEN] as flyingcircus sources need"
+                        "'{shown}' is not POOL/IMAGE,VM[,TOKEN] as flyingcircus sources need (a token cannot contain a comma; give it as $CONSUL_HTTP_TOKEN then)"
                     )));
                 }
                 let (pool, image) = pool_image(parts[0])?;
@@ -559,6 +564,18 @@ mod tests {
             .unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn init_errors_do_not_show_the_token() {
+        let e = SourceConfig::from_init_args("flyingcircus", "rbd/a,vm,se,cret")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'rbd/a,vm,***' is not POOL/IMAGE,VM[,TOKEN]"),
+            "{e}"
+        );
+        assert!(!e.contains("cret"), "{e}");
     }
 
     #[test]

@@ -262,7 +262,9 @@ fn a_silent_hypervisor_means_a_crash_consistent_fallback() {
 /// "exists" failure is handled and the revision counts as frozen, noting it.
 #[test]
 fn a_late_hypervisor_snapshot_is_used_and_recorded_as_frozen() {
-    let Some(s) = setup(2) else { return };
+    // The DELETE that makes the hypervisor act waits for its snapshot: 5 s
+    // (requests get at most freeze-timeout) leave room for a loaded machine.
+    let Some(s) = setup(5) else { return };
     let hv = s.hypervisor(Answer::WhenDeleted);
     s.backup()
         .success()
@@ -353,6 +355,7 @@ fn consul_failures_fall_back_and_the_backup_succeeds() {
     s.consul.set_behaviour(Behaviour::Kv);
     s.set_config("consul_acl_token", None);
     s.set_config("consul-address", None);
+    s.set_config("freeze-timeout", Some("30"));
     let r = run(s
         .backy()
         .env("CONSUL_HTTP_TOKEN", TOKEN)
@@ -431,6 +434,14 @@ fn the_token_stays_out_of_logs_and_messages() {
     init(&job).success();
     // A second init fails: its message and log lines do not show the token.
     let again = init(&job).failure();
+    // A token with a comma is refused without being repeated.
+    let comma = run(backy_job(&fs.join("job2"))
+        .arg("-l")
+        .arg(&log)
+        .args(["init", "flyingcircus"])
+        .arg(format!("rbd/img,{VM},{TOKEN},more")))
+    .failure()
+    .stderr_has("'rbd/img,vm01,***' is not POOL/IMAGE,VM[,TOKEN]");
     let config = job.join("config");
     assert_eq!(
         fs::metadata(&config).unwrap().permissions().mode() & 0o777,
@@ -461,7 +472,13 @@ fn the_token_stays_out_of_logs_and_messages() {
         text.contains("holds the Consul ACL token and is readable by others"),
         "{text}"
     );
-    for t in [&text, &again.stderr, &status.stderr, &status.stdout] {
+    for t in [
+        &text,
+        &again.stderr,
+        &comma.stderr,
+        &status.stderr,
+        &status.stdout,
+    ] {
         assert!(!t.contains(TOKEN), "the token leaked:\n{t}");
     }
 }

@@ -847,6 +847,51 @@ jobs:
     }
 
     #[test]
+    fn flyingcircus_keys_and_the_crash_consistent_warning() {
+        let text = "\
+global: {crash-consistent-warning: 5}
+schedules:
+  s: {daily: {interval: 1d, keep: 9}}
+jobs:
+  a:
+    schedule: s
+    source: {type: flyingcircus, pool: rbd, image: a, vm: a, consul_acl_token: 'secret,', consul-address: '127.0.0.1:8501', freeze-timeout: 30, full-every: 4}
+";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.crash_consistent_warning, 5);
+        let SourceConfig::FlyingCircus {
+            consul_address,
+            freeze_timeout,
+            full_every,
+            ..
+        } = &c.jobs["a"].source
+        else {
+            panic!("{:?}", c.jobs["a"].source.type_name());
+        };
+        assert_eq!(consul_address.as_deref(), Some("127.0.0.1:8501"));
+        assert_eq!((*freeze_timeout, *full_every), (Some(30), Some(4)));
+        assert_eq!(c.warnings.len(), 1);
+        assert!(!c.warnings[0].contains("secret"), "{:?}", c.warnings);
+        let default = text.replace("global: {crash-consistent-warning: 5}\n", "");
+        assert_eq!(Config::parse(&default).unwrap().crash_consistent_warning, 3);
+        let bad = text
+            .replace("warning: 5", "warning: many")
+            .replace("freeze-timeout: 30", "freeze-timeout: 0")
+            .replace("consul-adress", "x");
+        let errors = errors(&bad);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with("global.crash-consistent-warning: must be a whole number"));
+        assert!(
+            errors[1]
+                .starts_with("jobs.a.source: 'freeze-timeout' must be a whole number of seconds")
+        );
+        assert_error(
+            &text.replace("consul-address", "consul_address"),
+            "jobs.a.source.consul_address: unknown key",
+        );
+    }
+
+    #[test]
     fn unknown_keys_everywhere() {
         let text = "\
 global: {base-dir: /b, telnet_port: 1234}
