@@ -100,7 +100,10 @@ impl Freeze {
     ) -> Result<Outcome> {
         let consul = match &self.consul {
             Ok(c) => c,
-            Err(reason) => return Ok(Outcome::Fallback(reason.clone())),
+            Err(reason) => {
+                tracing::warn!("The guest of {} is not frozen: {reason}", self.vm);
+                return Ok(Outcome::Fallback(reason.clone()));
+            }
         };
         let key = format!("{PREFIX}{}", uuid4());
         let value = serde_json::json!({"vm": self.vm, "snapshot": snap}).to_string();
@@ -111,14 +114,19 @@ impl Freeze {
             self.timeout.as_secs()
         );
         let started = Instant::now();
-        let (outcome, reachable) = match consul.put(&key, value.as_bytes()) {
+        let (outcome, stored) = match consul.put(&key, value.as_bytes()) {
+            // An agent that hung may have stored the key all the same; one
+            // that answered otherwise than `true` did not.
             Err(e) => {
-                let reachable = !matches!(e, ConsulError::Unreachable { .. });
-                (Ok(Outcome::Fallback(e.to_string())), reachable)
+                let maybe = matches!(e, ConsulError::Timeout { .. });
+                (Ok(Outcome::Fallback(e.to_string())), maybe)
             }
             Ok(()) => (self.wait(snap, started, &mut appeared), true),
         };
-        if reachable {
+        if let Ok(Outcome::Fallback(reason)) = &outcome {
+            tracing::warn!("The guest of {} is not frozen: {reason}", self.vm);
+        }
+        if stored {
             self.remove_requests(consul, &key);
         }
         if let Ok(Outcome::Frozen) = outcome {

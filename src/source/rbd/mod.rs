@@ -146,7 +146,7 @@ impl CephRbd {
             Outcome::Frozen => ("frozen", None),
             Outcome::Fallback(reason) => {
                 tracing::warn!(
-                    "The guest of {} is not frozen: {reason}; taking snapshot {spec} without freezing (the revision is only crash-consistent)",
+                    "Taking snapshot {spec} without freezing the guest of {}: the revision is only crash-consistent",
                     freeze.vm()
                 );
                 match create(rbd) {
