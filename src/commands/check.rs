@@ -119,3 +119,79 @@ fn damaged_warning(jobs: &[crate::daemon::status::JobStatus]) -> Option<String> 
     }
     Some(text)
 }
+
+#[cfg(test)]
+mod consistency_tests {
+    use super::*;
+    use crate::daemon::status::{JobStatus, write_status_file};
+
+    fn job(name: &str, sla: &str, warning: Option<&str>) -> JobStatus {
+        JobStatus {
+            job: name.into(),
+            sla: sla.into(),
+            status: "finished".into(),
+            last_time: "2026-12-01 10:00:00 UTC".into(),
+            last_tags: "daily".into(),
+            last_duration: "1.0 s".into(),
+            next_time: "2026-12-02 10:00:00 UTC".into(),
+            next_tags: "daily".into(),
+            warnings: Vec::new(),
+            consistency: Some(if warning.is_some() { "crash" } else { "frozen" }.into()),
+            consistency_warning: warning.map(String::from),
+        }
+    }
+
+    /// Unfrozen flyingcircus jobs are a WARNING; an SLA breach stays CRITICAL,
+    /// with the warning after the late jobs.
+    #[test]
+    fn unfrozen_jobs_warn_and_late_jobs_stay_critical() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status");
+        let conf = dir.path().join("backy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "global: {{base-dir: {}, status-file: {}}}\nschedules: {{s: {{daily: {{interval: 1d, keep: 1}}}}}}\njobs: {{}}\n",
+                dir.path().display(),
+                status.display()
+            ),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        write_status_file(
+            &status,
+            &[
+                job("a", "OK", None),
+                job(
+                    "fc",
+                    "OK",
+                    Some("the last 3 revisions are only crash-consistent"),
+                ),
+            ],
+        )
+        .unwrap();
+        let (text, code) = evaluate(&conf, now);
+        assert_eq!(code, WARNING, "{text}");
+        assert_eq!(
+            text,
+            "WARNING: 1 flyingcircus jobs are not frozen: fc\nfc: the last 3 revisions are only crash-consistent"
+        );
+        write_status_file(
+            &status,
+            &[job("a", "TOO OLD", None), job("fc", "OK", Some("w"))],
+        )
+        .unwrap();
+        let (text, code) = evaluate(&conf, now);
+        assert_eq!(code, CRITICAL, "{text}");
+        assert!(
+            text.starts_with("CRITICAL: 1 jobs not within SLA\na (last time: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\nWARNING: 1 flyingcircus jobs are not frozen: fc\nfc: w"),
+            "{text}"
+        );
+        write_status_file(&status, &[job("a", "OK", None), job("fc", "OK", None)]).unwrap();
+        assert_eq!(evaluate(&conf, now), ("OK: 2 jobs within SLA".into(), OK));
+    }
+}
