@@ -255,6 +255,16 @@ fn a_silent_hypervisor_means_a_crash_consistent_fallback() {
     s.newest_restores_to_its_snapshot();
     let table = run_ok(s.backy().arg("status")).stdout;
     assert!(table.contains("| crash "), "{table}");
+    // backy 2.1.5 reads a revision with a consistency_reason too.
+    if let Some(launcher) = python_backy() {
+        let r = run_ok(
+            python_backy_command(&launcher)
+                .arg("-b")
+                .arg(&s.job)
+                .arg("status"),
+        );
+        assert!(r.stdout.contains(&s.newest_id()), "{}", r.stdout);
+    }
 }
 
 /// The hypervisor takes the snapshot just after backy stopped waiting (when
