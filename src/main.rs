@@ -14,7 +14,14 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stderr(), "backy: {e}");
         return ExitCode::FAILURE;
     }
-    tracing::info!("$ {}", backy::logging::shell_words(std::env::args_os()));
+    // The Consul token of `init flyingcircus` stays out of the log.
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    tracing::info!(
+        "$ {}",
+        backy::logging::shell_words(backy::config::loggable_argv(&argv))
+    );
     // Long commands stop cleanly on SIGTERM/SIGINT (the scheduler has
     // its own handling; short reports keep the default, dying at once).
     let interruptible = matches!(

@@ -386,8 +386,9 @@ const COMMAND_DETAILS: &[(&str, &str)] = &[
 `backy -b `*DIR*` init file `*PATH* backs up an image file or block device,
 `init ceph-rbd `*POOL*`/`*IMAGE* a Ceph RBD image, and
 `init flyingcircus `*POOL*`/`*IMAGE*`,`*VM*[`,`*TOKEN*] a Ceph image whose guest is
-frozen through Consul first. The job's `config` file records the source (see
-SOURCE TYPES). Jobs of the scheduler need no `init`: the scheduler writes each job's
+frozen by its hypervisor, asked through Consul, before each snapshot. The job's
+`config` file records the source (see SOURCE TYPES); it is made 0600 when it holds
+the token, and the token is shown as `***` in the logged command line. Jobs of the scheduler need no `init`: the scheduler writes each job's
 `config` from its configuration file.",
     ),
     (
@@ -466,7 +467,9 @@ revision to a volume.",
         "status",
         "\
 Prints a table of the revisions, oldest first, with the columns Date (UTC), ID, Size,
-Durat and Tags (and Trust), followed by a summary such as
+Durat and Tags (and Trust, and for Ceph jobs Consistency: `frozen` when the
+hypervisor froze the guest for the snapshot, `crash` when backy took it without
+freezing, `-` for revisions of older versions), followed by a summary such as
 `4 revisions containing 10.37 GiB data (estimated)`. *Size* is what the backup wrote
 as backy 2.1 counted it (the source size for full backups), *Durat* the backup's
 duration in seconds. An incomplete revision shows `0 s`; the next backup removes it;
@@ -477,8 +480,8 @@ complete revision whose image is missing), naming the file and what is wrong, fo
 revision dated in the future, and for `last`/`last.rev` when they are not the links
 backy writes. A damaged revision is never chosen by `-r`, never a parent, and never
 removed except by `forget --force`.
-`--json` prints the same as JSON, with `future` and `damaged` (`file`, `reason`)
-per revision.",
+`--json` prints the same as JSON, with `future`, `damaged` (`file`, `reason`),
+`consistency` and `consistency_reason` (why the guest was not frozen) per revision.",
     ),
     (
         "verify",
@@ -662,9 +665,24 @@ object map hid from `export-diff` are caught; unchanged data stays shared),
 `verification-timeout: `*SECONDS* (default 300). All calls go through the `rbd`
 command (see ENVIRONMENT); sampling uses librbd, loaded at run time.
 : `type: flyingcircus`
-As `ceph-rbd`, plus `vm` (the guest) and optionally `consul_acl_token`: the snapshot
-is requested through Consul so that the hypervisor freezes the guest's filesystems
-first.
+As `ceph-rbd` (with the same optional keys), plus `vm` (the guest), and optionally
+`consul_acl_token` (default `$CONSUL_HTTP_TOKEN`), `consul-address`
+(*HOST*`:`*PORT* or `http://`*HOST*`:`*PORT* of the Consul agent; default
+`$CONSUL_HTTP_ADDR`, else `127.0.0.1:8500`; plain HTTP only) and
+`freeze-timeout: `*SECONDS* (default 90). Instead of taking the snapshot itself,
+the backup puts the Consul key `snapshot/`*UUID* = `{\"vm\": `*VM*`, \"snapshot\": \"backy-`*ID*`\"}`,
+with the token in the `X-Consul-Token` header; the hypervisor freezes the guest's
+filesystems (through the QEMU guest agent) and takes the snapshot. backy looks for it
+with `rbd snap ls` every 2 seconds until `freeze-timeout` passes, then deletes its key
+in any case, together with stale `snapshot/*` keys for the same VM whose snapshot
+starts with `backy-` (left by crashed runs). When Consul cannot be reached, refuses
+the token, answers like something else, or the hypervisor is too slow, the backup
+does not fail: backy takes the snapshot itself and logs a warning that says why. Each
+Ceph revision records `consistency: frozen` or `consistency: crash`, and
+`consistency_reason` for a fallback; a snapshot the hypervisor made just after backy
+stopped waiting is used and counts as frozen. `backy check` warns about jobs that are
+not frozen repeatedly (see MONITORING). The token is never logged; a `config` holding
+it that others can read gets a warning.
 
 A job's `config` may also say `allow-copy: true` (see `backup --allow-copy`).
 
@@ -735,6 +753,9 @@ See Running a backup under SCHEDULING.
 : `console-timeout: `*INTERVAL*
 How long a console connection may stay idle before it is closed, as for
 `interval`. Default 10 minutes.
+: `crash-consistent-warning: `*N*
+After how many crash-consistent revisions in a row a `flyingcircus` job makes
+`backy check` report WARNING. Default 3; 0 turns the warning off.
 ## schedules
 Each key names a schedule. A schedule maps tag names (free-form, such as `daily`) to
 two parameters:
@@ -794,6 +815,7 @@ jobs:
       image: vm03.root
       vm: vm03
       consul_acl_token: a211c244-846b-11e5-999b-081196cf15b4
+      freeze-timeout: 60
 ```
 
 The default schedule keeps at least 9 daily, 5 weekly and 4 monthly revisions; a
@@ -912,6 +934,10 @@ is within its SLA while the scheduler has seen a backup succeed recently enough.
 Damaged revision files and revisions dated in the future make the check report
 `WARNING: `*n*` of `*m*` jobs have damaged or future-dated revisions` with one
 *job*`: `*problem* line each, exit status 1 (after the late jobs, when there are any).
+A `flyingcircus` job whose last `crash-consistent-warning` (default 3) revisions were
+all crash-consistent, because the guest could not be frozen, makes it report
+`WARNING: `*n*` flyingcircus jobs are not frozen: `*jobs* with one *job*`: `*why*
+line each, exit status 1 (likewise after the late jobs); a frozen revision ends it.
 ";
 
 const CONSOLE: &str = "\
@@ -924,7 +950,9 @@ Commands:
 
 : `jobs` [*REGEX*]
 A table of the jobs, sorted by name: Job, SLA, Status, Last Backup (UTC), Last Tags,
-Last Dur, Next Backup (UTC), Next Tags; then *n*` jobs shown`. *REGEX* is a regular
+Last Dur, Next Backup (UTC), Next Tags, and when there are Ceph jobs Consistency
+(the newest revision's `frozen` or `crash`, `crash (WARNING)` for a job that
+`backy check` warns about); then *n*` jobs shown`. *REGEX* is a regular
 expression searched anywhere in the job name.
 : `status`
 How many jobs are in each status.
@@ -1031,6 +1059,11 @@ The Ceph cluster name (default `ceph`), which selects `/etc/ceph/`*cluster*`.con
 passed to `rbd` and librbd.
 : `CEPH_CONF`
 The Ceph configuration file; passed to `rbd` and librbd.
+: `CONSUL_HTTP_ADDR`
+The Consul agent of `flyingcircus` jobs without `consul-address`, as
+*HOST*`:`*PORT* or `http://`*HOST*`:`*PORT*. Default `127.0.0.1:8500`.
+: `CONSUL_HTTP_TOKEN`
+The Consul ACL token of `flyingcircus` jobs without `consul_acl_token`.
 
 All times that backy shows or writes are UTC, whatever `TZ` says.
 ";
@@ -1041,7 +1074,7 @@ const EXIT_STATUS: &str = "\
 Success.
 : 1
 Any failure: a bad argument value, a missing source, a failed verification, a held
-lock, a full disk. The message says what and where.
+lock, a full disk. The message says what and where. Also `backy check`: WARNING.
 : 2
 A command-line usage error (unknown option, missing argument).
 Also `backy check`: CRITICAL. (`backy check`: 1 is WARNING.)

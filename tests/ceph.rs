@@ -186,6 +186,10 @@ fn full_always_keeps_no_snapshot() {
     s.ceph.export("img", &truth);
     s.restore_equals("0", &truth);
     assert!(s.backy_snaps().is_empty(), "{:?}", s.backy_snaps());
+    // ceph-rbd never freezes the guest: every revision says so (issue 13).
+    let rev = s.newest();
+    assert_eq!(rev["consistency"], "crash", "{rev}");
+    assert!(rev["consistency_reason"].is_null(), "{rev}");
 }
 
 /// `full-every: 2` makes every second backup compare the whole snapshot

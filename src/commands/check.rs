@@ -225,6 +225,28 @@ pub fn assess(
         ));
     }
 
+    let unfrozen: Vec<&JobStatus> = configured()
+        .filter(|j| j.consistency_warning.is_some())
+        .collect();
+    if !unfrozen.is_empty() {
+        let names: Vec<&str> = unfrozen.iter().map(|j| j.job.as_str()).collect();
+        findings.push(Finding::new(
+            Severity::Warning,
+            format!(
+                "{} not frozen: {}",
+                count(unfrozen.len(), "flyingcircus job"),
+                names.join(", ")
+            ),
+            unfrozen
+                .iter()
+                .filter_map(|j| {
+                    j.consistency_warning
+                        .as_ref()
+                        .map(|w| format!("{}: {w}", j.job))
+                })
+                .collect(),
+        ));
+    }
     let damaged: Vec<&JobStatus> = configured().filter(|j| !j.warnings.is_empty()).collect();
     if !damaged.is_empty() {
         findings.push(Finding::new(
@@ -304,6 +326,8 @@ mod tests {
             last_failure: String::new(),
             last_failure_kind: String::new(),
             warnings: Vec::new(),
+            consistency: None,
+            consistency_warning: None,
         }
     }
 
@@ -398,6 +422,40 @@ mod tests {
         assert_eq!(code, 1, "{text}");
         assert!(
             text.starts_with("WARNING: 1 job whose last backup"),
+            "{text}"
+        );
+    }
+
+    /// Unfrozen flyingcircus jobs are a WARNING; an SLA breach stays CRITICAL,
+    /// with the warning after it.
+    #[test]
+    fn unfrozen_jobs_warn_and_late_jobs_stay_critical() {
+        let c = config("30");
+        let mut fc = job("b", "OK", "2026-01-01 23:00:00 UTC");
+        fc.consistency = Some("crash".into());
+        fc.consistency_warning = Some("the last 3 revisions are only crash-consistent".into());
+        let (text, code) = check(
+            &c,
+            &[job("a", "OK", "2026-01-01 23:00:00 UTC"), fc.clone()],
+            10,
+        );
+        assert_eq!(code, 1, "{text}");
+        assert_eq!(
+            text,
+            "WARNING: 1 flyingcircus job not frozen: b | jobs=2 out_of_sla=0 oldest_backup_age=3600s\nb: the last 3 revisions are only crash-consistent"
+        );
+        let (text, code) = check(
+            &c,
+            &[job("a", "TOO OLD", "2026-01-01 00:00:00 UTC"), fc],
+            10,
+        );
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.starts_with("CRITICAL: 1 job not within SLA; 1 flyingcircus job not frozen: b |"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\nb: the last 3 revisions are only crash-consistent"),
             "{text}"
         );
     }

@@ -59,9 +59,14 @@ pub fn render_table(revisions: &[Revision]) -> String {
     let any_trust = revisions
         .iter()
         .any(|r| r.trust != crate::revision::Trust::Trusted);
+    // Ceph revisions record whether the guest was frozen (SPEC section 4).
+    let any_consistency = revisions.iter().any(|r| consistency(r).is_some());
     let mut header = vec!["Date (UTC)", "ID", "Size", "Durat", "Tags"];
     if any_trust {
         header.push("Trust");
+    }
+    if any_consistency {
+        header.push("Consistency");
     }
     table.set_header(header);
     for rev in revisions {
@@ -74,6 +79,9 @@ pub fn render_table(revisions: &[Revision]) -> String {
         ];
         if any_trust {
             row.push(format!("{:?}", rev.trust).to_lowercase());
+        }
+        if any_consistency {
+            row.push(consistency(rev).unwrap_or("-").to_string());
         }
         table.add_row(row);
     }
@@ -99,6 +107,16 @@ pub fn render_table(revisions: &[Revision]) -> String {
     )
 }
 
+/// `stats.consistency` of a Ceph revision: `frozen` or `crash`.
+pub fn consistency(rev: &Revision) -> Option<&str> {
+    rev.stats.get("consistency").and_then(|v| v.as_str())
+}
+
+/// `stats.consistency_reason`: why the guest was not frozen (or was late).
+pub fn consistency_reason(rev: &Revision) -> Option<&str> {
+    rev.stats.get("consistency_reason").and_then(|v| v.as_str())
+}
+
 fn to_json(job: &Job) -> String {
     let now = Utc::now();
     let mut revs: Vec<serde_json::Value> = job
@@ -119,6 +137,8 @@ fn to_json(job: &Job) -> String {
                 "image": job.image_path(&r.id),
                 "future": r.timestamp > now,
                 "damaged": null,
+                "consistency": consistency(r),
+                "consistency_reason": consistency_reason(r),
             })
         })
         .collect();
@@ -139,6 +159,8 @@ fn to_json(job: &Job) -> String {
             "image": job.image_path(&d.id),
             "future": r.is_some_and(|r| r.timestamp > now),
             "damaged": {"file": d.file, "reason": d.reason},
+            "consistency": r.and_then(consistency),
+            "consistency_reason": r.and_then(consistency_reason),
         }));
     }
     serde_json::to_string_pretty(&revs).unwrap_or_default()

@@ -252,6 +252,8 @@ mod tests {
             warnings: Vec::new(),
             last_failure: String::new(),
             last_failure_kind: String::new(),
+            consistency: None,
+            consistency_warning: None,
         };
         StaticDaemon {
             jobs: vec![job("test01"), job("test02"), job("vm01")],

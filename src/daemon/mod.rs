@@ -11,6 +11,7 @@
 //! stderr into the job log and keeps its closing `backy: ...` line as the
 //! reason of a failure. A run longer than its run-timeout is stopped.
 
+pub mod consistency;
 pub mod console;
 pub mod status;
 
@@ -185,6 +186,8 @@ struct JobState {
     history: Vec<(DateTime<Utc>, BTreeSet<String>, Option<f64>)>,
     /// Damaged revisions and revisions dated in the future, for the status file.
     warnings: Vec<String>,
+    /// Whether the guests were frozen (Ceph jobs), for the status file.
+    consistency: consistency::Summary,
     /// When the last successful run started and its tags: planning counts it even
     /// if no revision shows it (a `$BACKY_CMD` that makes none), so a job is never
     /// re-run in a loop.
@@ -347,6 +350,7 @@ impl Scheduler {
                     failure: None,
                     history: Vec::new(),
                     warnings: Vec::new(),
+                    consistency: Default::default(),
                     last_success: None,
                     started: None,
                     known_since: std::fs::metadata(dir.join("config"))
@@ -360,6 +364,11 @@ impl Scheduler {
                 // Removed and added back while its backup still runs.
                 state.phase = Phase::Running;
             }
+            state.consistency = consistency::summarize(
+                &dir,
+                &state.def.source,
+                self.config.crash_consistent_warning,
+            );
             reschedule(&mut state, now);
             self.jobs.insert(name.clone(), state);
         }
@@ -705,6 +714,8 @@ impl Scheduler {
             }
         }
         (job.history, job.warnings) = load_history(&dir, now);
+        job.consistency =
+            consistency::summarize(&dir, &job.def.source, self.config.crash_consistent_warning);
         reschedule(job, now);
     }
 
@@ -751,6 +762,8 @@ impl Scheduler {
                         .as_ref()
                         .map(|f| f.kind().to_string())
                         .unwrap_or_default(),
+                    consistency: job.consistency.newest.clone(),
+                    consistency_warning: job.consistency.warning.clone(),
                 }
             })
             .collect();
@@ -918,10 +931,23 @@ fn write_job_config(dir: &Path, def: &JobDef) -> Result<()> {
             }
         })
         .map_err(Error::io("cannot create job directory", dir))?;
-    let text = def.job_config().to_yaml();
+    let config = def.job_config();
+    let text = config.to_yaml();
     let path = dir.join("config");
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        write_atomic(&path, text.as_bytes(), 0o644)?;
+    // A Consul token is a secret: 0600, also for a config an older version wrote.
+    let secret = matches!(
+        &config.source,
+        crate::config::SourceConfig::FlyingCircus {
+            consul_acl_token: Some(_),
+            ..
+        }
+    );
+    let mode = if secret { 0o600 } else { 0o644 };
+    let too_open = secret
+        && std::fs::metadata(&path)
+            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0);
+    if too_open || std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        write_atomic(&path, text.as_bytes(), mode)?;
     }
     Ok(())
 }

@@ -39,6 +39,13 @@ pub struct JobStatus {
     /// `signal`, `start` or `base-dir-missing` (absent after a success).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_failure_kind: String,
+    /// Ceph jobs: the newest revision's `stats.consistency` (`frozen`, `crash`, `-`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
+    /// A flyingcircus job whose last revisions were all crash-consistent;
+    /// `backy check` reports it as WARNING.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_warning: Option<String>,
 }
 
 impl JobStatus {
@@ -85,25 +92,32 @@ pub fn read_status_file(path: &Path) -> Result<Vec<JobStatus>> {
     })
 }
 
-/// The console's `jobs` table (SPEC section 9; times without ` UTC`).
+/// The console's `jobs` table (SPEC section 9; times without ` UTC`). When
+/// Ceph jobs are among them, a last column says whether their newest
+/// revision's guest was frozen, and marks the flyingcircus jobs `check` warns about.
 pub fn jobs_table(jobs: &[JobStatus]) -> String {
     let mut table = Table::new();
+    let any_ceph = jobs.iter().any(|j| j.consistency.is_some());
+    let mut header = vec![
+        "Job",
+        "SLA",
+        "Status",
+        "Last Backup (UTC)",
+        "Last Tags",
+        "Last Dur",
+        "Next Backup (UTC)",
+        "Next Tags",
+    ];
+    if any_ceph {
+        header.push("Consistency");
+    }
     table
         .load_preset("||--+-++|    ++++++")
         .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header([
-            "Job",
-            "SLA",
-            "Status",
-            "Last Backup (UTC)",
-            "Last Tags",
-            "Last Dur",
-            "Next Backup (UTC)",
-            "Next Tags",
-        ]);
+        .set_header(header);
     let bare = |t: &str| t.trim_end_matches(" UTC").to_string();
     for j in jobs {
-        table.add_row([
+        let mut row = vec![
             j.job.clone(),
             j.sla.clone(),
             j.status.clone(),
@@ -112,12 +126,26 @@ pub fn jobs_table(jobs: &[JobStatus]) -> String {
             j.last_duration.clone(),
             bare(&j.next_time),
             j.next_tags.clone(),
-        ]);
+        ];
+        if any_ceph {
+            row.push(consistency_cell(j));
+        }
+        table.add_row(row);
     }
     if let Some(c) = table.column_mut(5) {
         c.set_cell_alignment(CellAlignment::Right);
     }
     table.to_string()
+}
+
+/// `frozen`, `crash`, `-`, or `crash (WARNING)` for a flyingcircus job whose
+/// last revisions were all crash-consistent; empty for file jobs.
+fn consistency_cell(j: &JobStatus) -> String {
+    match (&j.consistency, &j.consistency_warning) {
+        (Some(c), Some(_)) => format!("{c} (WARNING)"),
+        (Some(c), None) => c.clone(),
+        (None, _) => String::new(),
+    }
 }
 
 /// The console's `status` table: jobs per status.
@@ -157,6 +185,8 @@ mod tests {
             warnings: Vec::new(),
             last_failure: String::new(),
             last_failure_kind: String::new(),
+            consistency: None,
+            consistency_warning: None,
         }
     }
 
@@ -189,5 +219,19 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| test01 | OK  | waiting for deadline | 2015-11-05 11:56:10 | daily     |   50.7 s |"), "{t}");
+        assert!(!t.contains("Consistency"), "{t}");
+    }
+
+    #[test]
+    fn jobs_table_shows_consistency_of_ceph_jobs() {
+        let mut fc = job("fc01", "OK");
+        fc.consistency = Some("crash".into());
+        fc.consistency_warning = Some("the last 3 revisions are only crash-consistent".into());
+        let mut rbd = job("rbd01", "OK");
+        rbd.consistency = Some("frozen".into());
+        let t = jobs_table(&[job("test01", "OK"), fc, rbd]);
+        assert!(t.contains("| Next Tags    | Consistency     |"), "{t}");
+        assert!(t.contains("| daily,weekly | crash (WARNING) |"), "{t}");
+        assert!(t.contains("| daily,weekly | frozen          |"), "{t}");
     }
 }

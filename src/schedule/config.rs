@@ -11,6 +11,7 @@
 //!   run-timeout: 1d               # stop a backup running longer; default: the
 //!                                 # job's shortest interval (also per job)
 //!   console-timeout: 10m          # close idle console connections, default 10m
+//!   crash-consistent-warning: 3   # flyingcircus jobs: WARNING after 3 unfrozen revisions in a row (0: off)
 //! schedules:
 //!   default:
 //!     daily:   {interval: 1d,  keep: 9}
@@ -44,6 +45,8 @@ pub const DEFAULT_WORKER_LIMIT: usize = 1;
 pub const DEFAULT_STATUS_INTERVAL: u64 = 30;
 /// `telnet-addrs` when the configuration does not name them.
 pub const DEFAULT_TELNET_ADDRS: &str = "::1, 127.0.0.1";
+/// `crash-consistent-warning` when the configuration does not name one.
+pub const DEFAULT_CRASH_CONSISTENT_WARNING: u64 = 3;
 /// `telnet-port` when the configuration does not name one.
 pub const DEFAULT_TELNET_PORT: u16 = 6023;
 /// `console-timeout` in seconds when the configuration does not name one.
@@ -84,6 +87,9 @@ pub struct Config {
     /// Things that are accepted but worth telling the operator, one per entry,
     /// each starting with its key path.
     pub warnings: Vec<String>,
+    /// After this many crash-consistent revisions in a row, a flyingcircus job
+    /// is a WARNING for `backy check` (0: never).
+    pub crash_consistent_warning: u64,
 }
 
 /// A schedule: retention tags with how often each is made and how many stay.

@@ -1,7 +1,9 @@
 //! Sources: where a revision's data comes from. A source patches the new image
 //! through [`ImageWriter`], verifies it, and never touches the job directory.
 
+pub mod consul;
 pub mod file;
+pub mod flyingcircus;
 pub mod rbd;
 
 use std::fs::File;

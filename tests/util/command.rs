@@ -89,6 +89,8 @@ pub const BACKY_ENV_REMOVED: &[&str] = &[
     "CEPH_ARGS",
     "CEPH_CLUSTER",
     "CEPH_CONF",
+    "CONSUL_HTTP_ADDR",
+    "CONSUL_HTTP_TOKEN",
 ];
 
 /// Remove [`BACKY_ENV_REMOVED`] from `cmd`'s environment, for commands that

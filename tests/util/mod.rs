@@ -31,6 +31,8 @@ pub mod ceph;
 #[allow(dead_code)]
 mod command;
 #[allow(dead_code)]
+pub mod consul;
+#[allow(dead_code)]
 mod content;
 #[allow(dead_code)]
 mod extents;

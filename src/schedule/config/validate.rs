@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_norway::{Mapping, Value};
 
 use super::{
-    Config, DEFAULT_BASE_DIR, DEFAULT_CONSOLE_TIMEOUT, DEFAULT_STATUS_INTERVAL,
-    DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT, DEFAULT_WORKER_LIMIT, JobDef, Schedule, TagRule,
-    parse_interval,
+    Config, DEFAULT_BASE_DIR, DEFAULT_CONSOLE_TIMEOUT, DEFAULT_CRASH_CONSISTENT_WARNING,
+    DEFAULT_STATUS_INTERVAL, DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT, DEFAULT_WORKER_LIMIT,
+    JobDef, Schedule, TagRule, parse_interval,
 };
 use crate::config::{JobConfig, SourceConfig};
 
@@ -20,7 +20,7 @@ use crate::config::{JobConfig, SourceConfig};
 const LATER_VERSION_KEYS: [&str; 3] = ["backend", "backup-completed-callback", "cow"];
 /// Top-level sections of backy 2.5 (its HTTP API and peers); accepted with a warning.
 const LATER_VERSION_SECTIONS: [&str; 2] = ["api", "peers"];
-const GLOBAL_KEYS: [&str; 8] = [
+const GLOBAL_KEYS: [&str; 9] = [
     "base-dir",
     "worker-limit",
     "status-file",
@@ -29,6 +29,7 @@ const GLOBAL_KEYS: [&str; 8] = [
     "telnet-port",
     "run-timeout",
     "console-timeout",
+    "crash-consistent-warning",
 ];
 const TOP_KEYS: [&str; 4] = ["global", "config", "schedules", "jobs"];
 const TAG_KEYS: [&str; 2] = ["interval", "keep"];
@@ -76,6 +77,7 @@ pub(super) fn parse(text: &str) -> std::result::Result<Config, String> {
         schedules,
         jobs,
         warnings: p.warnings,
+        crash_consistent_warning: global.crash_consistent_warning,
     })
 }
 
@@ -248,6 +250,7 @@ struct Global {
     telnet_port: u16,
     run_timeout: Option<Duration>,
     console_timeout: Duration,
+    crash_consistent_warning: u64,
 }
 
 fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
@@ -316,6 +319,19 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
     let run_timeout = optional_interval(map.get("run-timeout"), &at("run-timeout"), p);
     let console_timeout = optional_interval(map.get("console-timeout"), &at("console-timeout"), p)
         .unwrap_or(Duration::from_secs(DEFAULT_CONSOLE_TIMEOUT));
+    let crash_consistent_warning = match map.get("crash-consistent-warning") {
+        None => DEFAULT_CRASH_CONSISTENT_WARNING,
+        Some(v) => whole_number(v).unwrap_or_else(|| {
+            p.error(
+                &at("crash-consistent-warning"),
+                format!(
+                    "must be a whole number of revisions (0 turns the warning off), not {}",
+                    describe(v)
+                ),
+            );
+            DEFAULT_CRASH_CONSISTENT_WARNING
+        }),
+    };
     Global {
         base_dir,
         worker_limit,
@@ -325,6 +341,7 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
         telnet_port,
         run_timeout,
         console_timeout,
+        crash_consistent_warning,
     }
 }
 
@@ -677,6 +694,12 @@ fn source_keys(type_name: &str) -> &'static [&'static str] {
             "image",
             "vm",
             "consul_acl_token",
+            "consul-address",
+            "freeze-timeout",
+            "full-always",
+            "whole-object",
+            "full-every",
+            "verification-timeout",
             "allow-copy",
         ],
     }
@@ -739,9 +762,15 @@ fn parse_source(map: &Mapping, path: &str, p: &mut Problems) -> Option<(SourceCo
         if let (Value::String(k), Value::String(v)) = (key, value)
             && !comma_hint(v).is_empty()
         {
+            // The token is a secret: never repeat it.
+            let shown = if k == "consul_acl_token" {
+                "the token".to_string()
+            } else {
+                format!("'{v}'")
+            };
             p.warn(
                 &join(path, k),
-                format!("'{v}' ends with a comma; if that is a typo, drop it (block-style YAML needs none)"),
+                format!("{shown} ends with a comma; if that is a typo, drop it (block-style YAML needs none)"),
             );
         }
         let later = matches!(key, Value::String(k) if LATER_VERSION_KEYS.contains(&k.as_str()));
@@ -829,7 +858,58 @@ jobs:
                 image: "test03.root".into(),
                 vm: "test03,".into(),
                 consul_acl_token: Some("a211c244-846b-11e5-999b-081196cf15b4".into()),
+                consul_address: None,
+                freeze_timeout: None,
+                full_always: false,
+                whole_object: false,
+                full_every: None,
+                verification_timeout: None,
             }
+        );
+    }
+
+    #[test]
+    fn flyingcircus_keys_and_the_crash_consistent_warning() {
+        let text = "\
+global: {crash-consistent-warning: 5}
+schedules:
+  s: {daily: {interval: 1d, keep: 9}}
+jobs:
+  a:
+    schedule: s
+    source: {type: flyingcircus, pool: rbd, image: a, vm: a, consul_acl_token: 'secret,', consul-address: '127.0.0.1:8501', freeze-timeout: 30, full-every: 4}
+";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.crash_consistent_warning, 5);
+        let SourceConfig::FlyingCircus {
+            consul_address,
+            freeze_timeout,
+            full_every,
+            ..
+        } = &c.jobs["a"].source
+        else {
+            panic!("{:?}", c.jobs["a"].source.type_name());
+        };
+        assert_eq!(consul_address.as_deref(), Some("127.0.0.1:8501"));
+        assert_eq!((*freeze_timeout, *full_every), (Some(30), Some(4)));
+        assert_eq!(c.warnings.len(), 1);
+        assert!(!c.warnings[0].contains("secret"), "{:?}", c.warnings);
+        let default = text.replace("global: {crash-consistent-warning: 5}\n", "");
+        assert_eq!(Config::parse(&default).unwrap().crash_consistent_warning, 3);
+        let bad = text
+            .replace("warning: 5", "warning: many")
+            .replace("freeze-timeout: 30", "freeze-timeout: 0")
+            .replace("consul-adress", "x");
+        let errors = errors(&bad);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with("global.crash-consistent-warning: must be a whole number"));
+        assert!(
+            errors[1]
+                .starts_with("jobs.a.source: 'freeze-timeout' must be a whole number of seconds")
+        );
+        assert_error(
+            &text.replace("consul-address", "consul_address"),
+            "jobs.a.source.consul_address: unknown key",
         );
     }
 

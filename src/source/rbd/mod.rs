@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::flyingcircus::{Freeze, Outcome};
 use super::{Plan, Source, SourceReport, Verified};
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
@@ -42,6 +43,10 @@ pub struct CephRbd {
     /// The image's snapshots (name, size) right after the new one was taken.
     snaps: Vec<(String, u64)>,
     size: u64,
+    /// For `flyingcircus`: how to have the hypervisor take the snapshot.
+    freeze: Option<Freeze>,
+    /// `stats.consistency` and `stats.consistency_reason` of the new revision.
+    consistency: (&'static str, Option<String>),
 }
 
 /// Snapshot name of a revision.
@@ -52,6 +57,27 @@ pub fn snap_name(id: &str) -> String {
 impl CephRbd {
     /// A source for a `ceph-rbd` config.
     pub fn new(config: &SourceConfig) -> Result<CephRbd> {
+        let new = |pool: &String,
+                   image: &String,
+                   full_always: bool,
+                   whole_object: bool,
+                   full_every: Option<u64>,
+                   verification_timeout: Option<u64>,
+                   freeze: Option<Freeze>| CephRbd {
+            rbd: Rbd::from_env(),
+            pool: pool.clone(),
+            image: image.clone(),
+            full_always,
+            whole_object,
+            full_every,
+            budget: verification_timeout.map_or(DEFAULT_VERIFY_BUDGET, Duration::from_secs),
+            snap: None,
+            from: None,
+            snaps: Vec::new(),
+            size: 0,
+            freeze,
+            consistency: ("crash", None),
+        };
         match config {
             SourceConfig::CephRbd {
                 pool,
@@ -60,24 +86,87 @@ impl CephRbd {
                 whole_object,
                 full_every,
                 verification_timeout,
-            } => Ok(CephRbd {
-                rbd: Rbd::from_env(),
-                pool: pool.clone(),
-                image: image.clone(),
-                full_always: *full_always,
-                whole_object: *whole_object,
-                full_every: *full_every,
-                budget: verification_timeout.map_or(DEFAULT_VERIFY_BUDGET, Duration::from_secs),
-                snap: None,
-                from: None,
-                snaps: Vec::new(),
-                size: 0,
-            }),
+            } => Ok(new(
+                pool,
+                image,
+                *full_always,
+                *whole_object,
+                *full_every,
+                *verification_timeout,
+                None,
+            )),
+            SourceConfig::FlyingCircus {
+                pool,
+                image,
+                vm,
+                consul_acl_token,
+                consul_address,
+                freeze_timeout,
+                full_always,
+                whole_object,
+                full_every,
+                verification_timeout,
+            } => Ok(new(
+                pool,
+                image,
+                *full_always,
+                *whole_object,
+                *full_every,
+                *verification_timeout,
+                Some(Freeze::new(
+                    vm,
+                    consul_acl_token.as_deref(),
+                    consul_address.as_deref(),
+                    *freeze_timeout,
+                )),
+            )),
             other => Err(Error::Other(format!(
-                "the {} source is not available in this version of backy; back up this job with backy 2.x for now",
+                "the {} source is not a Ceph source",
                 other.type_name()
             ))),
         }
+    }
+
+    /// Takes snapshot `snap`: through the hypervisor with the guest frozen
+    /// (`flyingcircus`), else (or when that does not happen) by ourselves.
+    fn take_snapshot(&mut self, snap: &str) -> Result<()> {
+        let spec = self.spec(snap);
+        let create = |rbd: &Rbd| rbd.run(&["snap", "create", &spec]);
+        let Some(freeze) = &self.freeze else {
+            create(&self.rbd)?;
+            self.consistency = ("crash", None);
+            return Ok(());
+        };
+        let image = self.image_spec();
+        let rbd = &self.rbd;
+        let outcome = freeze.request(snap, || {
+            Ok(rbd.snap_list(&image)?.iter().any(|(name, _)| name == snap))
+        })?;
+        self.consistency = match outcome {
+            Outcome::Frozen => ("frozen", None),
+            Outcome::Fallback(reason) => {
+                tracing::warn!(
+                    "Taking snapshot {spec} without freezing the guest of {}: the revision is only crash-consistent",
+                    freeze.vm()
+                );
+                match create(rbd) {
+                    Ok(_) => ("crash", Some(reason)),
+                    Err(e) if snapshot_exists(&e) => {
+                        tracing::info!(
+                            "Snapshot {spec} exists already: the hypervisor took it (frozen) after freeze-timeout; using it"
+                        );
+                        (
+                            "frozen",
+                            Some(format!(
+                                "the hypervisor took the snapshot late (after: {reason})"
+                            )),
+                        )
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        Ok(())
     }
 
     fn spec(&self, snap: &str) -> String {
@@ -94,7 +183,7 @@ impl Source for CephRbd {
         let snap = snap_name(&plan.id);
         // One listing after the new snapshot serves three purposes: the parent's
         // snapshot exists, the new one's size, and (afterwards) what to remove.
-        self.rbd.run(&["snap", "create", &self.spec(&snap)])?;
+        self.take_snapshot(&snap)?;
         self.snap = Some(snap.clone());
         self.snaps = self.rbd.snap_list(&self.image_spec())?;
         self.size = self
@@ -191,13 +280,20 @@ impl Source for CephRbd {
             })
         })?;
         let full = self.from.is_none();
+        let mut stats = vec![
+            ("backup_mode", if full { "full" } else { "diff" }.into()),
+            ("consistency", self.consistency.0.into()),
+        ];
+        if let Some(reason) = &self.consistency.1 {
+            stats.push(("consistency_reason", reason.clone().into()));
+        }
         Ok(SourceReport {
             bytes_written: if full {
                 applied.size
             } else {
                 applied.bytes_in_records
             },
-            stats: vec![("backup_mode", if full { "full" } else { "diff" }.into())],
+            stats,
         })
     }
 
@@ -298,6 +394,21 @@ impl Source for CephRbd {
                 self.spec(&snap)
             );
         }
+    }
+}
+
+/// Whether `rbd snap create` failed because the snapshot exists.
+fn snapshot_exists(e: &Error) -> bool {
+    match e {
+        Error::Rbd(rbd) => match rbd.as_ref() {
+            RbdError::Command(c) => {
+                c.status.and_then(|s| s.code()) == Some(17)
+                    || c.stderr.contains("(17)")
+                    || c.stderr.contains("File exists")
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 
