@@ -30,8 +30,9 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::expire;
 use crate::job::{Job, write_atomic};
+use crate::schedule::backoff::{Retry, next_attempt};
 use crate::schedule::config::{Config, JobDef, Schedule};
-use crate::schedule::plan::{NextRun, backoff, next_run, sla_reference, within_sla};
+use crate::schedule::plan::{NextRun, sla_reference, within_sla};
 use crate::schedule::spread::spread;
 use status::{JobStatus, write_status_file};
 
@@ -171,10 +172,8 @@ struct JobState {
     spread: u64,
     next: NextRun,
     phase: Phase,
-    /// Consecutive failures (for backoff); a manual run does not reset it.
-    failures: u32,
-    /// Retry not before this, after a failure.
-    backoff_until: Option<DateTime<Utc>>,
+    /// Failures in a row and the backoff they cause.
+    retry: Retry,
     /// Tags of the running or queued run.
     run_tags: BTreeSet<String>,
     /// Deadline the queued run had, for ordering.
@@ -340,8 +339,7 @@ impl Scheduler {
                         tags: BTreeSet::new(),
                     },
                     phase: Phase::Waiting,
-                    failures: 0,
-                    backoff_until: None,
+                    retry: Retry::default(),
                     run_tags: BTreeSet::new(),
                     queued_deadline: None,
                     failure: None,
@@ -600,7 +598,7 @@ impl Scheduler {
                 if let Some(job) = self.jobs.get_mut(&name)
                     && matches!(job.phase, Phase::Waiting | Phase::Failed | Phase::Finished)
                 {
-                    job.backoff_until = None;
+                    job.retry.run_now();
                     job.next = NextRun {
                         time: now,
                         tags: job.next.tags.clone(),
@@ -678,8 +676,7 @@ impl Scheduler {
         match failure {
             None => {
                 tracing::info!("Job {name} finished");
-                job.failures = 0;
-                job.backoff_until = None;
+                job.retry.succeeded();
                 job.phase = Phase::Finished;
                 job.failure = None;
                 job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
@@ -776,17 +773,12 @@ impl Scheduler {
 }
 
 fn effective_deadline(job: &JobState) -> DateTime<Utc> {
-    match job.backoff_until {
-        Some(b) => b.max(job.next.time),
-        None => job.next.time,
-    }
+    job.retry.deadline(job.next.time)
 }
 
 fn fail(name: &str, job: &mut JobState, now: DateTime<Utc>) {
-    job.failures += 1;
     job.phase = Phase::Failed;
-    let wait = backoff(job.failures);
-    job.backoff_until = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+    let wait = job.retry.failed(now);
     tracing::info!(
         "Job {name}: retrying in {}",
         status::count((wait.as_secs() / 60) as usize, "minute")
@@ -864,20 +856,20 @@ fn forward_stderr(job: &str, stderr: impl std::io::Read, log_path: &Path) -> Opt
 /// Sets the next run from the schedule and the history; after a failure the
 /// failed run's tags are retried (at the backoff time) with whatever else is due.
 fn reschedule(job: &mut JobState, now: DateTime<Utc>) {
-    let mut history: Vec<(DateTime<Utc>, BTreeSet<String>)> = job
+    let history: Vec<(DateTime<Utc>, BTreeSet<String>)> = job
         .history
         .iter()
         .map(|(t, tags, _)| (*t, tags.clone()))
         .collect();
-    if let Some((t, tags)) = &job.last_success
-        && history.last().is_none_or(|(newest, _)| newest < t)
-    {
-        history.push((*t, tags.clone()));
-    }
-    job.next = next_run(&job.schedule, job.spread, &history, now);
-    if job.phase == Phase::Failed {
-        job.next.tags.extend(job.run_tags.iter().cloned());
-    }
+    let failed = (job.phase == Phase::Failed).then_some(&job.run_tags);
+    job.next = next_attempt(
+        &job.schedule,
+        job.spread,
+        &history,
+        job.last_success.as_ref(),
+        failed,
+        now,
+    );
 }
 
 fn join_tags(schedule: &Schedule, tags: &BTreeSet<String>) -> String {
