@@ -77,7 +77,6 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod error;
-pub mod expire;
 pub mod failpoint;
 pub mod image;
 pub mod interrupt;

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::expire;
 use crate::job::Job;
 use crate::schedule::backoff::{Retry, next_attempt};
 use crate::schedule::config::{Config, JobDef, Schedule};
@@ -502,7 +501,7 @@ impl Scheduler {
                 job.phase = Phase::Finished;
                 job.failure = None;
                 job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
-                match expire::expire(&dir, &job.schedule, now, false) {
+                match crate::job::expire(&dir, &job.schedule, now, false) {
                     Ok(plan) => tracing::debug!("Retention for {name}:\n{plan}"),
                     Err(e) => tracing::warn!("Could not expire revisions of {name}: {e}"),
                 }

@@ -6,6 +6,8 @@
 
 mod remove;
 
+pub use remove::expire;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
