@@ -2,7 +2,7 @@
 //!
 //! See the crate documentation for the layout, the lock order and the order in
 //! which a backup makes its files durable. Every removal of a revision's files
-//! is in [`remove`].
+//! is in `remove.rs`, expiry included ([`expire`]).
 
 mod remove;
 
