@@ -71,13 +71,28 @@
 //!
 //! A crash anywhere before 5 leaves an incomplete revision; after 5, at worst a
 //! stale `last`, which the next backup repairs.
+//!
+//! # Where things are decided
+//!
+//! - A revision's files are removed in one place, `src/job/remove.rs`: by
+//!   `forget` ([`job::Job::remove_revision`], [`job::Job::remove_damaged`]), by
+//!   expiry ([`job::expire`] plans with [`schedule::retention`] and carries the
+//!   plan out with [`job::Job::apply_retention`]) and by a backup's cleanup of
+//!   incomplete revisions ([`job::Job::remove_incomplete`],
+//!   [`job::Job::discard_incomplete`]), all through one function that deletes
+//!   the `.rev` last.
+//! - When a job runs next: [`schedule::plan`] (its slots and catch-up) and
+//!   [`schedule::backoff`] (the wait after failures in a row, and the retry of a
+//!   failed run's tags). Both are pure and take `now`, so tests inject the clock.
+//! - The scheduler: [`daemon`] is the event loop; [`daemon::child`] starts a
+//!   job's `backy backup`, copies its stderr into the job log, stops it after
+//!   its run-timeout and tells from its exit status why it failed.
 
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod error;
-pub mod expire;
 pub mod failpoint;
 pub mod image;
 pub mod interrupt;

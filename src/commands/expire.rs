@@ -22,7 +22,7 @@ pub fn run(dir: &Path, config_path: &Path, dry_run: bool) -> Result<()> {
             config_path.display()
         ))
     })?;
-    let plan = crate::expire::expire(&dir, schedule, Utc::now(), dry_run)?;
+    let plan = crate::job::expire(&dir, schedule, Utc::now(), dry_run)?;
     let mut text = plan.to_string();
     if dry_run {
         text.push_str("(dry run: nothing changed)\n");

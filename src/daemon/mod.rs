@@ -6,22 +6,19 @@
 //! crash in one backup never takes the daemon down; the console and the status
 //! file read a snapshot of the state that the loop publishes.
 //!
-//! Each child has a thread that waits for it (polling, so that the loop may
-//! signal its pid while it cannot have been reaped) and one that reads its
-//! stderr into the job log and keeps its closing `backy: ...` line as the
-//! reason of a failure. A run longer than its run-timeout is stopped.
+//! This module is the loop; [`child`] starts and watches the children (job
+//! log, run-timeout, exit status), [`crate::schedule::backoff`] says when a
+//! job runs again after a failure.
 
+pub mod child;
 pub mod consistency;
 pub mod console;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,11 +26,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::expire;
-use crate::job::{Job, write_atomic};
+use crate::job::Job;
+use crate::schedule::backoff::{Retry, next_attempt};
 use crate::schedule::config::{Config, JobDef, Schedule};
-use crate::schedule::plan::{NextRun, backoff, next_run, sla_reference, within_sla};
+use crate::schedule::plan::{NextRun, sla_reference, within_sla};
 use crate::schedule::spread::spread;
+pub use child::{EXIT_SOURCE_WRITTEN, backy_command};
+use child::{Failure, Running, classify};
 use status::{JobStatus, write_status_file};
 
 /// What wakes the scheduling loop.
@@ -57,92 +56,6 @@ pub enum Event {
     Terminate,
     /// SIGHUP: reload the configuration.
     Reload,
-}
-
-/// Exit status of `backy backup` when the source was written while it was read.
-pub const EXIT_SOURCE_WRITTEN: i32 = 75;
-
-/// Longest wait between SIGTERM and SIGKILL for a run that timed out.
-const MAX_KILL_GRACE: Duration = Duration::from_secs(30);
-
-/// Why the latest run of a job failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Failure {
-    /// The child could not be started.
-    Start(String),
-    /// `base-dir` is missing.
-    BaseDirMissing(PathBuf),
-    /// Exit status 75.
-    SourceWritten,
-    /// Another non-zero exit status.
-    Exit(i32, Option<String>),
-    /// Killed by a signal the scheduler did not send.
-    Signal(i32, Option<String>),
-    /// Ran longer than its run-timeout and was stopped.
-    TimedOut(Duration),
-}
-
-impl Failure {
-    /// A stable word for the status file and `check`.
-    fn kind(&self) -> &'static str {
-        match self {
-            Failure::Start(_) => "start",
-            Failure::BaseDirMissing(_) => "base-dir-missing",
-            Failure::SourceWritten => "source-written",
-            Failure::Exit(..) => "exit",
-            Failure::Signal(..) => "signal",
-            Failure::TimedOut(_) => "timeout",
-        }
-    }
-
-    /// What an operator reads.
-    fn describe(&self) -> String {
-        let said = |line: &Option<String>| match line {
-            Some(l) => format!(": {}", l.strip_prefix("backy: ").unwrap_or(l)),
-            None => String::new(),
-        };
-        match self {
-            Failure::Start(e) => format!("could not be started: {e}"),
-            Failure::BaseDirMissing(dir) => format!(
-                "base-dir {} does not exist; mount the backup volume or create it",
-                dir.display()
-            ),
-            Failure::SourceWritten => {
-                "the source was written during the backup (freeze or snapshot it)".into()
-            }
-            Failure::Exit(code, line) => format!("exit code {code}{}", said(line)),
-            Failure::Signal(sig, line) => format!("killed by signal {sig}{}", said(line)),
-            Failure::TimedOut(after) => format!(
-                "it ran longer than its run-timeout of {} and was stopped",
-                status::duration_text(*after)
-            ),
-        }
-    }
-}
-
-/// A backup child the scheduler started and has not yet seen end.
-struct Running {
-    /// Shared with the thread that waits for it; whoever holds the lock may
-    /// signal the pid, which cannot be reaped (and reused) meanwhile.
-    child: Arc<Mutex<Child>>,
-    pid: u32,
-    started: Instant,
-    timeout: Option<Duration>,
-    /// When SIGTERM was sent because the run timed out.
-    stopping: Option<Instant>,
-    killed: bool,
-}
-
-impl Running {
-    /// Sends `signal` unless the child has ended already.
-    fn signal(&self, signal: rustix::process::Signal) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(child.try_wait(), Ok(None))
-            && let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32)
-        {
-            let _ = rustix::process::kill_process(pid, signal);
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,10 +85,8 @@ struct JobState {
     spread: u64,
     next: NextRun,
     phase: Phase,
-    /// Consecutive failures (for backoff); a manual run does not reset it.
-    failures: u32,
-    /// Retry not before this, after a failure.
-    backoff_until: Option<DateTime<Utc>>,
+    /// Failures in a row and the backoff they cause.
+    retry: Retry,
     /// Tags of the running or queued run.
     run_tags: BTreeSet<String>,
     /// Deadline the queued run had, for ordering.
@@ -249,14 +160,6 @@ fn format_time(t: Option<DateTime<Utc>>) -> String {
     t.map_or("-".into(), |t| {
         t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
     })
-}
-
-/// The binary the scheduler spawns: `$BACKY_CMD`, else the `backy` beside us.
-pub fn backy_command() -> PathBuf {
-    if let Some(cmd) = std::env::var_os("BACKY_CMD") {
-        return cmd.into();
-    }
-    std::env::current_exe().unwrap_or_else(|_| "backy".into())
 }
 
 impl Scheduler {
@@ -343,8 +246,7 @@ impl Scheduler {
                         tags: BTreeSet::new(),
                     },
                     phase: Phase::Waiting,
-                    failures: 0,
-                    backoff_until: None,
+                    retry: Retry::default(),
                     run_tags: BTreeSet::new(),
                     queued_deadline: None,
                     failure: None,
@@ -439,29 +341,7 @@ impl Scheduler {
     /// SIGKILL after a grace period (the timeout, at most 30 s).
     fn stop_overdue(&mut self) {
         for (name, child) in &mut self.children {
-            let Some(timeout) = child.timeout else {
-                continue;
-            };
-            match child.stopping {
-                None if child.started.elapsed() >= timeout => {
-                    tracing::error!(
-                        "Job {name} has run longer than its run-timeout of {}; stopping it (SIGTERM to pid {})",
-                        status::duration_text(timeout),
-                        child.pid
-                    );
-                    child.signal(rustix::process::Signal::TERM);
-                    child.stopping = Some(Instant::now());
-                }
-                Some(at) if !child.killed && at.elapsed() >= timeout.min(MAX_KILL_GRACE) => {
-                    tracing::error!(
-                        "Job {name} did not stop after SIGTERM; killing it (SIGKILL to pid {})",
-                        child.pid
-                    );
-                    child.signal(rustix::process::Signal::KILL);
-                    child.killed = true;
-                }
-                _ => {}
-            }
+            child.stop_if_overdue(name);
         }
     }
 
@@ -519,77 +399,16 @@ impl Scheduler {
         }
         let dir = self.job_dir(name);
         let job = self.jobs.get(name).expect("queued job exists");
-        let start = |e: Error| Failure::Start(e.to_string());
-        write_job_config(&dir, &job.def).map_err(start)?;
-        let log_path = dir.join("backy.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| start(Error::io("cannot open job log", &log_path)(e)))?;
-        let tags = job.run_tags.iter().cloned().collect::<Vec<_>>().join(",");
-        let mut command = Command::new(&self.backy);
-        command
-            .arg("-b")
-            .arg(&dir)
-            .arg("-l")
-            .arg(&log_path)
-            .args(["backup", &tags])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .map_err(|e| Failure::Start(format!("cannot run {}: {e}", self.backy.display())))?;
-        let pid = child.id();
-        tracing::info!(
-            "Job {name} started (pid {pid}) with tags {tags}: {}",
-            crate::logging::shell_words(
-                std::iter::once(command.get_program()).chain(command.get_args())
-            )
-        );
-        let stderr = child.stderr.take();
-        let child = Arc::new(Mutex::new(child));
-        let (last_tx, last_rx) = channel();
-        if let Some(stderr) = stderr {
-            let job_name = name.to_string();
-            std::thread::spawn(move || {
-                let _ = last_tx.send(forward_stderr(&job_name, stderr, &log_path));
-            });
-        }
-        let sender = self.sender.clone();
-        let job_name = name.to_string();
-        let waited = child.clone();
-        std::thread::spawn(move || {
-            let status = loop {
-                let status = waited.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
-                match status {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-                    Err(_) => break None,
-                }
-            };
-            // The reader ends with the pipe, unless a grandchild still holds it.
-            let last_line = last_rx.recv_timeout(Duration::from_secs(2)).ok().flatten();
-            let _ = sender.send(Event::Exited {
-                job: job_name,
-                code: status.and_then(|s| s.code()),
-                signal: status.and_then(|s| s.signal()),
-                last_line,
-            });
-        });
-        let timeout = self.config.run_timeout(name);
-        self.children.insert(
-            name.to_string(),
-            Running {
-                child,
-                pid,
-                started: Instant::now(),
-                timeout,
-                stopping: None,
-                killed: false,
-            },
-        );
+        let child = Running::start(
+            &self.backy,
+            name,
+            &dir,
+            &job.def,
+            &job.run_tags,
+            self.config.run_timeout(name),
+            self.sender.clone(),
+        )?;
+        self.children.insert(name.to_string(), child);
         let job = self.jobs.get_mut(name).expect("queued job exists");
         job.phase = Phase::Running;
         job.started = Some(Utc::now());
@@ -609,7 +428,7 @@ impl Scheduler {
                 if let Some(job) = self.jobs.get_mut(&name)
                     && matches!(job.phase, Phase::Waiting | Phase::Failed | Phase::Finished)
                 {
-                    job.backoff_until = None;
+                    job.retry.run_now();
                     job.next = NextRun {
                         time: now,
                         tags: job.next.tags.clone(),
@@ -671,7 +490,7 @@ impl Scheduler {
     ) {
         let dir = self.job_dir(name);
         let child = self.children.remove(name);
-        let timed_out = child.as_ref().and_then(|c| c.stopping.and(c.timeout));
+        let timed_out = child.as_ref().and_then(Running::timed_out);
         let failure = classify(code, signal, last_line, timed_out);
         let log_hint = format!("see {}", dir.join("backy.log").display());
         let Some(job) = self.jobs.get_mut(name) else {
@@ -687,12 +506,11 @@ impl Scheduler {
         match failure {
             None => {
                 tracing::info!("Job {name} finished");
-                job.failures = 0;
-                job.backoff_until = None;
+                job.retry.succeeded();
                 job.phase = Phase::Finished;
                 job.failure = None;
                 job.last_success = Some((job.started.unwrap_or(now), job.run_tags.clone()));
-                match expire::expire(&dir, &job.schedule, now, false) {
+                match crate::job::expire(&dir, &job.schedule, now, false) {
                     Ok(plan) => tracing::debug!("Retention for {name}:\n{plan}"),
                     Err(e) => tracing::warn!("Could not expire revisions of {name}: {e}"),
                 }
@@ -789,108 +607,35 @@ impl Scheduler {
 }
 
 fn effective_deadline(job: &JobState) -> DateTime<Utc> {
-    match job.backoff_until {
-        Some(b) => b.max(job.next.time),
-        None => job.next.time,
-    }
+    job.retry.deadline(job.next.time)
 }
 
 fn fail(name: &str, job: &mut JobState, now: DateTime<Utc>) {
-    job.failures += 1;
     job.phase = Phase::Failed;
-    let wait = backoff(job.failures);
-    job.backoff_until = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+    let wait = job.retry.failed(now);
     tracing::info!(
         "Job {name}: retrying in {}",
         status::count((wait.as_secs() / 60) as usize, "minute")
     );
 }
 
-/// Copies a child's stderr into its job log, except its closing `backy: ...`
-/// summary, which the child logged already (so no error is in the log twice).
-/// A log that cannot be written gets one line in the scheduler's own log.
-/// Returns the summary's first line, else the last line seen.
-/// Why a child's run failed, from its exit status, the reason it gave and
-/// whether the scheduler stopped it after `timed_out` (`None`: success).
-fn classify(
-    code: Option<i32>,
-    signal: Option<i32>,
-    last_line: Option<String>,
-    timed_out: Option<Duration>,
-) -> Option<Failure> {
-    match (code, timed_out) {
-        (Some(0), _) => None,
-        (_, Some(after)) => Some(Failure::TimedOut(after)),
-        (Some(EXIT_SOURCE_WRITTEN), _) => Some(Failure::SourceWritten),
-        (Some(c), _) => Some(Failure::Exit(c, last_line)),
-        (None, _) => Some(Failure::Signal(signal.unwrap_or(0), last_line)),
-    }
-}
-
-fn forward_stderr(job: &str, stderr: impl std::io::Read, log_path: &Path) -> Option<String> {
-    let mut log = OpenOptions::new().append(true).open(log_path).ok();
-    let mut complained = false;
-    let mut write = |lines: &[String]| {
-        for line in lines {
-            let result = match &mut log {
-                Some(f) => f.write_all(format!("{line}\n").as_bytes()),
-                None => Err(std::io::Error::other("it could not be opened")),
-            };
-            if let Err(e) = result
-                && !complained
-            {
-                complained = true;
-                tracing::warn!(
-                    "Job {job}: cannot write its output to {}: {}; dropped: {line}",
-                    log_path.display(),
-                    crate::error::plain_io(&e)
-                );
-            }
-        }
-    };
-    let (mut held, mut summary, mut last) = (Vec::<String>::new(), None, None);
-    let mut reader = BufReader::new(stderr);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-        if !line.is_empty() {
-            last = Some(line.clone());
-        }
-        if line.starts_with("backy: ") {
-            write(&std::mem::take(&mut held));
-            summary = Some(line.clone());
-            held.push(line);
-        } else if !held.is_empty() {
-            held.push(line);
-        } else {
-            write(&[line]);
-        }
-    }
-    summary.or(last)
-}
-
 /// Sets the next run from the schedule and the history; after a failure the
 /// failed run's tags are retried (at the backoff time) with whatever else is due.
 fn reschedule(job: &mut JobState, now: DateTime<Utc>) {
-    let mut history: Vec<(DateTime<Utc>, BTreeSet<String>)> = job
+    let history: Vec<(DateTime<Utc>, BTreeSet<String>)> = job
         .history
         .iter()
         .map(|(t, tags, _)| (*t, tags.clone()))
         .collect();
-    if let Some((t, tags)) = &job.last_success
-        && history.last().is_none_or(|(newest, _)| newest < t)
-    {
-        history.push((*t, tags.clone()));
-    }
-    job.next = next_run(&job.schedule, job.spread, &history, now);
-    if job.phase == Phase::Failed {
-        job.next.tags.extend(job.run_tags.iter().cloned());
-    }
+    let failed = (job.phase == Phase::Failed).then_some(&job.run_tags);
+    job.next = next_attempt(
+        &job.schedule,
+        job.spread,
+        &history,
+        job.last_success.as_ref(),
+        failed,
+        now,
+    );
 }
 
 fn join_tags(schedule: &Schedule, tags: &BTreeSet<String>) -> String {
@@ -920,38 +665,6 @@ fn load_history(dir: &Path, now: DateTime<Utc>) -> (History, Vec<String>) {
     }
 }
 
-/// Writes a job's `config` before its run, only when it changed.
-fn write_job_config(dir: &Path, def: &JobDef) -> Result<()> {
-    std::fs::create_dir(dir)
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(Error::io("cannot create job directory", dir))?;
-    let config = def.job_config();
-    let text = config.to_yaml();
-    let path = dir.join("config");
-    // A Consul token is a secret: 0600, also for a config an older version wrote.
-    let secret = matches!(
-        &config.source,
-        crate::config::SourceConfig::FlyingCircus {
-            consul_acl_token: Some(_),
-            ..
-        }
-    );
-    let mode = if secret { 0o600 } else { 0o644 };
-    let too_open = secret
-        && std::fs::metadata(&path)
-            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0);
-    if too_open || std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        write_atomic(&path, text.as_bytes(), mode)?;
-    }
-    Ok(())
-}
-
 /// Runs the scheduler in the foreground until SIGTERM/SIGINT/SIGQUIT.
 pub fn run_forever(config_path: &Path) -> Result<()> {
     let mut scheduler = Scheduler::new(config_path)?;
@@ -977,61 +690,4 @@ pub fn run_forever(config_path: &Path) -> Result<()> {
     });
     scheduler.start_console();
     scheduler.run()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_are_told_apart() {
-        let said = Some("backy: cannot open source /x: No such file".to_string());
-        assert_eq!(classify(Some(0), None, said.clone(), None), None);
-        // A run that ended well just after its timeout still counts.
-        assert_eq!(
-            classify(Some(0), None, None, Some(Duration::from_secs(5))),
-            None
-        );
-        let f = classify(Some(143), None, said.clone(), Some(Duration::from_secs(60))).unwrap();
-        assert_eq!(f.kind(), "timeout");
-        assert_eq!(
-            f.describe(),
-            "it ran longer than its run-timeout of 1 minute and was stopped"
-        );
-        let f = classify(Some(75), None, said.clone(), None).unwrap();
-        assert_eq!(f.kind(), "source-written");
-        assert_eq!(
-            f.describe(),
-            "the source was written during the backup (freeze or snapshot it)"
-        );
-        let f = classify(Some(1), None, said.clone(), None).unwrap();
-        assert_eq!(
-            f.describe(),
-            "exit code 1: cannot open source /x: No such file"
-        );
-        let f = classify(None, Some(9), None, None).unwrap();
-        assert_eq!(
-            (f.kind(), f.describe().as_str()),
-            ("signal", "killed by signal 9")
-        );
-    }
-
-    #[test]
-    fn stderr_goes_to_the_job_log_except_the_closing_summary() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("backy.log");
-        std::fs::write(&log, "").unwrap();
-        let stderr =
-            "thread noise\nbacky: first\nsecond line of it\nmore\nbacky: the error\nits detail\n";
-        let reason = forward_stderr("j", stderr.as_bytes(), &log);
-        assert_eq!(reason.as_deref(), Some("backy: the error"));
-        assert_eq!(
-            std::fs::read_to_string(&log).unwrap(),
-            "thread noise\nbacky: first\nsecond line of it\nmore\n"
-        );
-        // Without a summary the last line is the reason; a log that cannot be
-        // written loses the lines, not the reason.
-        let reason = forward_stderr("j", "a\nb\n\n".as_bytes(), &dir.path().join("none/log"));
-        assert_eq!(reason.as_deref(), Some("b"));
-    }
 }

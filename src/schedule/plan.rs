@@ -1,6 +1,6 @@
-//! When a job runs next and with which tags; how long it waits after a failure;
-//! whether it is within its SLA. Pure functions of the schedule, the job's
-//! history and `now`.
+//! When a job runs next and with which tags; whether it is within its SLA.
+//! Pure functions of the schedule, the job's history and `now`. How failures
+//! delay the next run is [`super::backoff`].
 //!
 //! Each tag has ideal times `epoch + k * interval + (spread mod interval)`, with
 //! the epoch 0001-01-01 00:00 UTC (Python's `datetime.min`, as backy 2.x): daily
@@ -21,9 +21,6 @@ const EPOCH_UNIX: i64 = -62_135_596_800;
 /// Missed tags wait for the next ideal run when it is at most this far away;
 /// otherwise they run at once (as backy 2.2+).
 pub const CATCH_UP_GRACE: Duration = Duration::from_secs(5 * 60);
-
-/// The longest wait after failures (6 hours).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(360 * 60);
 
 /// A planned run: when, and with which tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,13 +137,6 @@ pub fn next_run(
         next.tags.extend(missed);
         next
     }
-}
-
-/// How long to wait before retrying after `failures` failed runs in a row:
-/// 2^failures minutes, at most 6 hours (2, 4, 8, ... 256, 360, 360 minutes).
-pub fn backoff(failures: u32) -> Duration {
-    let minutes = 1u64.checked_shl(failures).unwrap_or(u64::MAX).min(360);
-    Duration::from_secs(minutes * 60)
 }
 
 /// How old the newest complete revision may get: 1.5 times the schedule's
@@ -394,15 +384,6 @@ mod tests {
             tags(&["daily"]),
         )];
         assert!(!missed_tags(&s, &history, now).contains("daily"));
-    }
-
-    #[test]
-    fn backoff_doubles_to_six_hours() {
-        let minutes: Vec<u64> = (0..12).map(|f| backoff(f).as_secs() / 60).collect();
-        assert_eq!(minutes, [1, 2, 4, 8, 16, 32, 64, 128, 256, 360, 360, 360]);
-        assert_eq!(backoff(63), MAX_BACKOFF);
-        assert_eq!(backoff(64), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! A job directory: its config, its revisions, its locks and the `last` links.
 //!
 //! See the crate documentation for the layout, the lock order and the order in
-//! which a backup makes its files durable.
+//! which a backup makes its files durable. Every removal of a revision's files
+//! is in `remove.rs`, expiry included ([`expire`]).
+
+mod remove;
+
+pub use remove::expire;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -288,14 +293,6 @@ impl Job {
         self.dir.join(format!("{id}.sums"))
     }
 
-    /// Every file name a revision may own, including temp files from a crash.
-    fn owned_paths(&self, id: &str) -> Vec<PathBuf> {
-        ["", ".rev", ".sums", ".rev.tmp", ".sums.tmp"]
-            .iter()
-            .map(|suffix| self.dir.join(format!("{id}{suffix}")))
-            .collect()
-    }
-
     /// The newest complete revision.
     pub fn newest_complete(&self) -> Option<&Revision> {
         self.revisions.iter().rev().find(|r| r.is_complete())
@@ -367,76 +364,6 @@ impl Job {
         })
     }
 
-    /// Removes every incomplete revision (needs the backup lock); returns their ids.
-    pub fn remove_incomplete(&mut self, _lock: &BackupLock) -> Result<Vec<String>> {
-        let incomplete: Vec<String> = self
-            .revisions
-            .iter()
-            .filter(|r| !r.is_complete())
-            .map(|r| r.id.clone())
-            .collect();
-        for id in &incomplete {
-            self.remove_files(id)?;
-        }
-        // Temp files of a `.rev` whose first write never landed.
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_suffix(".rev.tmp")
-                    && !self.rev_path(id).exists()
-                {
-                    self.remove_files(id)?;
-                }
-            }
-        }
-        self.revisions.retain(|r| r.is_complete());
-        match remove_stale_overlays(&self.dir) {
-            Ok(paths) => {
-                for path in paths {
-                    tracing::info!(
-                        "Removed NBD overlay {} left by a crashed server",
-                        path.display()
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(
-                "Could not look for stale NBD overlays in {}: {e}",
-                self.dir.display()
-            ),
-        }
-        Ok(incomplete)
-    }
-
-    /// Deletes a revision's files by exact name, `.rev` last, so a crash leaves an
-    /// incomplete-looking revision rather than an orphan image.
-    fn remove_files(&self, id: &str) -> Result<()> {
-        let mut paths = self.owned_paths(id);
-        let rev = paths.remove(1);
-        paths.push(rev);
-        for path in paths {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("cannot remove", &path)(e)),
-            }
-        }
-        sys::fsync_dir(&self.dir).map_err(Error::io("cannot sync", &self.dir))
-    }
-
-    /// Removes a complete or incomplete revision (needs the purge lock) and fixes `last`.
-    pub fn remove_revision(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
-        // Mark it incomplete first: a crash half-way must not leave a "complete"
-        // revision without its image.
-        if let Some(rev) = self.revisions.iter().find(|r| r.id == id) {
-            let mut rev = rev.clone();
-            rev.stats.remove("duration");
-            self.write_rev(&rev)?;
-        }
-        self.remove_files(id)?;
-        self.revisions.retain(|r| r.id != id);
-        self.update_last()
-    }
-
     /// Writes a revision's `.rev` atomically (temp file, fsync, rename, fsync dir).
     /// Complete revisions are written read-only (0440).
     pub fn write_rev(&self, rev: &Revision) -> Result<()> {
@@ -496,13 +423,6 @@ impl Job {
             n += 1;
         }
         path
-    }
-
-    /// Deletes a damaged revision's files (`forget -r ID --force`; needs the purge lock).
-    pub fn remove_damaged(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
-        self.remove_files(id)?;
-        self.damaged.retain(|d| d.id != id);
-        self.update_last()
     }
 }
 
@@ -590,11 +510,4 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(Error::io("cannot rename into place", path))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sys::fsync_dir(dir).map_err(Error::io("cannot sync", dir))
-}
-
-impl Job {
-    /// Removes the files of a revision that failed before completion.
-    pub fn discard_incomplete(&self, id: &str, _lock: &BackupLock) -> Result<()> {
-        self.remove_files(id)
-    }
 }
