@@ -475,7 +475,7 @@ fn the_token_stays_out_of_logs_and_messages() {
     .failure();
     let text = fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("init flyingcircus rbd/img,vm01,***"),
+        text.contains("init flyingcircus 'rbd/img,vm01,***'"),
         "the command line is not masked:\n{text}"
     );
     assert!(
@@ -532,11 +532,14 @@ fn check_warns_after_three_crash_consistent_revisions_in_a_row() {
     let Some(s) = setup(1) else { return };
     let hv = s.hypervisor(Answer::Never);
     let base = s.fs.join("base");
+    // The scheduler never creates its base-dir (an unmounted volume must not fill
+    // the filesystem below it).
+    fs::create_dir_all(&base).unwrap();
     let conf = s.fs.join("backy.conf");
     fs::write(
         &conf,
         format!(
-            "global:\n  base-dir: {base}\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\n  crash-consistent-warning: 3\nschedules:\n  fast:\n    often: {{interval: 6s, keep: 20}}\njobs:\n  fc:\n    schedule: fast\n    source:\n      type: flyingcircus\n      pool: rbd\n      image: img\n      vm: {VM}\n      consul_acl_token: {TOKEN}\n      consul-address: {addr}\n      freeze-timeout: 1\n",
+            "global:\n  base-dir: {base}\n  status-interval: 1\n  run-timeout: 10m\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\n  crash-consistent-warning: 3\nschedules:\n  fast:\n    often: {{interval: 6s, keep: 20}}\njobs:\n  fc:\n    schedule: fast\n    source:\n      type: flyingcircus\n      pool: rbd\n      image: img\n      vm: {VM}\n      consul_acl_token: {TOKEN}\n      consul-address: {addr}\n      freeze-timeout: 1\n",
             base = base.display(),
             addr = s.consul.address()
         ),
