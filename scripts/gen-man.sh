@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate the generated, committed documentation from the code:
-#   man/backy.1          backy::manpage::render() (src/manpage.rs + the clap definitions)
+#   man/backy.1          backy::manpage::render() (src/manpage/template.md + the clap definitions)
 #   completions/*        `backy completions bash|zsh|fish`
 # tests/manpage.rs fails while these are stale. Run this after changing
-# src/cli.rs or src/manpage.rs (or the version in Cargo.toml), then commit the files.
+# src/cli.rs or src/manpage/template.md (or the version in Cargo.toml), then commit the files.
 #
 # Preview: man -l man/backy.1
 set -euo pipefail
