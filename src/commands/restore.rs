@@ -512,18 +512,19 @@ impl Restore<'_> {
     /// `--verify`, reads the clone back against the manifest), else writes a
     /// sparse copy, checked block by block with `--verify`.
     fn fill_file(&mut self, out: &File, target: &Path, note: &str) -> Result<()> {
-        match sys::ficlone(out, &self.src) {
-            Ok(()) => {
-                tracing::info!("Restored as a reflink clone (no data copied)");
-                if self.check.is_some() {
-                    self.copy(Some((out, target)), Sink::Nothing, note)?;
-                }
-                Ok(())
+        let src = self
+            .src
+            .try_clone()
+            .map_err(Error::io("cannot open", &self.src_path))?;
+        let kind = image::reflink_or(&src, out, target, || {
+            self.copy(None, Sink::Sparse(out, target), note)
+        })?;
+        if kind == image::CloneKind::Reflink {
+            tracing::info!("Restored as a reflink clone (no data copied)");
+            if self.check.is_some() {
+                self.copy(Some((out, target)), Sink::Nothing, note)?;
             }
-            Err(e) if sys::is_reflink_unsupported(&e) => {
-                self.copy(None, Sink::Sparse(out, target), note)
-            }
-            Err(e) => Err(Error::io("cannot clone into", target)(e)),
         }
+        Ok(())
     }
 }

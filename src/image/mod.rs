@@ -37,16 +37,29 @@ pub enum CloneKind {
 pub fn clone_or_copy_sparse(src: &Path, dest: &Path, allow_copy: bool) -> Result<CloneKind> {
     let src_file = File::open(src).map_err(Error::io("cannot open", src))?;
     let dest_file = create_new(dest)?;
-    match sys::ficlone(&dest_file, &src_file) {
+    reflink_or(&src_file, &dest_file, dest, || {
+        if !allow_copy {
+            return Err(no_reflink(dest));
+        }
+        copy_sparse(&src_file, src, &dest_file, dest)
+    })
+}
+
+/// Makes `dest` a reflink clone of `src` where the filesystem can; where it
+/// cannot (another filesystem, no reflink support), runs `copy` instead.
+pub fn reflink_or(
+    src: &File,
+    dest: &File,
+    dest_path: &Path,
+    copy: impl FnOnce() -> Result<()>,
+) -> Result<CloneKind> {
+    match sys::ficlone(dest, src) {
         Ok(()) => Ok(CloneKind::Reflink),
         Err(e) if sys::is_reflink_unsupported(&e) => {
-            if !allow_copy {
-                return Err(no_reflink(dest));
-            }
-            copy_sparse(&src_file, src, &dest_file, dest)?;
+            copy()?;
             Ok(CloneKind::Copy)
         }
-        Err(e) => Err(Error::io("cannot reflink-clone into", dest)(e)),
+        Err(e) => Err(Error::io("cannot reflink-clone into", dest_path)(e)),
     }
 }
 
