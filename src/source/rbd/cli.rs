@@ -109,16 +109,25 @@ impl Rbd {
     /// rbd is killed and `consume`'s error is returned (with rbd's stderr added).
     ///
     /// `consume` owns rbd's stdout (a pipe enlarged to [`PIPE_BYTES`] where the
-    /// kernel allows) and may hand it to another thread.
+    /// kernel allows) and may hand it to another thread; the function it gets
+    /// kills rbd, for a consumer that fails and must see the stream end before
+    /// it returns.
     pub fn stream<T>(
         &self,
         args: &[&str],
-        consume: impl FnOnce(ChildStdout) -> Result<T>,
+        consume: impl FnOnce(ChildStdout, &dyn Fn()) -> Result<T>,
     ) -> Result<T> {
         let (mut child, drain) = self.spawn(args)?;
         let stdout = child.stdout.take().expect("piped");
         let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_BYTES);
-        let result = consume(stdout);
+        // The child is not waited for until `consume` returns, so its pid is ours.
+        let pid = rustix::process::Pid::from_raw(child.id() as i32);
+        let kill = move || {
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        };
+        let result = consume(stdout, &kill);
         if result.is_err() {
             let _ = child.kill();
         }

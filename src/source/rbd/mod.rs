@@ -270,14 +270,16 @@ impl Source for CephRbd {
             block_size: writer.block_size(),
             whole_blocks: !self.whole_object,
         };
-        let applied = self.rbd.stream(&args, |out| {
-            diff::apply_streamed(out, writer, &expect, Some(prefetch), progress).map_err(|source| {
-                RbdError::Diff {
-                    snapshot: to.to_string(),
-                    source,
-                }
-                .into()
-            })
+        let applied = self.rbd.stream(&args, |out, kill_rbd| {
+            diff::apply_streamed(out, writer, &expect, Some(prefetch), progress, kill_rbd).map_err(
+                |source| {
+                    RbdError::Diff {
+                        snapshot: to.to_string(),
+                        source,
+                    }
+                    .into()
+                },
+            )
         })?;
         let full = self.from.is_none();
         let mut stats = vec![

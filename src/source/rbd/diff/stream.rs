@@ -14,16 +14,36 @@ use crate::image::writer::ImageWriter;
 ///
 /// At most [`AHEAD_BATCHES`] batches of about [`BATCH_BYTES`] wait between the
 /// threads, so memory stays bounded whatever the stream holds. `progress` gets the
-/// stream bytes handled. If applying fails, the reader thread ends by itself once
-/// the input ends or fails (the caller kills rbd).
-pub fn apply_streamed<R: Read + Send + 'static>(
+/// stream bytes handled.
+///
+/// The reader thread is scoped: it has ended when this returns. If applying
+/// fails, `stop_input` is called first (the caller kills rbd), so a reader
+/// blocked on the input sees its end; one blocked handing over a batch sees
+/// the applier gone.
+pub fn apply_streamed<R: Read + Send>(
     input: R,
     writer: &mut ImageWriter,
     expect: &Expect,
     prefetch: Option<Prefetch>,
     progress: &mut dyn FnMut(u64),
+    stop_input: &dyn Fn(),
 ) -> Result<Applied, DiffError> {
-    apply_records(Streamed::start(input, prefetch), writer, expect, progress)
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_BATCHES);
+        let reader = scope.spawn(move || read_ahead(input, tx, prefetch));
+        // `apply_records` owns the receiving side and drops it when it returns.
+        let result = apply_records(Streamed::new(rx), writer, expect, progress);
+        if result.is_err() {
+            stop_input();
+        }
+        if reader.join().is_err() {
+            return Err(DiffError::Invalid {
+                at: 0,
+                what: "the thread reading the diff stream panicked (a backy bug)".into(),
+            });
+        }
+        result
+    })
 }
 /// Data bytes a reader-thread batch collects before it is handed over.
 pub const BATCH_BYTES: usize = 1 << 20;
@@ -85,9 +105,7 @@ struct Streamed {
 }
 
 impl Streamed {
-    fn start<R: Read + Send + 'static>(input: R, prefetch: Option<Prefetch>) -> Streamed {
-        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_BATCHES);
-        std::thread::spawn(move || read_ahead(input, tx, prefetch));
+    fn new(rx: std::sync::mpsc::Receiver<Vec<Item>>) -> Streamed {
         Streamed {
             batches: rx,
             items: Vec::new().into_iter(),

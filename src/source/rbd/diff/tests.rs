@@ -105,6 +105,7 @@ impl Chain {
                     &expect,
                     Some(prefetch),
                     &mut |n| seen += n,
+                    &|| {},
                 );
                 if r.is_ok() {
                     assert_eq!(seen, diff.len() as u64 - 1, "progress covers the stream");
