@@ -1,6 +1,6 @@
 //! `-r SPEC` resolution: a pure function over a job's revisions.
 //!
-//! Rules, first hit wins (SPEC section 2): a non-negative number N is the N-th newest
+//! Rules, first hit wins (as backy 2.1 resolved them): a non-negative number N is the N-th newest
 //! (falling through when beyond the history); an exact id; `last`/`latest`; a tag
 //! (newest carrying it); a unique id prefix. Only complete revisions are chosen,
 //! except by an exact id, so that the caller can say *why* it cannot be used.

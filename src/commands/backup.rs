@@ -1,4 +1,4 @@
-//! `backy backup TAGS`: make one revision (SPEC section 4).
+//! `backy backup TAGS`: make one revision.
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;

@@ -1,4 +1,4 @@
-//! `backy check -c CONFIG`: the Nagios check of all jobs (SPEC section 8).
+//! `backy check -c CONFIG`: the Nagios check of all jobs.
 //!
 //! One status line first, with performance data after the `|`, then details;
 //! exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. The status file is compared

@@ -50,7 +50,7 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
     crate::output::stdout(&text)
 }
 
-/// The table of SPEC section 3, with its summary line.
+/// The table backy 2.1 prints, with its summary line.
 pub fn render_table(revisions: &[Revision]) -> String {
     let mut table = Table::new();
     table
@@ -59,7 +59,7 @@ pub fn render_table(revisions: &[Revision]) -> String {
     let any_trust = revisions
         .iter()
         .any(|r| r.trust != crate::revision::Trust::Trusted);
-    // Ceph revisions record whether the guest was frozen (SPEC section 4).
+    // Ceph revisions record whether the guest was frozen (`stats.consistency`).
     let any_consistency = revisions.iter().any(|r| consistency(r).is_some());
     let mut header = vec!["Date (UTC)", "ID", "Size", "Durat", "Tags"];
     if any_trust {

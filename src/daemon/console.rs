@@ -1,4 +1,4 @@
-//! The telnet console (SPEC section 9): `jobs [REGEX]`, `status`, `run JOB`,
+//! The telnet console (as backy 2.x had it): `jobs [REGEX]`, `status`, `run JOB`,
 //! `runall`, `help`, `quit`, on loopback addresses only by default.
 //!
 //! Each client gets a thread. Input is read in bounded lines; telnet negotiation

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::job::write_atomic;
 
-/// One job's line in the status file (SPEC section 7), in this key order.
+/// One job's line in the status file, in backy 2.x's key order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStatus {
     /// Job name.
@@ -92,7 +92,7 @@ pub fn read_status_file(path: &Path) -> Result<Vec<JobStatus>> {
     })
 }
 
-/// The console's `jobs` table (SPEC section 9; times without ` UTC`). When
+/// The console's `jobs` table (as backy 2.x printed it; times without ` UTC`). When
 /// Ceph jobs are among them, a last column says whether their newest
 /// revision's guest was frozen, and marks the flyingcircus jobs `check` warns about.
 pub fn jobs_table(jobs: &[JobStatus]) -> String {

@@ -227,9 +227,9 @@ mod tests {
         names.iter().map(|t| t.to_string()).collect()
     }
 
-    /// The vector in SPEC section 7.
+    /// Next runs of a schedule as backy 2.x computed them for the same inputs.
     #[test]
-    fn spec_vector() {
+    fn next_runs_match_backy_2() {
         let s = default_schedule();
         let spread = spread("test01", s.max_interval());
         assert_eq!(spread, 639_092);

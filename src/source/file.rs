@@ -334,7 +334,8 @@ impl Source for FileSource {
 
 #[cfg(test)]
 mod tests {
-    //! LESSONS 1 and 2: random write/zero/punch/grow/shrink sequences against an
+    //! Backup tools have lost data by writing stale or missing blocks after a
+    //! shrink, a punch or a grow: random write/zero/punch/grow/shrink sequences against an
     //! in-memory model, compared after every backup step, with trusted and
     //! untrusted parent digests.
 
