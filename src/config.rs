@@ -123,6 +123,12 @@ impl SourceKind {
 
 /// Where a job's data comes from: the source mapping of a job's `config` and
 /// of a scheduler job's `source:` (one definition for both, and for `init`).
+///
+/// Not `deny_unknown_fields`: backy 2.1 ignored unknown keys in both files and
+/// its scheduler copied a job's `source:` into `config` as it stood, so such a
+/// `config` must keep loading. The scheduler configuration, which we validate
+/// strictly, rejects unknown keys itself, naming the known ones
+/// ([`SourceKind::keys`]) with a hint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
