@@ -212,36 +212,22 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
     let map = section(top.get(name), name, p).cloned().unwrap_or_default();
     p.check_keys(&map, name, &GLOBAL_KEYS);
     let at = |key: &str| format!("{name}.{key}");
-    let mut fields = Fields::new(&map, name, Style::Section, p);
-    let worker_limit = fields
-        .whole_number(
-            "worker-limit",
-            1,
-            usize::MAX as u64,
-            "a whole number of parallel backups, at least 1",
-        )
-        .map_or(DEFAULT_WORKER_LIMIT, |n| n as usize);
-    let telnet_port = fields
-        .whole_number(
-            "telnet-port",
-            0,
-            u16::MAX.into(),
-            "a port number (0 to 65535)",
-        )
-        .map_or(DEFAULT_TELNET_PORT, |n| n as u16);
-    let crash_consistent_warning = fields
-        .whole_number(
-            "crash-consistent-warning",
-            0,
-            u64::MAX,
-            "a whole number of revisions (0 turns the warning off)",
-        )
-        .unwrap_or(DEFAULT_CRASH_CONSISTENT_WARNING);
-
+    // The one field reader, in the key order problems are listed in.
+    let number = |p: &mut Problems, key: &str, min: u64, max: u64, what: &str| {
+        Fields::new(&map, name, Style::Section, p).whole_number(key, min, max, what)
+    };
     let base_dir = absolute_path(map.get("base-dir"), &at("base-dir"), p)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE_DIR));
     let status_file = absolute_path(map.get("status-file"), &at("status-file"), p)
         .unwrap_or_else(|| base_dir.join("status"));
+    let worker_limit = number(
+        p,
+        "worker-limit",
+        1,
+        usize::MAX as u64,
+        "a whole number of parallel backups, at least 1",
+    )
+    .map_or(DEFAULT_WORKER_LIMIT, |n| n as usize);
     let status_interval = match map.get("status-interval") {
         None => DEFAULT_STATUS_INTERVAL,
         Some(v) => interval_value(v).unwrap_or_else(|e| {
@@ -249,6 +235,14 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
             DEFAULT_STATUS_INTERVAL
         }),
     };
+    let telnet_port = number(
+        p,
+        "telnet-port",
+        0,
+        u16::MAX.into(),
+        "a port number (0 to 65535)",
+    )
+    .map_or(DEFAULT_TELNET_PORT, |n| n as u16);
     let telnet_addrs = match map.get("telnet-addrs") {
         None => parse_addrs(DEFAULT_TELNET_ADDRS).unwrap_or_default(),
         Some(v) => telnet_addrs(v).unwrap_or_else(|e| {
@@ -259,6 +253,14 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
     let run_timeout = optional_interval(map.get("run-timeout"), &at("run-timeout"), p);
     let console_timeout = optional_interval(map.get("console-timeout"), &at("console-timeout"), p)
         .unwrap_or(Duration::from_secs(DEFAULT_CONSOLE_TIMEOUT));
+    let crash_consistent_warning = number(
+        p,
+        "crash-consistent-warning",
+        0,
+        u64::MAX,
+        "a whole number of revisions (0 turns the warning off)",
+    )
+    .unwrap_or(DEFAULT_CRASH_CONSISTENT_WARNING);
     Global {
         base_dir,
         worker_limit,
