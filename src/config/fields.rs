@@ -182,9 +182,9 @@ impl<'a> Fields<'a> {
     }
 
     /// A non-empty text key (a number is read as its digits); missing is
-    /// reported.
+    /// reported, and so is an empty value (`filename:` with nothing).
     pub fn text(&mut self, key: &str) -> Option<String> {
-        match self.get(key) {
+        match self.map.get(key) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(other) => {
@@ -305,6 +305,7 @@ mod tests {
         assert_eq!(f.text("t"), None);
         assert!(!f.flag("b"));
         assert_eq!(f.text("missing"), None);
+        assert_eq!(f.text("b"), None);
         let shown: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
@@ -312,6 +313,7 @@ mod tests {
                 "jobs.a.source: 'n' must be one or more, not 0",
                 "jobs.a.source: 't' must be a non-empty string, not an empty string",
                 "jobs.a.source: 'missing' is missing",
+                "jobs.a.source: 'b' must be a non-empty string, not null",
             ]
         );
         let mut p = Problems::default();
