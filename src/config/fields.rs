@@ -141,11 +141,6 @@ impl<'a> Fields<'a> {
         self.problems.errors.len()
     }
 
-    /// Records a warning about `key`, at the key's path.
-    pub fn warn(&mut self, key: &str, message: impl Display) {
-        self.problems.warn(&join(self.path, key), message);
-    }
-
     fn describe(&self, value: &Value) -> String {
         match self.style {
             Style::Source => describe_short(value),
