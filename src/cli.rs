@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// Backup of virtual machine disk images as reflinked, sparse raw revisions.
 #[derive(Debug, Parser)]
@@ -28,27 +28,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Source types `init` knows.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SourceType {
-    /// An image file or block device: SOURCE is its path.
-    File,
-    /// A Ceph RBD image: SOURCE is POOL/IMAGE.
-    CephRbd,
-    /// Ceph plus a Consul-triggered freeze: SOURCE is POOL/IMAGE,VM[,TOKEN].
-    Flyingcircus,
-}
-
-impl SourceType {
-    /// The name written to `config`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceType::File => "file",
-            SourceType::CephRbd => "ceph-rbd",
-            SourceType::Flyingcircus => "flyingcircus",
-        }
-    }
-}
+/// Source types `init` knows (defined with the source configuration).
+pub use crate::config::SourceKind as SourceType;
 
 /// The actions.
 #[derive(Debug, Subcommand)]

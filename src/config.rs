@@ -6,16 +6,140 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigFile, Error, Result};
 
-/// Where a job's data comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+mod fields;
+
+pub use fields::{ConfigProblem, ConfigProblems, Fields, Problems, Style, describe, join};
+
+/// The source types: the `type` of a source mapping, and `backy init TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// An image file or block device: SOURCE is its path.
+    File,
+    /// A Ceph RBD image: SOURCE is POOL/IMAGE.
+    CephRbd,
+    /// Ceph plus a Consul-triggered freeze: SOURCE is POOL/IMAGE,VM[,TOKEN].
+    #[value(name = "flyingcircus")]
+    FlyingCircus,
+}
+
+/// How the value of one source key is read.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// Non-empty text (a number is read as its digits); required.
+    Text,
+    /// Text that may be missing or empty.
+    OptionalText,
+    /// A Consul agent address, see [`check_consul_address`].
+    ConsulAddress,
+    /// `true` or `false`; missing is `false`.
+    Flag,
+    /// An optional whole number of at least `min`; `what` completes "must be".
+    Count { min: u64, what: &'static str },
+}
+
+const FULL_EVERY: Rule = Rule::Count {
+    min: 1,
+    what: "a whole number of backups, 1 or more (e.g. 7: every 7th backup is a full compare)",
+};
+const SECONDS: Rule = Rule::Count {
+    min: 0,
+    what: "a whole number of seconds",
+};
+const FREEZE_SECONDS: Rule = Rule::Count {
+    min: 1,
+    what: "a whole number of seconds, 1 or more (how long the hypervisor may take to freeze and snapshot)",
+};
+
+/// The keys of each source type besides `type`, in the order `config` is
+/// written, with how each is read. [`SourceConfig`]'s serde names are the
+/// same keys (a test holds the two together).
+const FILE_KEYS: &[(&str, Rule)] = &[("filename", Rule::Text)];
+const CEPH_RBD_KEYS: &[(&str, Rule)] = &[
+    ("pool", Rule::Text),
+    ("image", Rule::Text),
+    ("full-always", Rule::Flag),
+    ("whole-object", Rule::Flag),
+    ("full-every", FULL_EVERY),
+    ("verification-timeout", SECONDS),
+];
+const FLYINGCIRCUS_KEYS: &[(&str, Rule)] = &[
+    ("pool", Rule::Text),
+    ("image", Rule::Text),
+    ("vm", Rule::Text),
+    ("consul_acl_token", Rule::OptionalText),
+    ("consul-address", Rule::ConsulAddress),
+    ("freeze-timeout", FREEZE_SECONDS),
+    ("full-always", Rule::Flag),
+    ("whole-object", Rule::Flag),
+    ("full-every", FULL_EVERY),
+    ("verification-timeout", SECONDS),
+];
+
+impl SourceKind {
+    /// Every source type, in the order messages list them.
+    pub const ALL: [SourceKind; 3] = [
+        SourceKind::File,
+        SourceKind::CephRbd,
+        SourceKind::FlyingCircus,
+    ];
+
+    /// The `type` name as written in `config`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::File => "file",
+            SourceKind::CephRbd => "ceph-rbd",
+            SourceKind::FlyingCircus => "flyingcircus",
+        }
+    }
+
+    /// The type called `name` exactly.
+    pub fn from_name(name: &str) -> Option<SourceKind> {
+        SourceKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// All type names for messages: `file, ceph-rbd, flyingcircus`.
+    pub fn names() -> String {
+        SourceKind::ALL.map(SourceKind::name).join(", ")
+    }
+
+    fn rules(self) -> &'static [(&'static str, Rule)] {
+        match self {
+            SourceKind::File => FILE_KEYS,
+            SourceKind::CephRbd => CEPH_RBD_KEYS,
+            SourceKind::FlyingCircus => FLYINGCIRCUS_KEYS,
+        }
+    }
+
+    /// The keys of this type besides `type`, in the order `config` is written.
+    pub fn keys(self) -> impl Iterator<Item = &'static str> {
+        self.rules().iter().map(|(key, _)| *key)
+    }
+}
+
+/// Where a job's data comes from: the source mapping of a job's `config` and
+/// of a scheduler job's `source:` (one definition for both, and for `init`).
+///
+/// Not `deny_unknown_fields`: backy 2.1 ignored unknown keys in both files and
+/// its scheduler copied a job's `source:` into `config` as it stood, so such a
+/// `config` must keep loading. The scheduler configuration, which we validate
+/// strictly, rejects unknown keys itself, naming the known ones
+/// ([`SourceKind::keys`]) with a hint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
 pub enum SourceConfig {
     /// An image file or block device, compared block by block.
     File {
         /// The file or device.
+        #[serde(serialize_with = "path_lossy")]
         filename: PathBuf,
     },
     /// A Ceph RBD image, snapshot per revision.
@@ -25,16 +149,21 @@ pub enum SourceConfig {
         /// The image.
         image: String,
         /// Never use diffs.
+        #[serde(default, skip_serializing_if = "is_false")]
         full_always: bool,
         /// Ask rbd for whole-object diffs (`--whole-object`).
+        #[serde(default, skip_serializing_if = "is_false")]
         whole_object: bool,
         /// Make every Nth backup a full compare even when a diff is possible
-        /// (LESSONS 6: diffs from buggy object maps can miss changes).
+        /// (diffs from buggy object maps can miss changes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         full_every: Option<u64>,
         /// Seconds sampled verification may take (default 300).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         verification_timeout: Option<u64>,
     },
     /// Ceph plus a Consul request that freezes the guest first.
+    #[serde(rename = "flyingcircus")]
     FlyingCircus {
         /// The pool.
         pool: String,
@@ -43,21 +172,42 @@ pub enum SourceConfig {
         /// The VM to freeze.
         vm: String,
         /// Consul ACL token (`$CONSUL_HTTP_TOKEN` when missing). Never logged.
+        /// Spelt as backy 2.1 spells it.
+        #[serde(
+            rename = "consul_acl_token",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
         consul_acl_token: Option<String>,
         /// The Consul agent, `HOST:PORT` or `http://HOST:PORT` (default
         /// `$CONSUL_HTTP_ADDR`, else `127.0.0.1:8500`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         consul_address: Option<String>,
         /// Seconds to wait for the hypervisor's snapshot (default 90).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         freeze_timeout: Option<u64>,
         /// As for `ceph-rbd`.
+        #[serde(default, skip_serializing_if = "is_false")]
         full_always: bool,
         /// As for `ceph-rbd`.
+        #[serde(default, skip_serializing_if = "is_false")]
         whole_object: bool,
         /// As for `ceph-rbd`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         full_every: Option<u64>,
         /// As for `ceph-rbd`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         verification_timeout: Option<u64>,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// File names are written as text even where they are not UTF-8 (as before).
+fn path_lossy<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 /// A job's configuration.
@@ -69,33 +219,97 @@ pub struct JobConfig {
     pub allow_copy: bool,
 }
 
+/// The backy 2.1 layout of `config` as we write it: the source mapping plus
+/// our `allow-copy`.
+#[derive(Serialize)]
+struct Written<'a> {
+    #[serde(flatten)]
+    source: &'a SourceConfig,
+    #[serde(rename = "allow-copy", skip_serializing_if = "is_false")]
+    allow_copy: bool,
+}
+
 impl SourceConfig {
+    /// The type of this source.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            SourceConfig::File { .. } => SourceKind::File,
+            SourceConfig::CephRbd { .. } => SourceKind::CephRbd,
+            SourceConfig::FlyingCircus { .. } => SourceKind::FlyingCircus,
+        }
+    }
+
     /// The `type` name as written in `config`.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            SourceConfig::File { .. } => "file",
-            SourceConfig::CephRbd { .. } => "ceph-rbd",
-            SourceConfig::FlyingCircus { .. } => "flyingcircus",
+        self.kind().name()
+    }
+
+    /// Reads the keys of a source of type `kind` with `fields` (which records
+    /// every problem); `None` when there was one. Keys this type does not read
+    /// are left alone: backy 2.1 ignored them, and its scheduler copied a job's
+    /// `source:` mapping into `config` as it was (the scheduler configuration
+    /// rejects them itself, with hints).
+    pub fn read(kind: SourceKind, fields: &mut Fields<'_>) -> Option<SourceConfig> {
+        let mut clean = Mapping::new();
+        clean.insert("type".into(), kind.name().into());
+        let errors_before = fields.error_count();
+        for &(key, rule) in kind.rules() {
+            let value: Option<Value> = match rule {
+                Rule::Text => fields.text(key).map(Value::from),
+                Rule::OptionalText => fields.optional_text(key).map(Value::from),
+                Rule::ConsulAddress => fields.optional_text(key).and_then(|a| {
+                    check_consul_address(&a)
+                        .map_err(|e| fields.problem(key, e))
+                        .ok()
+                        .map(Value::from)
+                }),
+                Rule::Flag => Some(fields.flag(key).into()),
+                Rule::Count { min, what } => fields
+                    .whole_number(key, min, u64::MAX, what)
+                    .map(Value::from),
+            };
+            if let Some(value) = value {
+                clean.insert(key.into(), value);
+            }
         }
+        if fields.error_count() > errors_before {
+            return None;
+        }
+        // Every value is checked and in its final form: this cannot fail but
+        // for a bug, which then is a problem rather than a panic.
+        serde_norway::from_value(Value::Mapping(clean))
+            .map_err(|e| fields.problem("type", format!("cannot be read: {e}")))
+            .ok()
     }
 
     /// Builds a source from `backy init TYPE SOURCE` arguments.
     pub fn from_init_args(type_name: &str, arg: &str) -> Result<SourceConfig> {
+        match SourceKind::from_name(type_name) {
+            Some(kind) => SourceConfig::from_init(kind, arg),
+            None => Err(Error::SourceArgument(format!(
+                "unknown source type '{type_name}'; use {}",
+                names_or()
+            ))),
+        }
+    }
+
+    /// Builds a source of type `kind` from the SOURCE argument of `backy init`.
+    pub fn from_init(kind: SourceKind, arg: &str) -> Result<SourceConfig> {
         let pool_image = |s: &str| -> Result<(String, String)> {
             match s.split_once('/') {
                 Some((p, i)) if !p.is_empty() && !i.is_empty() && !i.contains('/') => {
                     Ok((p.to_string(), i.to_string()))
                 }
-                _ => Err(Error::Config(format!(
+                _ => Err(Error::SourceArgument(format!(
                     "'{s}' is not POOL/IMAGE; give the Ceph pool and image name, e.g. rbd/vm01.root"
                 ))),
             }
         };
-        match type_name {
-            "file" => Ok(SourceConfig::File {
+        match kind {
+            SourceKind::File => Ok(SourceConfig::File {
                 filename: PathBuf::from(arg),
             }),
-            "ceph-rbd" => {
+            SourceKind::CephRbd => {
                 let (pool, image) = pool_image(arg)?;
                 Ok(SourceConfig::CephRbd {
                     pool,
@@ -106,7 +320,7 @@ impl SourceConfig {
                     verification_timeout: None,
                 })
             }
-            "flyingcircus" => {
+            SourceKind::FlyingCircus => {
                 let parts: Vec<&str> = arg.split(',').collect();
                 if !(2..=3).contains(&parts.len()) || parts[1].is_empty() {
                     // Everything after the VM may be the token: never repeat it.
@@ -114,7 +328,7 @@ impl SourceConfig {
                         [source, vm, _, ..] => format!("{source},{vm},***"),
                         _ => arg.to_string(),
                     };
-                    return Err(Error::Config(format!(
+                    return Err(Error::SourceArgument(format!(
                         "'{shown}' is not POOL/IMAGE,VM[,TOKEN] as flyingcircus sources need (a token cannot contain a comma; give it as $CONSUL_HTTP_TOKEN then)"
                     )));
                 }
@@ -135,10 +349,16 @@ impl SourceConfig {
                     verification_timeout: None,
                 })
             }
-            other => Err(Error::Config(format!(
-                "unknown source type '{other}'; use file, ceph-rbd or flyingcircus"
-            ))),
         }
+    }
+}
+
+/// `file, ceph-rbd or flyingcircus`.
+fn names_or() -> String {
+    let names = SourceKind::ALL.map(SourceKind::name);
+    match names.split_last() {
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
@@ -183,204 +403,71 @@ impl JobConfig {
     fn load_quietly(path: &Path) -> Result<JobConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Config(format!(
-                    "{} does not exist; is this a job directory? Create one with 'backy -b DIR init file PATH'",
-                    path.display()
-                ))
+                Error::ConfigMissing {
+                    which: ConfigFile::Job,
+                    file: path.to_path_buf(),
+                }
             } else {
                 Error::io("cannot read job config", path)(e)
             }
         })?;
-        JobConfig::parse(&text).map_err(|reason| {
-            Error::Config(format!(
-                "job config {} is malformed: {reason}; fix it or re-create the job with 'backy init'",
-                path.display()
-            ))
+        JobConfig::parse(&text).map_err(|problems| Error::Config {
+            which: ConfigFile::Job,
+            file: path.to_path_buf(),
+            problems: problems.0,
         })
     }
 
-    /// Parses the text of a `config` file (either layout).
-    pub fn parse(text: &str) -> std::result::Result<JobConfig, String> {
-        let value: Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    /// Parses the text of a `config` file (either layout); on failure, every
+    /// problem found.
+    pub fn parse(text: &str) -> std::result::Result<JobConfig, ConfigProblems> {
+        let whole = |message: String| ConfigProblems(vec![ConfigProblem::new("", message)]);
+        let value: Value = serde_norway::from_str(text).map_err(|e| whole(e.to_string()))?;
         let Value::Mapping(top) = value else {
-            return Err("it is not a YAML mapping".into());
+            return Err(whole("it is not a YAML mapping".into()));
         };
-        let map = match top.get("source") {
-            Some(Value::Mapping(m)) => m.clone(),
-            Some(_) => return Err("'source' is not a mapping".into()),
-            None => top.clone(),
+        let (map, nested) = match top.get("source") {
+            Some(Value::Mapping(m)) => (m, true),
+            Some(_) => return Err(whole("'source' is not a mapping".into())),
+            None => (&top, false),
         };
-        let allow_copy = flag(&map, "allow-copy")? || flag(&top, "allow-copy")?;
-        Ok(JobConfig {
-            source: parse_source(&map)?,
-            allow_copy,
-        })
+        let mut p = Problems::default();
+        let source = JobConfig::read_source(map, "", &mut p);
+        let mut allow_copy = Fields::new(map, "", Style::Source, &mut p).flag("allow-copy");
+        if nested {
+            allow_copy |= Fields::new(&top, "", Style::Source, &mut p).flag("allow-copy");
+        }
+        match source {
+            Some(source) if p.errors.is_empty() => Ok(JobConfig { source, allow_copy }),
+            _ => Err(ConfigProblems(p.errors)),
+        }
+    }
+
+    /// Reads the source mapping `map` found at `path` (its `type` and the keys
+    /// of that type), recording problems in `p`.
+    pub fn read_source(map: &Mapping, path: &str, p: &mut Problems) -> Option<SourceConfig> {
+        let mut fields = Fields::new(map, path, Style::Source, p);
+        let type_name = fields.text("type")?;
+        match SourceKind::from_name(&type_name) {
+            Some(kind) => SourceConfig::read(kind, &mut fields),
+            None => {
+                fields.problem_here(format!(
+                    "unknown source type '{type_name}' (known: {})",
+                    SourceKind::names()
+                ));
+                None
+            }
+        }
     }
 
     /// The text written to `config` (backy 2.1 layout).
     pub fn to_yaml(&self) -> String {
-        let mut m = Mapping::new();
-        m.insert("type".into(), self.source.type_name().into());
-        match &self.source {
-            SourceConfig::File { filename } => {
-                m.insert(
-                    "filename".into(),
-                    filename.to_string_lossy().into_owned().into(),
-                );
-            }
-            SourceConfig::CephRbd {
-                pool,
-                image,
-                full_always,
-                whole_object,
-                full_every,
-                verification_timeout,
-            } => {
-                m.insert("pool".into(), pool.clone().into());
-                m.insert("image".into(), image.clone().into());
-                insert_ceph_keys(
-                    &mut m,
-                    *full_always,
-                    *whole_object,
-                    *full_every,
-                    *verification_timeout,
-                );
-            }
-            SourceConfig::FlyingCircus {
-                pool,
-                image,
-                vm,
-                consul_acl_token,
-                consul_address,
-                freeze_timeout,
-                full_always,
-                whole_object,
-                full_every,
-                verification_timeout,
-            } => {
-                m.insert("pool".into(), pool.clone().into());
-                m.insert("image".into(), image.clone().into());
-                m.insert("vm".into(), vm.clone().into());
-                if let Some(t) = consul_acl_token {
-                    m.insert("consul_acl_token".into(), t.clone().into());
-                }
-                if let Some(a) = consul_address {
-                    m.insert("consul-address".into(), a.clone().into());
-                }
-                if let Some(t) = freeze_timeout {
-                    m.insert("freeze-timeout".into(), (*t).into());
-                }
-                insert_ceph_keys(
-                    &mut m,
-                    *full_always,
-                    *whole_object,
-                    *full_every,
-                    *verification_timeout,
-                );
-            }
-        }
-        if self.allow_copy {
-            m.insert("allow-copy".into(), true.into());
-        }
-        serde_norway::to_string(&m).unwrap_or_default()
-    }
-}
-
-/// The keys `ceph-rbd` and `flyingcircus` share, as written to `config`.
-fn insert_ceph_keys(
-    m: &mut Mapping,
-    full_always: bool,
-    whole_object: bool,
-    full_every: Option<u64>,
-    verification_timeout: Option<u64>,
-) {
-    if full_always {
-        m.insert("full-always".into(), true.into());
-    }
-    if whole_object {
-        m.insert("whole-object".into(), true.into());
-    }
-    if let Some(n) = full_every {
-        m.insert("full-every".into(), n.into());
-    }
-    if let Some(t) = verification_timeout {
-        m.insert("verification-timeout".into(), t.into());
-    }
-}
-
-fn flag(map: &Mapping, key: &str) -> std::result::Result<bool, String> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(format!(
-            "'{key}' must be true or false, not {}",
-            describe(other)
-        )),
-    }
-}
-
-/// An optional whole number of at least `min`; `what` says what it must be.
-fn whole_number(
-    map: &Mapping,
-    key: &str,
-    min: u64,
-    what: &str,
-) -> std::result::Result<Option<u64>, String> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64().filter(|&n| n >= min) {
-            Some(n) => Ok(Some(n)),
-            None => Err(format!("'{key}' must be {what}, not {}", describe(v))),
-        },
-    }
-}
-
-fn string(map: &Mapping, key: &str) -> std::result::Result<String, String> {
-    match map.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => Err(format!(
-            "'{key}' must be a non-empty string, not {}",
-            describe(other)
-        )),
-        None => Err(format!("'{key}' is missing")),
-    }
-}
-
-/// A YAML value as an operator would name it in a message: `7`, `'weekly'`,
-/// `an empty string`, `a list`.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) if s.is_empty() => "an empty string".into(),
-        Value::String(s) => format!("'{s}'"),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
-    }
-}
-
-fn full_every(map: &Mapping) -> std::result::Result<Option<u64>, String> {
-    whole_number(
-        map,
-        "full-every",
-        1,
-        "a whole number of backups, 1 or more (e.g. 7: every 7th backup is a full compare)",
-    )
-}
-
-fn verification_timeout(map: &Mapping) -> std::result::Result<Option<u64>, String> {
-    whole_number(map, "verification-timeout", 0, "a whole number of seconds")
-}
-
-/// An optional string key: missing, null and empty are all `None`.
-fn optional_string(map: &Mapping, key: &str) -> std::result::Result<Option<String>, String> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(_) => string(map, key).map(Some),
+        let written = Written {
+            source: &self.source,
+            allow_copy: self.allow_copy,
+        };
+        // Text, numbers and booleans only: serialising cannot fail.
+        serde_norway::to_string(&written).unwrap_or_default()
     }
 }
 
@@ -407,48 +494,6 @@ pub fn check_consul_address(text: &str) -> std::result::Result<String, String> {
         }
         _ => Err(format!(
             "is '{text}', not HOST:PORT (e.g. 127.0.0.1:8500 or http://consul.local:8500)"
-        )),
-    }
-}
-
-fn parse_source(map: &Mapping) -> std::result::Result<SourceConfig, String> {
-    let type_name = string(map, "type")?;
-    match type_name.as_str() {
-        "file" => Ok(SourceConfig::File {
-            filename: PathBuf::from(string(map, "filename")?),
-        }),
-        "ceph-rbd" => Ok(SourceConfig::CephRbd {
-            pool: string(map, "pool")?,
-            image: string(map, "image")?,
-            full_always: flag(map, "full-always")?,
-            whole_object: flag(map, "whole-object")?,
-            full_every: full_every(map)?,
-            verification_timeout: verification_timeout(map)?,
-        }),
-        "flyingcircus" => Ok(SourceConfig::FlyingCircus {
-            pool: string(map, "pool")?,
-            image: string(map, "image")?,
-            vm: string(map, "vm")?,
-            consul_acl_token: optional_string(map, "consul_acl_token")?,
-            consul_address: match optional_string(map, "consul-address")? {
-                Some(a) => {
-                    Some(check_consul_address(&a).map_err(|e| format!("'consul-address' {e}"))?)
-                }
-                None => None,
-            },
-            freeze_timeout: whole_number(
-                map,
-                "freeze-timeout",
-                1,
-                "a whole number of seconds, 1 or more (how long the hypervisor may take to freeze and snapshot)",
-            )?,
-            full_always: flag(map, "full-always")?,
-            whole_object: flag(map, "whole-object")?,
-            full_every: full_every(map)?,
-            verification_timeout: verification_timeout(map)?,
-        }),
-        other => Err(format!(
-            "unknown source type '{other}' (known: file, ceph-rbd, flyingcircus)"
         )),
     }
 }
@@ -521,7 +566,7 @@ mod tests {
                 "not a mapping",
             ),
         ] {
-            let e = JobConfig::parse(text).unwrap_err();
+            let e = JobConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
             assert!(!e.contains("String(") && !e.contains("Number("), "{e}");
         }
@@ -561,7 +606,8 @@ mod tests {
             let e = JobConfig::parse(&format!(
                 "{{type: flyingcircus, pool: rbd, image: a, vm: a, {text}}}"
             ))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
     }
@@ -606,5 +652,134 @@ mod tests {
             }
         ));
         assert_eq!(JobConfig::parse(&c.to_yaml()).unwrap(), c);
+    }
+
+    /// The serde definition of [`SourceConfig`] and the key tables that read
+    /// it name the same keys, in the same order, under the same type names.
+    #[test]
+    fn serde_names_and_key_tables_agree() {
+        let samples = [
+            SourceConfig::File {
+                filename: "/a".into(),
+            },
+            SourceConfig::CephRbd {
+                pool: "rbd".into(),
+                image: "a".into(),
+                full_always: true,
+                whole_object: true,
+                full_every: Some(2),
+                verification_timeout: Some(3),
+            },
+            SourceConfig::FlyingCircus {
+                pool: "rbd".into(),
+                image: "a".into(),
+                vm: "a".into(),
+                consul_acl_token: Some("t".into()),
+                consul_address: Some("127.0.0.1:8500".into()),
+                freeze_timeout: Some(4),
+                full_always: true,
+                whole_object: true,
+                full_every: Some(5),
+                verification_timeout: Some(6),
+            },
+        ];
+        for (sample, kind) in samples.iter().zip(SourceKind::ALL) {
+            assert_eq!(sample.kind(), kind);
+            let Value::Mapping(m) = serde_norway::to_value(sample).unwrap() else {
+                panic!("{sample:?} is not written as a mapping");
+            };
+            let keys: Vec<&str> = m.keys().map(|k| k.as_str().unwrap()).collect();
+            let expected: Vec<&str> = ["type"].into_iter().chain(kind.keys()).collect();
+            assert_eq!(keys, expected, "{}", kind.name());
+            assert_eq!(m["type"].as_str(), Some(kind.name()));
+            let text = JobConfig {
+                source: sample.clone(),
+                allow_copy: false,
+            }
+            .to_yaml();
+            assert_eq!(&JobConfig::parse(&text).unwrap().source, sample, "{text}");
+            assert_eq!(
+                &serde_norway::from_str::<SourceConfig>(&text).unwrap(),
+                sample,
+                "{text}"
+            );
+        }
+        assert_eq!(SourceKind::names(), "file, ceph-rbd, flyingcircus");
+    }
+
+    /// What backy 2.1 writes, and what it wrote when a scheduler's `source:`
+    /// held keys it ignored, still loads; our layout is backy 2.1's.
+    #[test]
+    fn backy21_configs_and_layout() {
+        let c = JobConfig::parse("{type: file, filename: /a, cow: false, something: [1]}").unwrap();
+        assert_eq!(
+            c.source,
+            SourceConfig::File {
+                filename: "/a".into()
+            }
+        );
+        let c = JobConfig::parse(
+            "consul_acl_token: t\nimage: a\npool: rbd\ntype: flyingcircus\nvm: a\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.to_yaml(),
+            "type: flyingcircus\npool: rbd\nimage: a\nvm: a\nconsul_acl_token: t\n"
+        );
+        let c = JobConfig::parse("{type: file, filename: 123}").unwrap();
+        assert_eq!(c.to_yaml(), "type: file\nfilename: '123'\n");
+        let c = JobConfig {
+            allow_copy: true,
+            ..c
+        };
+        assert_eq!(
+            c.to_yaml(),
+            "type: file\nfilename: '123'\nallow-copy: true\n"
+        );
+    }
+
+    /// Numbers follow one rule in both configuration files: a quoted whole
+    /// number is a number (the scheduler always took a quoted `keep:`; a job's
+    /// `full-every:` now takes one too).
+    #[test]
+    fn quoted_numbers_count() {
+        let c = JobConfig::parse(
+            "{type: ceph-rbd, pool: rbd, image: a, full-every: '7', verification-timeout: \"60\"}",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.source,
+            SourceConfig::CephRbd {
+                full_every: Some(7),
+                verification_timeout: Some(60),
+                ..
+            }
+        ));
+        assert!(c.to_yaml().contains("full-every: 7\n"), "{}", c.to_yaml());
+        let e = JobConfig::parse("{type: ceph-rbd, pool: rbd, image: a, full-every: '7a'}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'full-every' must be a whole number of backups"),
+            "{e}"
+        );
+    }
+
+    /// Every problem of a source is reported, each naming its key.
+    #[test]
+    fn every_problem_of_a_source() {
+        let e = JobConfig::parse("{type: flyingcircus, image: [a], full-every: 0, allow-copy: 1}")
+            .unwrap_err();
+        let shown: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "'pool' is missing",
+                "'image' must be a non-empty string, not a list",
+                "'vm' is missing",
+                "'full-every' must be a whole number of backups, 1 or more (e.g. 7: every 7th backup is a full compare), not 0",
+                "'allow-copy' must be true or false, not 1",
+            ]
+        );
     }
 }

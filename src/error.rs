@@ -4,6 +4,50 @@
 use std::io;
 use std::path::PathBuf;
 
+/// The two configuration files, for [`Error::ConfigMissing`] and [`Error::Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// A job's `config`.
+    Job,
+    /// The scheduler's configuration (`/etc/backy.conf`).
+    Scheduler,
+}
+
+impl ConfigFile {
+    fn missing(self, file: &std::path::Path) -> String {
+        match self {
+            ConfigFile::Job => format!(
+                "{} does not exist; is this a job directory? Create one with 'backy -b DIR init file PATH'",
+                file.display()
+            ),
+            ConfigFile::Scheduler => format!(
+                "scheduler configuration {} does not exist; create it (see the FILES section of 'man backy') or pass another with -c",
+                file.display()
+            ),
+        }
+    }
+
+    fn problems(self, file: &std::path::Path, problems: &[crate::config::ConfigProblem]) -> String {
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        match self {
+            ConfigFile::Job => format!(
+                "job config {} is malformed: {}; fix it or re-create the job with 'backy init'",
+                file.display(),
+                shown.join("; ")
+            ),
+            ConfigFile::Scheduler => {
+                let count = problems.len();
+                let noun = if count == 1 { "problem" } else { "problems" };
+                format!(
+                    "scheduler configuration {} has {count} {noun}; fix and try again:\n{}",
+                    file.display(),
+                    shown.join("\n")
+                )
+            }
+        }
+    }
+}
+
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -24,9 +68,27 @@ pub enum Error {
     /// The `ceph-rbd` source failed: an rbd command, the diff stream, librbd.
     #[error(transparent)]
     Rbd(Box<crate::source::rbd::error::RbdError>),
-    /// The job's `config` is missing or malformed.
+    /// A configuration file does not exist.
+    #[error("{}", which.missing(file))]
+    ConfigMissing {
+        /// Which configuration.
+        which: ConfigFile,
+        /// The file.
+        file: PathBuf,
+    },
+    /// A configuration file has problems; all of them, each with its key path.
+    #[error("{}", which.problems(file, problems))]
+    Config {
+        /// Which configuration.
+        which: ConfigFile,
+        /// The file.
+        file: PathBuf,
+        /// Every problem found (at least one).
+        problems: Vec<crate::config::ConfigProblem>,
+    },
+    /// The SOURCE (or TYPE) argument of `backy init` is unusable.
     #[error("{0}")]
-    Config(String),
+    SourceArgument(String),
     /// A `.rev` file cannot be read.
     #[error(
         "cannot read revision metadata {}: {reason}; repair the file or move it out of the job directory",

@@ -3,7 +3,7 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-use crate::config::{JobConfig, SourceConfig};
+use crate::config::{JobConfig, SourceConfig, SourceKind};
 use crate::error::{Error, Result};
 use crate::job::write_atomic;
 
@@ -11,8 +11,8 @@ use crate::job::write_atomic;
 const DIR_MODE: u32 = 0o750;
 
 /// Creates the job directory (if needed) and its `config`.
-pub fn run(dir: &Path, type_name: &str, source_arg: &str) -> Result<()> {
-    let mut source = SourceConfig::from_init_args(type_name, source_arg)?;
+pub fn run(dir: &Path, kind: SourceKind, source_arg: &str) -> Result<()> {
+    let mut source = SourceConfig::from_init(kind, source_arg)?;
     if let SourceConfig::File { filename } = &mut source {
         // A relative path would name another file when backy runs elsewhere (the
         // scheduler, cron). Symlinks are kept: the operator may repoint them.
@@ -54,7 +54,7 @@ pub fn run(dir: &Path, type_name: &str, source_arg: &str) -> Result<()> {
     tracing::info!(
         "Initialized job {} with {} source {shown}",
         dir.display(),
-        type_name
+        kind.name()
     );
     Ok(())
 }

@@ -28,7 +28,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Init {
             source_type,
             source,
-        } => init::run(dir, source_type.name(), source),
+        } => init::run(dir, *source_type, source),
         Command::Backup { tags, allow_copy } => backup::run(dir, tags, *allow_copy),
         Command::Restore {
             revision,

@@ -32,8 +32,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{JobConfig, SourceConfig};
-use crate::error::{Error, Result};
+use crate::config::{ConfigProblems, JobConfig, SourceConfig};
+use crate::error::{ConfigFile, Error, Result};
 
 mod validate;
 
@@ -220,28 +220,25 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Config(format!(
-                    "scheduler configuration {} does not exist; create it (see the FILES section of 'man backy') or pass another with -c",
-                    path.display()
-                ))
+                Error::ConfigMissing {
+                    which: ConfigFile::Scheduler,
+                    file: path.to_path_buf(),
+                }
             } else {
                 Error::io("cannot read scheduler configuration", path)(e)
             }
         })?;
-        Config::parse(&text).map_err(|problems| {
-            let count = problems.lines().count();
-            let noun = if count == 1 { "problem" } else { "problems" };
-            Error::Config(format!(
-                "scheduler configuration {} has {count} {noun}; fix and try again:\n{problems}",
-                path.display()
-            ))
+        Config::parse(&text).map_err(|problems| Error::Config {
+            which: ConfigFile::Scheduler,
+            file: path.to_path_buf(),
+            problems: problems.0,
         })
     }
 
     /// Parses and validates the text of a configuration file. On failure, the
-    /// error holds every problem found, one per line, each starting with its
-    /// key path.
-    pub fn parse(text: &str) -> std::result::Result<Config, String> {
+    /// error holds every problem found, each with its key path (displayed one
+    /// per line).
+    pub fn parse(text: &str) -> std::result::Result<Config, ConfigProblems> {
         validate::parse(text)
     }
 
@@ -295,7 +292,7 @@ jobs:
     fn errors(text: &str) -> Vec<String> {
         match Config::parse(text) {
             Ok(c) => panic!("accepted: {c:?}"),
-            Err(e) => e.lines().map(str::to_string).collect(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
         }
     }
 
@@ -539,5 +536,75 @@ jobs:
         );
         std::fs::write(&missing, SPEC_EXAMPLE).unwrap();
         assert_eq!(Config::load(&missing).unwrap().jobs.len(), 1);
+    }
+
+    /// The problems reach the caller as a list, each with its key path.
+    #[test]
+    fn load_problems_are_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backy.conf");
+        std::fs::write(
+            &path,
+            "global: {worker-limit: 0}\nschedules: {s: {d: {interval: 1d, keep: '2'}}}\njobs: {a: {schedule: s, source: {type: ceph-rbd, pool: rbd, full-every: x}}}",
+        )
+        .unwrap();
+        let Err(Error::Config {
+            which: ConfigFile::Scheduler,
+            file,
+            problems,
+        }) = Config::load(&path)
+        else {
+            panic!("not a config error");
+        };
+        assert_eq!(file, path);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["global.worker-limit", "jobs.a.source", "jobs.a.source"]
+        );
+        assert_eq!(problems[1].message, "'image' is missing");
+        // A quoted number is a number in a source too, as it is for `keep`.
+        std::fs::write(
+            &path,
+            "schedules: {s: {d: {interval: 1d, keep: '2'}}}\njobs: {a: {schedule: s, source: {type: ceph-rbd, pool: rbd, image: a, full-every: '7'}}}",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.schedules["s"].tags["d"].keep, 2);
+        assert!(matches!(
+            c.jobs["a"].source,
+            SourceConfig::CephRbd {
+                full_every: Some(7),
+                ..
+            }
+        ));
+    }
+
+    /// A job's `config` with problems names the file, once, with every problem.
+    #[test]
+    fn job_config_problems_are_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let e = JobConfig::load(&path).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::ConfigMissing {
+                which: ConfigFile::Job,
+                ..
+            }
+        ));
+        std::fs::write(&path, "{type: file}").unwrap();
+        let e = JobConfig::load(&path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "job config {} is malformed: 'filename' is missing; fix it or re-create the job with 'backy init'",
+                path.display()
+            )
+        );
+        let Error::Config { problems, .. } = e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(problems.len(), 1);
     }
 }

@@ -2,7 +2,6 @@
 //! collected, with its key path, and reported together.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Display;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +13,10 @@ use super::{
     DEFAULT_STATUS_INTERVAL, DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT, DEFAULT_WORKER_LIMIT,
     JobDef, Schedule, TagRule, parse_interval,
 };
-use crate::config::{JobConfig, SourceConfig};
+use crate::config::{
+    ConfigProblem, ConfigProblems, Fields, JobConfig, Problems, SourceConfig, SourceKind, Style,
+    describe, join,
+};
 
 /// Keys that backy 2.2 to 2.5 know; accepted anywhere with a warning.
 const LATER_VERSION_KEYS: [&str; 3] = ["backend", "backup-completed-callback", "cow"];
@@ -34,27 +36,27 @@ const GLOBAL_KEYS: [&str; 9] = [
 const TOP_KEYS: [&str; 4] = ["global", "config", "schedules", "jobs"];
 const TAG_KEYS: [&str; 2] = ["interval", "keep"];
 const JOB_KEYS: [&str; 4] = ["schedule", "source", "allow-copy", "run-timeout"];
-const SOURCE_TYPES: [&str; 3] = ["file", "ceph-rbd", "flyingcircus"];
 
 /// Parses the text of a configuration file: see [`Config::parse`].
-pub(super) fn parse(text: &str) -> std::result::Result<Config, String> {
+pub(super) fn parse(text: &str) -> std::result::Result<Config, ConfigProblems> {
+    let whole = |message: String| ConfigProblems(vec![ConfigProblem::new("", message)]);
     let mut value: Value =
-        serde_norway::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+        serde_norway::from_str(text).map_err(|e| whole(format!("not valid YAML: {e}")))?;
     value
         .apply_merge()
-        .map_err(|e| format!("cannot apply a '<<' merge key: {e}"))?;
+        .map_err(|e| whole(format!("cannot apply a '<<' merge key: {e}")))?;
     let top = match value {
         Value::Mapping(m) => m,
         Value::Null => {
-            return Err(
+            return Err(whole(
                 "the configuration is empty; it needs 'schedules' and 'jobs' sections".into(),
-            );
+            ));
         }
         other => {
-            return Err(format!(
+            return Err(whole(format!(
                 "the configuration is {}, not a mapping of 'global', 'schedules' and 'jobs'",
                 describe(&other)
-            ));
+            )));
         }
     };
     let mut p = Problems::default();
@@ -63,7 +65,7 @@ pub(super) fn parse(text: &str) -> std::result::Result<Config, String> {
     let (schedules, schedule_names) = parse_schedules(top.get("schedules"), &mut p);
     let jobs = parse_jobs(top.get("jobs"), &schedule_names, &global, &mut p);
     if !p.errors.is_empty() {
-        return Err(p.errors.join("\n"));
+        return Err(ConfigProblems(p.errors));
     }
     Ok(Config {
         base_dir: global.base_dir,
@@ -76,27 +78,13 @@ pub(super) fn parse(text: &str) -> std::result::Result<Config, String> {
         console_timeout: global.console_timeout,
         schedules,
         jobs,
-        warnings: p.warnings,
+        warnings: p.warnings.iter().map(ToString::to_string).collect(),
         crash_consistent_warning: global.crash_consistent_warning,
     })
 }
 
-/// Errors and warnings collected while walking the document.
-#[derive(Default)]
-struct Problems {
-    errors: Vec<String>,
-    warnings: Vec<String>,
-}
-
+/// The scheduler's checks of keys.
 impl Problems {
-    fn error(&mut self, path: &str, message: impl Display) {
-        self.errors.push(format!("{path}: {message}"));
-    }
-
-    fn warn(&mut self, path: &str, message: impl Display) {
-        self.warnings.push(format!("{path}: {message}"));
-    }
-
     /// Reports unknown keys of `map` (warns about later versions' keys).
     fn check_keys(&mut self, map: &Mapping, path: &str, known: &[&str]) {
         for key in map.keys() {
@@ -147,21 +135,6 @@ impl Problems {
     }
 }
 
-/// The key path of `key` below `path`; control characters in keys are escaped
-/// so that each problem stays on one line.
-fn join(path: &str, key: &str) -> String {
-    let key: String = if key.chars().any(char::is_control) {
-        key.escape_debug().collect()
-    } else {
-        key.to_string()
-    };
-    if path.is_empty() {
-        key
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 /// A key as it would be written, for paths (`1234`, `true`).
 fn key_text(key: &Value) -> String {
     match key {
@@ -170,19 +143,6 @@ fn key_text(key: &Value) -> String {
             .unwrap_or_default()
             .trim()
             .to_string(),
-    }
-}
-
-/// How a value looks, for messages ("a list", "the number 3").
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "empty".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the text '{s}'"),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
     }
 }
 
@@ -204,22 +164,6 @@ fn section<'a>(value: Option<&'a Value>, path: &str, p: &mut Problems) -> Option
             p.error(path, format!("must be a mapping, not {}", describe(other)));
             None
         }
-    }
-}
-
-/// A whole number (a YAML integer or a quoted one).
-fn whole_number(value: &Value) -> Option<u64> {
-    match value {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => {
-            let s = s.trim();
-            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                s.parse().ok()
-            } else {
-                None
-            }
-        }
-        _ => None,
     }
 }
 
@@ -268,27 +212,22 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
     let map = section(top.get(name), name, p).cloned().unwrap_or_default();
     p.check_keys(&map, name, &GLOBAL_KEYS);
     let at = |key: &str| format!("{name}.{key}");
-
+    // The one field reader, in the key order problems are listed in.
+    let number = |p: &mut Problems, key: &str, min: u64, max: u64, what: &str| {
+        Fields::new(&map, name, Style::Section, p).whole_number(key, min, max, what)
+    };
     let base_dir = absolute_path(map.get("base-dir"), &at("base-dir"), p)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE_DIR));
     let status_file = absolute_path(map.get("status-file"), &at("status-file"), p)
         .unwrap_or_else(|| base_dir.join("status"));
-    let worker_limit = match map.get("worker-limit") {
-        None => DEFAULT_WORKER_LIMIT,
-        Some(v) => match whole_number(v).and_then(|n| usize::try_from(n).ok()) {
-            Some(n) if n >= 1 => n,
-            _ => {
-                p.error(
-                    &at("worker-limit"),
-                    format!(
-                        "must be a whole number of parallel backups, at least 1, not {}",
-                        describe(v)
-                    ),
-                );
-                DEFAULT_WORKER_LIMIT
-            }
-        },
-    };
+    let worker_limit = number(
+        p,
+        "worker-limit",
+        1,
+        usize::MAX as u64,
+        "a whole number of parallel backups, at least 1",
+    )
+    .map_or(DEFAULT_WORKER_LIMIT, |n| n as usize);
     let status_interval = match map.get("status-interval") {
         None => DEFAULT_STATUS_INTERVAL,
         Some(v) => interval_value(v).unwrap_or_else(|e| {
@@ -296,19 +235,14 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
             DEFAULT_STATUS_INTERVAL
         }),
     };
-    let telnet_port = match map.get("telnet-port") {
-        None => DEFAULT_TELNET_PORT,
-        Some(v) => match whole_number(v).and_then(|n| u16::try_from(n).ok()) {
-            Some(n) => n,
-            None => {
-                p.error(
-                    &at("telnet-port"),
-                    format!("must be a port number (0 to 65535), not {}", describe(v)),
-                );
-                DEFAULT_TELNET_PORT
-            }
-        },
-    };
+    let telnet_port = number(
+        p,
+        "telnet-port",
+        0,
+        u16::MAX.into(),
+        "a port number (0 to 65535)",
+    )
+    .map_or(DEFAULT_TELNET_PORT, |n| n as u16);
     let telnet_addrs = match map.get("telnet-addrs") {
         None => parse_addrs(DEFAULT_TELNET_ADDRS).unwrap_or_default(),
         Some(v) => telnet_addrs(v).unwrap_or_else(|e| {
@@ -319,19 +253,14 @@ fn parse_global(top: &Mapping, p: &mut Problems) -> Global {
     let run_timeout = optional_interval(map.get("run-timeout"), &at("run-timeout"), p);
     let console_timeout = optional_interval(map.get("console-timeout"), &at("console-timeout"), p)
         .unwrap_or(Duration::from_secs(DEFAULT_CONSOLE_TIMEOUT));
-    let crash_consistent_warning = match map.get("crash-consistent-warning") {
-        None => DEFAULT_CRASH_CONSISTENT_WARNING,
-        Some(v) => whole_number(v).unwrap_or_else(|| {
-            p.error(
-                &at("crash-consistent-warning"),
-                format!(
-                    "must be a whole number of revisions (0 turns the warning off), not {}",
-                    describe(v)
-                ),
-            );
-            DEFAULT_CRASH_CONSISTENT_WARNING
-        }),
-    };
+    let crash_consistent_warning = number(
+        p,
+        "crash-consistent-warning",
+        0,
+        u64::MAX,
+        "a whole number of revisions (0 turns the warning off)",
+    )
+    .unwrap_or(DEFAULT_CRASH_CONSISTENT_WARNING);
     Global {
         base_dir,
         worker_limit,
@@ -524,16 +453,9 @@ fn parse_tag_rule(tag: &str, value: &Value, path: &str, p: &mut Problems) -> Opt
             p.error(path, "'keep' is missing; add e.g. keep: 9");
             None
         }
-        Some(v) => match whole_number(v).and_then(|n| u32::try_from(n).ok()) {
-            Some(n) if n >= 1 => Some(n),
-            _ => {
-                p.error(
-                    &join(path, "keep"),
-                    format!("must be a positive whole number, not {}", describe(v)),
-                );
-                None
-            }
-        },
+        Some(_) => Fields::new(map, path, Style::Section, p)
+            .whole_number("keep", 1, u32::MAX.into(), "a positive whole number")
+            .map(|n| n as u32),
     };
     match (ok, interval, keep) {
         (true, Some(interval), Some(keep)) => Some(TagRule { interval, keep }),
@@ -632,17 +554,7 @@ fn parse_job(
             None
         }
     };
-    let allow_copy = match job.get("allow-copy") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            p.error(
-                &join(path, "allow-copy"),
-                format!("must be true or false, not {}", describe(other)),
-            );
-            false
-        }
-    };
+    let allow_copy = Fields::new(job, path, Style::Section, p).flag("allow-copy");
     let source = match job.get("source") {
         None => {
             p.error(
@@ -674,90 +586,38 @@ fn parse_job(
     })
 }
 
-/// The keys each source type reads (see [`crate::config`]).
-fn source_keys(type_name: &str) -> &'static [&'static str] {
-    match type_name {
-        "file" => &["type", "filename", "allow-copy"],
-        "ceph-rbd" => &[
-            "type",
-            "pool",
-            "image",
-            "full-always",
-            "whole-object",
-            "full-every",
-            "verification-timeout",
-            "allow-copy",
-        ],
-        _ => &[
-            "type",
-            "pool",
-            "image",
-            "vm",
-            "consul_acl_token",
-            "consul-address",
-            "freeze-timeout",
-            "full-always",
-            "whole-object",
-            "full-every",
-            "verification-timeout",
-            "allow-copy",
-        ],
-    }
-}
-
-/// Validates the keys of a source mapping here (for key paths), then lets
-/// [`JobConfig::parse`] build it, so that a job reads its `config` exactly as
-/// the scheduler read the source.
+/// Checks the `type` and the keys of a source mapping here (unknown keys with
+/// hints, trailing commas), then reads it with [`JobConfig::read_source`], so
+/// that a job reads its `config` exactly as the scheduler read the source.
 fn parse_source(map: &Mapping, path: &str, p: &mut Problems) -> Option<(SourceConfig, bool)> {
     let type_path = join(path, "type");
-    let type_name = match map.get("type") {
+    let names = SourceKind::names();
+    let kind = match map.get("type") {
         None => {
-            p.error(
-                path,
-                format!("'type' is missing; add one of: {}", SOURCE_TYPES.join(", ")),
-            );
+            p.error(path, format!("'type' is missing; add one of: {names}"));
             return None;
         }
-        Some(Value::String(s)) => s.as_str(),
+        Some(Value::String(s)) => match SourceKind::from_name(s) {
+            Some(kind) => kind,
+            None => {
+                p.error(&type_path, unknown_type(s));
+                return None;
+            }
+        },
         Some(other) => {
             p.error(
                 &type_path,
-                format!(
-                    "must be one of {}, not {}",
-                    SOURCE_TYPES.join(", "),
-                    describe(other)
-                ),
+                format!("must be one of {names}, not {}", describe(other)),
             );
             return None;
         }
     };
-    if !SOURCE_TYPES.contains(&type_name) {
-        let cleaned = type_name
-            .trim()
-            .trim_end_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let hint = if SOURCE_TYPES.contains(&cleaned.as_str()) {
-            match comma_hint(type_name) {
-                "" => format!("; did you mean '{cleaned}'?"),
-                comma => comma.to_string(),
-            }
-        } else if cleaned == "ceph" || cleaned == "rbd" {
-            "; did you mean 'ceph-rbd'?".to_string()
-        } else {
-            String::new()
-        };
-        p.error(
-            &type_path,
-            format!(
-                "unknown source type '{type_name}' (known: {}){hint}",
-                SOURCE_TYPES.join(", ")
-            ),
-        );
-        return None;
-    }
-    p.check_keys(map, path, source_keys(type_name));
-    let mut clean = Mapping::new();
+    let known: Vec<&str> = ["type"]
+        .into_iter()
+        .chain(kind.keys())
+        .chain(["allow-copy"])
+        .collect();
+    p.check_keys(map, path, &known);
     for (key, value) in map {
         if let (Value::String(k), Value::String(v)) = (key, value)
             && !comma_hint(v).is_empty()
@@ -773,21 +633,37 @@ fn parse_source(map: &Mapping, path: &str, p: &mut Problems) -> Option<(SourceCo
                 format!("{shown} ends with a comma; if that is a typo, drop it (block-style YAML needs none)"),
             );
         }
-        let later = matches!(key, Value::String(k) if LATER_VERSION_KEYS.contains(&k.as_str()));
-        if !later {
-            clean.insert(key.clone(), value.clone());
-        }
     }
-    let text = serde_norway::to_string(&clean)
-        .map_err(|e| p.error(path, e))
-        .ok()?;
-    match JobConfig::parse(&text) {
-        Ok(config) => Some((config.source, config.allow_copy)),
-        Err(reason) => {
-            p.error(path, reason);
-            None
-        }
+    let errors_before = p.errors.len();
+    let source = JobConfig::read_source(map, path, p);
+    let allow_copy = Fields::new(map, path, Style::Source, p).flag("allow-copy");
+    match source {
+        Some(source) if p.errors.len() == errors_before => Some((source, allow_copy)),
+        _ => None,
     }
+}
+
+/// The message for an unknown source type, with a hint where one is likely.
+fn unknown_type(type_name: &str) -> String {
+    let cleaned = type_name
+        .trim()
+        .trim_end_matches(',')
+        .trim()
+        .to_ascii_lowercase();
+    let hint = if SourceKind::from_name(&cleaned).is_some() {
+        match comma_hint(type_name) {
+            "" => format!("; did you mean '{cleaned}'?"),
+            comma => comma.to_string(),
+        }
+    } else if cleaned == "ceph" || cleaned == "rbd" {
+        format!("; did you mean '{}'?", SourceKind::CephRbd.name())
+    } else {
+        String::new()
+    };
+    format!(
+        "unknown source type '{type_name}' (known: {}){hint}",
+        SourceKind::names()
+    )
 }
 
 #[cfg(test)]
@@ -797,7 +673,7 @@ mod tests {
     fn errors(text: &str) -> Vec<String> {
         match Config::parse(text) {
             Ok(c) => panic!("accepted: {c:?}"),
-            Err(e) => e.lines().map(str::to_string).collect(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
         }
     }
 
@@ -1190,7 +1066,7 @@ jobs:
             ("a: [", "not valid YAML"),
             ("jobs: {a: 1}\njobs: {b: 2}", "not valid YAML"),
         ] {
-            let e = Config::parse(text).unwrap_err();
+            let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(expected), "{text:?}: {e}");
         }
     }
