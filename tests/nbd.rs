@@ -954,3 +954,156 @@ fn stale_overlays_are_removed_live_ones_kept() {
     assert!(server.stop().success());
     assert!(overlays(&job).is_empty());
 }
+
+/// The limits that end a connection or get an error: a handshake that never
+/// finishes is closed after 30 s; a read over 32 MiB is EINVAL; a write over
+/// 32 MiB closes the connection (its payload cannot be skipped safely); the
+/// server carries on for everybody else.
+#[test]
+fn request_size_and_handshake_deadline_limits() {
+    let fs = require_fs!(FsKind::Btrfs, 400);
+    let (job, _src, _ids) = job_with_revisions(&fs);
+    let mut server = Server::start(&job, &[]);
+    let port = server.port;
+
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = Instant::now();
+
+    let mut raw = Raw::go(port, "", false);
+    raw.request(0, 1, 0, (32 << 20) + 1, &[]);
+    assert_eq!(raw.simple(0).0, 22, "a read over 32 MiB");
+    raw.request(0, 2, 0, 32 << 20, &[]);
+    let (error, cookie, data) = raw.simple(32 << 20);
+    assert_eq!(
+        (error, cookie, data.len()),
+        (0, 2, 32 << 20),
+        "a read of exactly 32 MiB"
+    );
+    // Block status without a negotiated context is an error, not a disconnect.
+    raw.request(7, 3, 0, 4096, &[]);
+    assert_eq!(raw.simple(0).0, 22);
+    raw.request(1, 4, 0, (32 << 20) + 1, &[]);
+    assert!(raw.closed(), "a write over 32 MiB must end the connection");
+
+    // The idle client gets the greeting, then nothing until the deadline closes it.
+    let mut greeting = [0u8; 18];
+    idle.read_exact(&mut greeting).unwrap();
+    let mut rest = [0u8; 1];
+    let end = idle.read(&mut rest);
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(25) && waited < Duration::from_secs(55),
+        "the handshake deadline closed the connection after {waited:?}"
+    );
+    server.wait_for_log(
+        "did not finish the handshake in time",
+        Duration::from_secs(10),
+    );
+    let mut raw = Raw::go(port, "", false);
+    raw.request(0, 5, 0, 4096, &[]);
+    assert_eq!(raw.simple(4096).0, 0);
+    drop(raw);
+    assert!(server.stop().success());
+}
+
+/// `BLOCK_STATUS` with `REQ_ONE` answers one extent; without it, the extents
+/// cover the range and say hole,zero where the image has holes.
+#[test]
+fn block_status_honours_req_one() {
+    let fs = require_fs!(FsKind::Xfs, 400);
+    let (job, _src, _ids) = job_with_revisions(&fs);
+    let server = Server::start(&job, &[]);
+    let mut raw = Raw::connect(server.port);
+    raw.option(8, &[]);
+    assert_eq!(raw.final_reply(), Some(1));
+    let mut data = 0u32.to_be_bytes().to_vec();
+    data.extend_from_slice(&1u32.to_be_bytes());
+    data.extend_from_slice(&(15u32).to_be_bytes());
+    data.extend_from_slice(b"base:allocation");
+    raw.option(10, &data);
+    let (_, kind, ctx) = raw.reply().unwrap();
+    assert_eq!(kind, 4, "META_CONTEXT");
+    assert_eq!(&ctx[4..], b"base:allocation");
+    let id = u32::from_be_bytes(ctx[..4].try_into().unwrap());
+    assert_eq!(raw.final_reply(), Some(1));
+    let mut go = 0u32.to_be_bytes().to_vec();
+    go.extend_from_slice(&0u16.to_be_bytes());
+    raw.option(7, &go);
+    assert_eq!(raw.final_reply(), Some(1));
+
+    let status = |raw: &mut Raw, flags: u16, cookie: u64| -> Vec<(u32, u32)> {
+        let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&7u16.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&0u64.to_be_bytes());
+        b.extend_from_slice(&((32 * MIB) as u32).to_be_bytes());
+        raw.s.write_all(&b).unwrap();
+        let mut h = [0u8; 20];
+        raw.s.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x668e_33ef);
+        assert_eq!(u16::from_be_bytes([h[6], h[7]]), 5, "a BLOCK_STATUS chunk");
+        assert_eq!(u64::from_be_bytes(h[8..16].try_into().unwrap()), cookie);
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let mut p = vec![0u8; len];
+        raw.s.read_exact(&mut p).unwrap();
+        assert_eq!(u32::from_be_bytes(p[..4].try_into().unwrap()), id);
+        p[4..]
+            .chunks(8)
+            .map(|c| {
+                (
+                    u32::from_be_bytes(c[..4].try_into().unwrap()),
+                    u32::from_be_bytes(c[4..].try_into().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let one = status(&mut raw, 1 << 3, 1);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0].1, 3, "the image starts with a hole: {one:?}");
+    let all = status(&mut raw, 0, 2);
+    assert_eq!(
+        all.iter().map(|e| u64::from(e.0)).sum::<u64>(),
+        32 * MIB,
+        "{all:?}"
+    );
+    assert!(
+        all.iter().any(|e| e.1 == 0) && all.iter().any(|e| e.1 == 3),
+        "{all:?}"
+    );
+    drop(raw);
+    assert!(server.stop().success());
+}
+
+/// A non-loopback address works but warns that NBD has no authentication.
+#[test]
+fn a_non_loopback_address_is_served_with_a_warning() {
+    let fs = require_fs!(FsKind::Btrfs, 400);
+    let (job, _src, _ids) = job_with_revisions(&fs);
+    let log = job.with_extension("wide.log");
+    let mut child = backy_job(&job)
+        .arg("-l")
+        .arg(&log)
+        .args(["nbd-server", "-H", "0.0.0.0", "-p", "0"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let text = loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("over NBD on") {
+            break text;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("not a loopback address: NBD has no authentication"),
+        "{text}"
+    );
+}
