@@ -19,7 +19,7 @@ const QUEUE: usize = 1 << 16;
 
 /// A handle to the prefetch threads of one image; clones share the threads,
 /// which end once every handle is dropped.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Prefetcher {
     tx: SyncSender<(u64, u64)>,
 }

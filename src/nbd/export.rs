@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::image::prefetch::Prefetcher;
 use crate::job::{Job, OVERLAY_PREFIX};
 use crate::revision::Revision;
 use crate::sys;
@@ -45,17 +46,40 @@ pub struct Export {
     size: u64,
     /// The overlay file, removed when the last connection drops the export.
     overlay: Option<PathBuf>,
+    /// Read-ahead beyond the furthest read so far (see [`Export::read_exact_at`]).
+    ahead: Option<ReadAhead>,
 }
+
+/// Keeps the kernel reading [`READ_AHEAD`] bytes beyond the furthest read of an
+/// export. Clients such as nbdcopy read one image over several connections, each
+/// taking every fourth request, so no single stream looks sequential to the
+/// kernel; together they are, and this turns them into one sequential read.
+#[derive(Debug)]
+struct ReadAhead {
+    threads: Prefetcher,
+    /// Bytes below this are requested already.
+    until: std::sync::atomic::AtomicU64,
+}
+
+/// How far [`ReadAhead`] keeps ahead of the furthest read.
+const READ_AHEAD: u64 = 32 << 20;
+/// The size of each read-ahead request.
+const READ_AHEAD_STEP: u64 = 4 << 20;
 
 impl Export {
     /// Serves `file` (of `size` bytes) read-only.
     pub fn read_only(name: String, description: String, file: File, size: u64) -> Export {
+        let ahead = Prefetcher::start(&file).ok().map(|threads| ReadAhead {
+            threads,
+            until: std::sync::atomic::AtomicU64::new(0),
+        });
         Export {
             name,
             description,
             file,
             size,
             overlay: None,
+            ahead,
         }
     }
 
@@ -74,6 +98,7 @@ impl Export {
             file,
             size,
             overlay: Some(path),
+            ahead: None,
         }
     }
 
@@ -89,6 +114,9 @@ impl Export {
 
     /// Fills `buf` from `offset`; a short read (the file shrank) is an error.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Some(ahead) = &self.ahead {
+            ahead.follow(offset, offset + buf.len() as u64, self.size);
+        }
         self.file.read_exact_at(buf, offset)
     }
 
@@ -174,6 +202,40 @@ impl Export {
     }
 }
 
+impl ReadAhead {
+    /// A read of `offset..end`: when it continues what was read before (it
+    /// starts inside the window already requested), request what lies up to
+    /// [`READ_AHEAD`] beyond it; a jump elsewhere (a mounted filesystem's
+    /// random reads) only moves the mark, so it costs no read-ahead.
+    fn follow(&self, offset: u64, end: u64, size: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut cur = self.until.load(Relaxed);
+        loop {
+            let sequential = offset <= cur && offset + 2 * READ_AHEAD >= cur;
+            let target = if sequential {
+                (end + READ_AHEAD).min(size)
+            } else {
+                end
+            };
+            if target <= cur && sequential {
+                return;
+            }
+            match self.until.compare_exchange(cur, target, Relaxed, Relaxed) {
+                Ok(_) => {
+                    let mut at = cur.max(end);
+                    while sequential && at < target {
+                        let to = (at + READ_AHEAD_STEP).min(target);
+                        self.threads.request(at, to - at);
+                        at = to;
+                    }
+                    return;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
 /// Appends an extent, merging it into the previous one of the same kind.
 fn push(out: &mut Vec<Extent>, offset: u64, len: u64, hole: bool) {
     if let Some(last) = out.last_mut()
@@ -214,8 +276,11 @@ pub trait Catalog: Send + Sync {
 pub struct JobCatalog {
     dir: PathBuf,
     overlay: bool,
-    /// Live overlays by revision id, shared by all connections to an export.
-    overlays: Mutex<HashMap<String, Weak<Export>>>,
+    /// Live exports by revision id, shared by all connections to an export: an
+    /// overlay must be one file for all of them, and one open file for a
+    /// read-only image keeps one read-ahead state when several connections
+    /// (nbdcopy's four) read it interleaved.
+    live: Mutex<HashMap<String, Weak<Export>>>,
     counter: AtomicU64,
 }
 
@@ -225,7 +290,7 @@ impl JobCatalog {
         JobCatalog {
             dir: dir.to_owned(),
             overlay,
-            overlays: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
         }
     }
@@ -350,22 +415,18 @@ impl Catalog for JobCatalog {
     fn open(&self, name: &str) -> Result<Arc<Export>, String> {
         let job = self.job()?;
         let rev = self.resolve(&job, name)?;
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(export) = live.get(&rev.id).and_then(Weak::upgrade) {
+            return Ok(export);
+        }
         let (file, size) = self.open_image(&job, &rev)?;
-        if !self.overlay {
-            return Ok(Arc::new(Export::read_only(
-                rev.id.clone(),
-                describe(&rev),
-                file,
-                size,
-            )));
-        }
-        let mut overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(live) = overlays.get(&rev.id).and_then(Weak::upgrade) {
-            return Ok(live);
-        }
-        let export = Arc::new(self.make_overlay(&job, &rev, &file, size)?);
-        overlays.retain(|_, w| w.strong_count() > 0);
-        overlays.insert(rev.id.clone(), Arc::downgrade(&export));
+        let export = Arc::new(if self.overlay {
+            self.make_overlay(&job, &rev, &file, size)?
+        } else {
+            Export::read_only(rev.id.clone(), describe(&rev), file, size)
+        });
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(rev.id.clone(), Arc::downgrade(&export));
         Ok(export)
     }
 
@@ -385,6 +446,29 @@ mod tests {
             file.write_all_at(bytes, *off).unwrap();
         }
         Export::read_only("x".into(), String::new(), file, size)
+    }
+
+    #[test]
+    fn read_ahead_follows_sequential_reads_and_ignores_jumps() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let file = tempfile::tempfile().unwrap();
+        let ahead = ReadAhead {
+            threads: Prefetcher::start(&file).unwrap(),
+            until: std::sync::atomic::AtomicU64::new(0),
+        };
+        let size = 1 << 40;
+        ahead.follow(0, 1 << 20, size);
+        assert_eq!(ahead.until.load(Relaxed), (1 << 20) + READ_AHEAD);
+        // Interleaved reads of several connections inside the window.
+        ahead.follow(3 << 20, 4 << 20, size);
+        ahead.follow(2 << 20, 3 << 20, size);
+        assert_eq!(ahead.until.load(Relaxed), (4 << 20) + READ_AHEAD);
+        // A jump far ahead moves the mark without reading ahead...
+        ahead.follow(100 << 30, (100 << 30) + 4096, size);
+        assert_eq!(ahead.until.load(Relaxed), (100 << 30) + 4096);
+        // ...and reading on from there reads ahead again, never past the end.
+        ahead.follow((100 << 30) + 4096, (100 << 30) + 8192, (100 << 30) + 10_000);
+        assert_eq!(ahead.until.load(Relaxed), (100 << 30) + 10_000);
     }
 
     #[test]
