@@ -11,7 +11,7 @@ use crate::failpoint;
 use crate::image::sums::{BLOCK_SIZE, Manifest};
 use crate::image::writer::ImageWriter;
 use crate::image::{self, CloneKind};
-use crate::job::Job;
+use crate::job::{Job, VerifyOutcome};
 use crate::progress::Progress;
 use crate::revision::{self, Revision, Trust};
 use crate::source;
@@ -442,10 +442,10 @@ fn verify_newest_distrusted(job: &Job) {
         return;
     };
     tracing::info!("Verifying distrusted revision {}", rev.id);
-    match super::verify::verify_revision(job, &rev.id) {
-        Ok(super::verify::Outcome::Good) => tracing::info!("Revision {} is now verified", rev.id),
-        Ok(super::verify::Outcome::Bad) => tracing::warn!("Revision {} stays distrusted", rev.id),
-        Ok(super::verify::Outcome::NoManifest) => {
+    match job.verify_revision(&rev.id) {
+        Ok(VerifyOutcome::Good) => tracing::info!("Revision {} is now verified", rev.id),
+        Ok(VerifyOutcome::Bad) => tracing::warn!("Revision {} stays distrusted", rev.id),
+        Ok(VerifyOutcome::NoManifest) => {
             tracing::info!(
                 "Revision {} has no checksum manifest to verify against",
                 rev.id

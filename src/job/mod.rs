@@ -5,8 +5,10 @@
 //! is in `remove.rs`, expiry included ([`expire`]).
 
 mod remove;
+mod verify;
 
 pub use remove::expire;
+pub use verify::VerifyOutcome;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
