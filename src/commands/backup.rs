@@ -25,17 +25,13 @@ pub fn parse_tags(text: &str) -> Result<BTreeSet<String>> {
         .map(String::from)
         .collect();
     if tags.is_empty() {
-        return Err(Error::Other(format!(
-            "no tags given in '{text}'; name at least one, e.g. 'backy backup daily'"
-        )));
+        return Err(Error::NoTags { text: text.into() });
     }
     if let Some(bad) = tags
         .iter()
         .find(|t| t.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
-        return Err(Error::Other(format!(
-            "tag '{bad}' contains whitespace; use plain words"
-        )));
+        return Err(Error::TagWhitespace { tag: bad.clone() });
     }
     for tag in &tags {
         check_tag(tag)?;

@@ -41,31 +41,20 @@ pub fn run(dir: &Path, spec: Option<&str>) -> Result<()> {
                     .iter()
                     .find(|r| &r.id == id)
                     .is_some_and(|r| r.made_by_us());
-                let why = if ours {
-                    format!(
-                        "its manifest {} is missing (this backy wrote one; was it deleted?)",
-                        job.sums_path(id).display()
-                    )
-                } else {
-                    "it was made by backy 2.1 or earlier, which wrote none".to_string()
+                let err = Error::NoManifest {
+                    id: id.clone(),
+                    sums: ours.then(|| job.sums_path(id)),
                 };
-                let msg = format!(
-                    "revision {id} has no checksum manifest: {why}; it can only be checked against its source"
-                );
                 if spec.is_some() {
-                    return Err(Error::Other(msg));
+                    return Err(err);
                 }
-                tracing::warn!("{msg}");
+                tracing::warn!("{err}");
             }
         }
     }
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(Error::Other(format!(
-            "{} revision(s) failed verification and are now distrusted: {}; the next backup compares the whole source",
-            failed.len(),
-            failed.join(", ")
-        )))
+        Err(Error::RevisionsDistrusted { ids: failed })
     }
 }

@@ -63,3 +63,32 @@ impl Job {
         Ok(outcome)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job directory that does not exist is a typed error naming it.
+    #[test]
+    fn a_missing_job_directory_is_named() {
+        let dir = std::env::temp_dir().join(format!("backy-no-job-{}", std::process::id()));
+        match Job::open(&dir) {
+            Err(Error::JobMissing { dir: named }) => assert_eq!(named, dir),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("opened a missing job"),
+        }
+    }
+
+    /// Without a manifest nothing is read and nothing is recorded.
+    #[test]
+    fn a_revision_without_manifest_is_reported_as_such() {
+        let dir = std::env::temp_dir().join(format!("backy-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let job = Job::open(&dir).unwrap();
+        assert_eq!(
+            job.verify_revision("nope").unwrap(),
+            VerifyOutcome::NoManifest
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
