@@ -535,14 +535,47 @@ impl From<crate::source::rbd::error::RbdError> for Error {
 
 /// An OS error's message without the " (os error N)" suffix.
 pub fn plain_io(err: &io::Error) -> String {
-    let text = err.to_string();
+    without_os_error(&err.to_string()).to_string()
+}
+
+/// `text` without a trailing " (os error N)".
+fn without_os_error(text: &str) -> &str {
     match text.rfind(" (os error ") {
-        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        Some(i) if text.ends_with(')') => &text[..i],
         _ => text,
     }
 }
 
+/// An error followed by the causes in its [`source`](std::error::Error::source)
+/// chain, joined with ": ", as `main` prints and logs it. Most messages say
+/// their cause where the sentence needs it ("cannot read X: No such file or
+/// directory (os error 2); ..."), so a cause whose text the line already holds
+/// (with or without its " (os error N)") is not repeated.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut line = self.0.to_string();
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            let plain = without_os_error(&text);
+            if !plain.is_empty() && !line.contains(plain) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            next = cause.source();
+        }
+        f.write_str(&line)
+    }
+}
+
 impl Error {
+    /// The error with its chain of causes, for the one line `main` prints.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
     /// Whether the error is a closed output pipe, which ends a command quietly.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Output { source } if source.kind() == io::ErrorKind::BrokenPipe)
@@ -666,6 +699,45 @@ mod tests {
         let source = std::error::Error::source(&err).expect("a source");
         let io = source.downcast_ref::<io::Error>().expect("an io::Error");
         assert_eq!(io.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// An error whose message leaves out its cause.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot do the thing")]
+    struct Terse {
+        #[source]
+        source: Error,
+    }
+
+    /// The printed line adds each cause the message does not already hold, once.
+    #[test]
+    fn the_report_adds_causes_not_yet_in_the_message() {
+        let io_err = || Error::io("cannot read source", "/x")(io::Error::from_raw_os_error(2));
+        // The message holds its cause: printed as it is.
+        assert_eq!(
+            io_err().report().to_string(),
+            "cannot read source /x: No such file or directory (os error 2)"
+        );
+        // One without it gets the chain, each cause once.
+        let terse = Terse { source: io_err() };
+        assert_eq!(
+            Report(&terse).to_string(),
+            "cannot do the thing: cannot read source /x: No such file or directory (os error 2)"
+        );
+        // A cause shown without " (os error N)" is not repeated either.
+        let out = Error::Output {
+            source: io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(
+            out.report().to_string(),
+            "cannot write to stdout: No space left on device"
+        );
+        // Nested sources whose text is already there stay out.
+        let rbd = Error::from(crate::source::rbd::error::RbdError::WithStderr {
+            source: Box::new(io_err()),
+            stderr: "rbd: error".into(),
+        });
+        assert_eq!(rbd.report().to_string(), rbd.to_string());
     }
 
     /// The enum stays small enough to pass around by value.
