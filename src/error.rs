@@ -322,6 +322,245 @@ pub enum Error {
         /// Its number.
         number: i32,
     },
+    // --- job state (src/job/) ---
+    /// The job directory given with `-b` does not exist.
+    #[error(
+        "job directory {} does not exist; create it with 'backy -b {} init file PATH'",
+        dir.display(),
+        dir.display()
+    )]
+    JobMissing {
+        /// The job directory (absolute).
+        dir: PathBuf,
+    },
+    /// A revision was written with a backend this backy cannot read.
+    #[error(
+        "revision {id} in {} was written by backy 2.2+ with the '{backend}' backend, which this backy cannot read; restore it with that backy version",
+        dir.display()
+    )]
+    UnknownBackend {
+        /// The revision.
+        id: String,
+        /// The job directory.
+        dir: PathBuf,
+        /// The `.rev`'s `backend_type`.
+        backend: String,
+    },
+    // --- image (src/image/) ---
+    /// A checksum manifest's header or length is wrong.
+    #[error(
+        "checksum manifest {} is unusable: {reason}; it will be ignored by backups, or remove it",
+        path.display()
+    )]
+    ManifestUnusable {
+        /// The `.sums` file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An image's size differs from the one its manifest records.
+    #[error(
+        "image {} has {size} bytes but its checksum manifest expects {expected}",
+        path.display()
+    )]
+    ManifestSizeMismatch {
+        /// The image.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The manifest's image size.
+        expected: u64,
+    },
+    /// A checked copy met a block that differs from its digest. It stops the
+    /// reader; [`crate::image::copy_checked`] reports the offset as its result.
+    #[error("the block at offset {offset} differs from its checksum")]
+    BlockMismatch {
+        /// The block's offset.
+        offset: u64,
+    },
+    /// A file being read sequentially ended before its size.
+    #[error(
+        "{} ended at {at} bytes while {expected} were expected: it shrank during the backup; freeze the VM or snapshot the source and run the backup again",
+        path.display()
+    )]
+    Shrank {
+        /// The file.
+        path: PathBuf,
+        /// Where it ended.
+        at: u64,
+        /// The size it had when the read began.
+        expected: u64,
+    },
+    /// A helper thread could not be started.
+    #[error("cannot start {what}: {source}")]
+    ThreadSpawn {
+        /// The thread ("the verification thread").
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A helper thread panicked.
+    #[error("{what} panicked")]
+    ThreadPanicked {
+        /// The thread ("the verification thread").
+        what: &'static str,
+    },
+    // --- restore (src/commands/restore.rs) ---
+    /// The restore target is a directory.
+    #[error("restore target {} is a directory; give a file name or a block device", path.display())]
+    TargetIsDirectory {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The restore target is a socket.
+    #[error("restore target {} is a socket; give a file, a block device or - (stdout)", path.display())]
+    TargetIsSocket {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The restore target block device is smaller than the image.
+    #[error(
+        "block device {} has {size} bytes but the revision needs {needed}; grow the device first",
+        path.display()
+    )]
+    DeviceTooSmall {
+        /// The device.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The image's size.
+        needed: u64,
+    },
+    /// A stream restore target (a pipe, a character device) took no more data.
+    #[error(
+        "restore target {} accepts no more data ({source}); it got only part of the image",
+        path.display()
+    )]
+    StreamFull {
+        /// The target.
+        path: PathBuf,
+        /// The OS error (ENOSPC, EDQUOT).
+        #[source]
+        source: io::Error,
+    },
+    // --- verify (src/commands/verify.rs) ---
+    /// `verify -r` of a revision without a checksum manifest.
+    #[error("{}", no_manifest(id, sums.as_deref()))]
+    NoManifest {
+        /// The revision.
+        id: String,
+        /// The manifest this backy wrote and is gone; `None`: the revision was
+        /// made by backy 2.1 or earlier, which wrote none.
+        sums: Option<PathBuf>,
+    },
+    /// Revisions that did not match their manifests (and are now distrusted).
+    #[error(
+        "{} revision(s) failed verification and are now distrusted: {}; the next backup compares the whole source",
+        ids.len(),
+        ids.join(", ")
+    )]
+    RevisionsDistrusted {
+        /// The revisions.
+        ids: Vec<String>,
+    },
+    // --- backup (src/commands/backup.rs) ---
+    /// The tags argument names no tag.
+    #[error("no tags given in '{text}'; name at least one, e.g. 'backy backup daily'")]
+    NoTags {
+        /// The argument as given.
+        text: String,
+    },
+    /// A tag contains whitespace or a control character.
+    #[error("tag '{tag}' contains whitespace; use plain words")]
+    TagWhitespace {
+        /// The tag.
+        tag: String,
+    },
+    // --- the file source (src/source/file.rs) ---
+    /// The job's source file or device does not exist.
+    #[error("source {} does not exist; check 'filename' in the job's config", path.display())]
+    SourceMissing {
+        /// The configured `filename`.
+        path: PathBuf,
+    },
+    // --- scheduler daemon and status file (src/daemon/), expire ---
+    /// The status file cannot be encoded.
+    #[error("cannot encode the status file: {source}")]
+    StatusEncode {
+        /// The serializer's error.
+        #[source]
+        source: serde_norway::Error,
+    },
+    /// The status file cannot be parsed.
+    #[error(
+        "status file {} is malformed: {source}; it is rewritten by the scheduler every status-interval",
+        path.display()
+    )]
+    StatusMalformed {
+        /// The status file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_norway::Error,
+    },
+    /// `expire -b DIR` names a job the scheduler config does not list.
+    #[error(
+        "job '{name}' is not in {}; run expire with -b pointing at a job directory the scheduler config lists",
+        config.display()
+    )]
+    JobNotScheduled {
+        /// The job's name (the directory's name).
+        name: String,
+        /// The scheduler config.
+        config: PathBuf,
+    },
+    // --- logging and interrupts ---
+    /// The logger cannot be installed.
+    #[error("cannot set up logging: {source}")]
+    Logging {
+        /// Why (a logger is installed already).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// SIGTERM/SIGINT (or SIGHUP) handlers cannot be installed.
+    #[error("cannot install signal handlers: {source}")]
+    SignalHandlers {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    // --- the NBD server (src/nbd/, src/commands/nbd_server.rs) ---
+    /// `-H` is not an IP address.
+    #[error("'{host}' is not an IP address; give one with -H, e.g. 127.0.0.1 or ::1")]
+    NbdBadHost {
+        /// The value given.
+        host: String,
+    },
+    /// `--max-connections 0`.
+    #[error("--max-connections must be at least 1")]
+    NbdNoConnections,
+    /// The TCP listener cannot be bound.
+    #[error("cannot listen on {addr}: {source}; choose another port with -p (0 picks a free one)")]
+    NbdListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The `--socket` path exists and is something else.
+    #[error("{} exists and is not a socket; remove it or choose another --socket path", path.display())]
+    NbdNotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Another server listens on the `--socket` path.
+    #[error("another server listens on {}; stop it or choose another --socket path", path.display())]
+    NbdSocketInUse {
+        /// The path.
+        path: PathBuf,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
@@ -358,14 +597,47 @@ impl From<crate::source::rbd::error::RbdError> for Error {
 
 /// An OS error's message without the " (os error N)" suffix.
 pub fn plain_io(err: &io::Error) -> String {
-    let text = err.to_string();
+    without_os_error(&err.to_string()).to_string()
+}
+
+/// `text` without a trailing " (os error N)".
+fn without_os_error(text: &str) -> &str {
     match text.rfind(" (os error ") {
-        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        Some(i) if text.ends_with(')') => &text[..i],
         _ => text,
     }
 }
 
+/// An error followed by the causes in its [`source`](std::error::Error::source)
+/// chain, joined with ": ", as `main` prints and logs it. Most messages say
+/// their cause where the sentence needs it ("cannot read X: No such file or
+/// directory (os error 2); ..."), so a cause whose text the line already holds
+/// (with or without its " (os error N)") is not repeated.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut line = self.0.to_string();
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            let plain = without_os_error(&text);
+            if !plain.is_empty() && !line.contains(plain) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            next = cause.source();
+        }
+        f.write_str(&line)
+    }
+}
+
 impl Error {
+    /// The error with its chain of causes, for the one line `main` prints.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
     /// Whether the error is a closed output pipe, which ends a command quietly.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Output { source } if source.kind() == io::ErrorKind::BrokenPipe)
@@ -409,4 +681,130 @@ fn device_busy(path: &std::path::Path, mounts: &[PathBuf]) -> String {
         "block device {} {why}, so it cannot be opened exclusively; nothing was written; unmount it (or stop what uses it) first",
         path.display()
     )
+}
+
+fn no_manifest(id: &str, sums: Option<&std::path::Path>) -> String {
+    let why = match sums {
+        Some(path) => format!(
+            "its manifest {} is missing (this backy wrote one; was it deleted?)",
+            path.display()
+        ),
+        None => "it was made by backy 2.1 or earlier, which wrote none".to_string(),
+    };
+    format!(
+        "revision {id} has no checksum manifest: {why}; it can only be checked against its source"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed variants keep the wording the `Error::Other` strings had.
+    #[test]
+    fn typed_variants_keep_their_messages() {
+        let cases: Vec<(Error, &str)> = vec![
+            (
+                Error::JobMissing {
+                    dir: "/srv/backy/vm01".into(),
+                },
+                "job directory /srv/backy/vm01 does not exist; create it with 'backy -b /srv/backy/vm01 init file PATH'",
+            ),
+            (
+                Error::NoManifest {
+                    id: "abc".into(),
+                    sums: None,
+                },
+                "revision abc has no checksum manifest: it was made by backy 2.1 or earlier, which wrote none; it can only be checked against its source",
+            ),
+            (
+                Error::NoManifest {
+                    id: "abc".into(),
+                    sums: Some("/j/abc.sums".into()),
+                },
+                "revision abc has no checksum manifest: its manifest /j/abc.sums is missing (this backy wrote one; was it deleted?); it can only be checked against its source",
+            ),
+            (
+                Error::RevisionsDistrusted {
+                    ids: vec!["a".into(), "b".into()],
+                },
+                "2 revision(s) failed verification and are now distrusted: a, b; the next backup compares the whole source",
+            ),
+            (
+                Error::Shrank {
+                    path: "/dev/x".into(),
+                    at: 5,
+                    expected: 9,
+                },
+                "/dev/x ended at 5 bytes while 9 were expected: it shrank during the backup; freeze the VM or snapshot the source and run the backup again",
+            ),
+            (
+                Error::NbdListen {
+                    addr: "127.0.0.1:10809".parse().unwrap(),
+                    source: io::Error::from_raw_os_error(98),
+                },
+                "cannot listen on 127.0.0.1:10809: Address already in use (os error 98); choose another port with -p (0 picks a free one)",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
+    }
+
+    /// The cause stays data: the OS error of a failed listen is its source.
+    #[test]
+    fn causes_are_kept_as_sources() {
+        let err = Error::NbdListen {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: io::Error::from_raw_os_error(98),
+        };
+        let source = std::error::Error::source(&err).expect("a source");
+        let io = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// An error whose message leaves out its cause.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot do the thing")]
+    struct Terse {
+        #[source]
+        source: Error,
+    }
+
+    /// The printed line adds each cause the message does not already hold, once.
+    #[test]
+    fn the_report_adds_causes_not_yet_in_the_message() {
+        let io_err = || Error::io("cannot read source", "/x")(io::Error::from_raw_os_error(2));
+        // The message holds its cause: printed as it is.
+        assert_eq!(
+            io_err().report().to_string(),
+            "cannot read source /x: No such file or directory (os error 2)"
+        );
+        // One without it gets the chain, each cause once.
+        let terse = Terse { source: io_err() };
+        assert_eq!(
+            Report(&terse).to_string(),
+            "cannot do the thing: cannot read source /x: No such file or directory (os error 2)"
+        );
+        // A cause shown without " (os error N)" is not repeated either.
+        let out = Error::Output {
+            source: io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(
+            out.report().to_string(),
+            "cannot write to stdout: No space left on device"
+        );
+        // Nested sources whose text is already there stay out.
+        let rbd = Error::from(crate::source::rbd::error::RbdError::WithStderr {
+            source: Box::new(io_err()),
+            stderr: "rbd: error".into(),
+        });
+        assert_eq!(rbd.report().to_string(), rbd.to_string());
+    }
+
+    /// The enum stays small enough to pass around by value.
+    #[test]
+    fn error_stays_small() {
+        assert!(std::mem::size_of::<Error>() <= 128);
+    }
 }

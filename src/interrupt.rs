@@ -27,7 +27,7 @@ fn name(number: i32) -> &'static str {
 pub fn install() -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|source| Error::SignalHandlers { source })?;
     std::thread::spawn(move || {
         for number in signals.forever() {
             if SIGNAL.swap(number, Ordering::SeqCst) != 0 {

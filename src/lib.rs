@@ -87,6 +87,12 @@
 //! - The scheduler: [`daemon`] is the event loop; [`daemon::child`] starts a
 //!   job's `backy backup`, copies its stderr into the job log, stops it after
 //!   its run-timeout and tells from its exit status why it failed.
+//! - What went wrong: [`error::Error`], one variant per failure, grouped by
+//!   area, naming the file or revision and keeping the underlying error as its
+//!   `source`; `main` prints it with [`error::Error::report`], which adds the
+//!   causes its message does not already name.
+//! - Whether a revision matches its manifest: [`job::Job::verify_revision`],
+//!   used by `verify` and by a backup for the newest distrusted revision.
 
 pub mod cli;
 pub mod commands;

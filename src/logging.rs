@@ -148,7 +148,7 @@ pub fn init(logfile: Option<&Path>, verbose: bool, quiet: bool) -> Result<()> {
         }
         None => builder.with_writer(io::stderr).try_init(),
     };
-    result.map_err(|e| Error::Other(format!("cannot set up logging: {e}")))
+    result.map_err(|source| Error::Logging { source })
 }
 
 /// A command line as a shell would take it back: words with spaces, quotes or

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     // Reports for scripts and people stay quiet on stderr unless asked.
     let quiet = cli.logfile.is_none() && !cli.verbose && cli.command.is_report();
     if let Err(e) = backy::logging::init(cli.logfile.as_deref(), cli.verbose, quiet) {
-        let _ = writeln!(std::io::stderr(), "backy: {e}");
+        let _ = writeln!(std::io::stderr(), "backy: {}", e.report());
         return ExitCode::FAILURE;
     }
     // The Consul token of `init flyingcircus` stays out of the log.
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             | Command::Init { .. }
     );
     if interruptible && let Err(e) = backy::interrupt::install() {
-        tracing::warn!("{e}");
+        tracing::warn!("{}", e.report());
     }
     match backy::commands::run(&cli) {
         Ok(code) => {
@@ -44,10 +44,12 @@ fn main() -> ExitCode {
         // A reader that went away (`backy find | head`): stop quietly.
         Err(e) if e.is_broken_pipe() => ExitCode::from(e.exit_code()),
         Err(e) => {
-            tracing::error!("{e}");
+            // The message and the causes it does not already name, on one line.
+            let report = e.report();
+            tracing::error!("{report}");
             tracing::info!("Backy operation failed.");
             if cli.logfile.is_some() {
-                let _ = writeln!(std::io::stderr(), "backy: {e}");
+                let _ = writeln!(std::io::stderr(), "backy: {report}");
             }
             ExitCode::from(e.exit_code())
         }

@@ -11,7 +11,7 @@ use crate::failpoint;
 use crate::image::sums::{BLOCK_SIZE, Manifest};
 use crate::image::writer::ImageWriter;
 use crate::image::{self, CloneKind};
-use crate::job::Job;
+use crate::job::{Job, VerifyOutcome};
 use crate::progress::Progress;
 use crate::revision::{self, Revision, Trust};
 use crate::source;
@@ -25,17 +25,13 @@ pub fn parse_tags(text: &str) -> Result<BTreeSet<String>> {
         .map(String::from)
         .collect();
     if tags.is_empty() {
-        return Err(Error::Other(format!(
-            "no tags given in '{text}'; name at least one, e.g. 'backy backup daily'"
-        )));
+        return Err(Error::NoTags { text: text.into() });
     }
     if let Some(bad) = tags
         .iter()
         .find(|t| t.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
-        return Err(Error::Other(format!(
-            "tag '{bad}' contains whitespace; use plain words"
-        )));
+        return Err(Error::TagWhitespace { tag: bad.clone() });
     }
     for tag in &tags {
         check_tag(tag)?;
@@ -442,10 +438,10 @@ fn verify_newest_distrusted(job: &Job) {
         return;
     };
     tracing::info!("Verifying distrusted revision {}", rev.id);
-    match super::verify::verify_revision(job, &rev.id) {
-        Ok(super::verify::Outcome::Good) => tracing::info!("Revision {} is now verified", rev.id),
-        Ok(super::verify::Outcome::Bad) => tracing::warn!("Revision {} stays distrusted", rev.id),
-        Ok(super::verify::Outcome::NoManifest) => {
+    match job.verify_revision(&rev.id) {
+        Ok(VerifyOutcome::Good) => tracing::info!("Revision {} is now verified", rev.id),
+        Ok(VerifyOutcome::Bad) => tracing::warn!("Revision {} stays distrusted", rev.id),
+        Ok(VerifyOutcome::NoManifest) => {
             tracing::info!(
                 "Revision {} has no checksum manifest to verify against",
                 rev.id

@@ -16,12 +16,12 @@ pub fn run(dir: &Path, config_path: &Path, dry_run: bool) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let schedule = config.schedule_of(&name).ok_or_else(|| {
-        Error::Other(format!(
-            "job '{name}' is not in {}; run expire with -b pointing at a job directory the scheduler config lists",
-            config_path.display()
-        ))
-    })?;
+    let schedule = config
+        .schedule_of(&name)
+        .ok_or_else(|| Error::JobNotScheduled {
+            name: name.clone(),
+            config: config_path.to_owned(),
+        })?;
     let plan = crate::job::expire(&dir, schedule, Utc::now(), dry_run)?;
     let mut text = plan.to_string();
     if dry_run {

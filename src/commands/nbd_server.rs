@@ -32,11 +32,8 @@ pub fn run(dir: &Path, options: &Options) -> Result<()> {
     let listen = match &options.socket {
         Some(path) => Listen::Unix(path.clone()),
         None => {
-            let ip: IpAddr = options.host.parse().map_err(|_| {
-                Error::Other(format!(
-                    "'{}' is not an IP address; give one with -H, e.g. 127.0.0.1 or ::1",
-                    options.host
-                ))
+            let ip: IpAddr = options.host.parse().map_err(|_| Error::NbdBadHost {
+                host: options.host.clone(),
             })?;
             if !ip.is_loopback() {
                 tracing::warn!(
@@ -47,9 +44,7 @@ pub fn run(dir: &Path, options: &Options) -> Result<()> {
         }
     };
     if options.max_connections == 0 {
-        return Err(Error::Other(
-            "--max-connections must be at least 1".to_string(),
-        ));
+        return Err(Error::NbdNoConnections);
     }
     let config = Config {
         listen,
@@ -59,7 +54,7 @@ pub fn run(dir: &Path, options: &Options) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+            .map_err(|source| Error::SignalHandlers { source })?;
     }
     let server = Server::bind(&config, job.dir())?;
     tracing::info!(

@@ -229,19 +229,17 @@ fn classify(target: &Path) -> Result<Target> {
             } else if t.is_char_device() || t.is_fifo() {
                 Ok(Target::Stream)
             } else if meta.is_dir() {
-                Err(Error::Other(format!(
-                    "restore target {} is a directory; give a file name or a block device",
-                    target.display()
-                )))
+                Err(Error::TargetIsDirectory {
+                    path: target.to_owned(),
+                })
             } else if meta.is_file() {
                 Ok(Target::File {
                     existing: Some(meta),
                 })
             } else {
-                Err(Error::Other(format!(
-                    "restore target {} is a socket; give a file, a block device or - (stdout)",
-                    target.display()
-                )))
+                Err(Error::TargetIsSocket {
+                    path: target.to_owned(),
+                })
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Target::File { existing: None }),
@@ -411,11 +409,11 @@ impl Restore<'_> {
         })?;
         let dev_size = image::file_size(&dev, target)?;
         if dev_size < self.size {
-            return Err(Error::Other(format!(
-                "block device {} has {dev_size} bytes but the revision needs {}; grow the device first",
-                target.display(),
-                self.size
-            )));
+            return Err(Error::DeviceTooSmall {
+                path: target.to_owned(),
+                size: dev_size,
+                needed: self.size,
+            });
         }
         self.copy(
             None,
@@ -436,10 +434,10 @@ impl Restore<'_> {
             "the target got only part of the image",
         )
         .map_err(|e| match e {
-            Error::Io { source, .. } if sys::is_no_space(&source) => Error::Other(format!(
-                "restore target {} accepts no more data ({source}); it got only part of the image",
-                target.display()
-            )),
+            Error::Io { source, .. } if sys::is_no_space(&source) => Error::StreamFull {
+                path: target.to_owned(),
+                source,
+            },
             other => other,
         })
     }

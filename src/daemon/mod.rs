@@ -675,7 +675,7 @@ pub fn run_forever(config_path: &Path) -> Result<()> {
         signal_hook::consts::SIGQUIT,
         signal_hook::consts::SIGHUP,
     ])
-    .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+    .map_err(|source| Error::SignalHandlers { source })?;
     std::thread::spawn(move || {
         for sig in signals.forever() {
             let event = if sig == signal_hook::consts::SIGHUP {

@@ -76,19 +76,16 @@ pub use crate::units::count;
 
 /// Writes the status file atomically.
 pub fn write_status_file(path: &Path, jobs: &[JobStatus]) -> Result<()> {
-    let text = serde_norway::to_string(jobs)
-        .map_err(|e| Error::Other(format!("cannot encode the status file: {e}")))?;
+    let text = serde_norway::to_string(jobs).map_err(|source| Error::StatusEncode { source })?;
     write_atomic(path, text.as_bytes(), 0o644)
 }
 
 /// Reads a status file.
 pub fn read_status_file(path: &Path) -> Result<Vec<JobStatus>> {
     let text = std::fs::read_to_string(path).map_err(Error::io("cannot read status file", path))?;
-    serde_norway::from_str(&text).map_err(|e| {
-        Error::Other(format!(
-            "status file {} is malformed: {e}; it is rewritten by the scheduler every status-interval",
-            path.display()
-        ))
+    serde_norway::from_str(&text).map_err(|source| Error::StatusMalformed {
+        path: path.to_owned(),
+        source,
     })
 }
 

@@ -159,25 +159,24 @@ pub fn copy_checked(
     if let Some(m) = &manifest
         && m.image_size() != size
     {
-        return Err(Error::Other(format!(
-            "image {} has {size} bytes but its checksum manifest expects {}",
-            src_path.display(),
-            m.image_size()
-        )));
+        return Err(Error::ManifestSizeMismatch {
+            path: src_path.to_owned(),
+            size,
+            expected: m.image_size(),
+        });
     }
     if let Sink::Sparse(dest, dest_path) = &sink {
         dest.set_len(0)
             .map_err(Error::io("cannot truncate", *dest_path))?;
     }
     let mut mismatch = None;
-    // Stops the reader at the first mismatch: an error that is not reported.
-    let stop = || Error::Other(String::new());
     let read = read_sequential(src, src_path, size, bs, |chunk| {
         if let Some(m) = manifest.as_deref_mut()
             && let Some(at) = first_mismatch(m, chunk)?
         {
             mismatch = Some(at);
-            return Err(stop());
+            // Stops the reader; reported as the result, not as an error.
+            return Err(Error::BlockMismatch { offset: at });
         }
         let done = match (chunk, &mut sink) {
             (Chunk::Data { buf, .. }, Sink::Nothing) => buf.len() as u64,
@@ -287,11 +286,11 @@ pub fn verify_against_manifest(
 ) -> Result<VerifyReport> {
     let size = file_size(image, path)?;
     if size != manifest.image_size() {
-        return Err(Error::Other(format!(
-            "image {} has {size} bytes but its checksum manifest expects {}",
-            path.display(),
-            manifest.image_size()
-        )));
+        return Err(Error::ManifestSizeMismatch {
+            path: path.to_owned(),
+            size,
+            expected: manifest.image_size(),
+        });
     }
     let bs = manifest.block_size();
     let mut report = VerifyReport::default();

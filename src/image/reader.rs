@@ -196,11 +196,11 @@ fn produce(
             buf.resize(len, 0);
             let sent = match read_full_at(file, &mut buf, pos) {
                 Ok(n) if n == len => tx.send(Ok(Chunk::Data { offset: pos, buf })),
-                Ok(n) => tx.send(Err(Error::Other(format!(
-                    "{} ended at {} bytes while {size} were expected: it shrank during the backup; freeze the VM or snapshot the source and run the backup again",
-                    path.display(),
-                    pos + n as u64
-                )))),
+                Ok(n) => tx.send(Err(Error::Shrank {
+                    path: path.to_owned(),
+                    at: pos + n as u64,
+                    expected: size,
+                })),
                 Err(e) => tx.send(Err(Error::io("cannot read", path)(e))),
             };
             if sent.is_err() {

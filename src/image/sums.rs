@@ -262,10 +262,10 @@ impl Manifest {
 }
 
 fn bad(path: &Path, why: &str) -> Error {
-    Error::Other(format!(
-        "checksum manifest {} is unusable: {why}; it will be ignored by backups, or remove it",
-        path.display()
-    ))
+    Error::ManifestUnusable {
+        path: path.to_owned(),
+        reason: why.to_string(),
+    }
 }
 
 #[cfg(test)]

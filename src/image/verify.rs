@@ -75,7 +75,10 @@ impl InlineVerifier {
         let thread = std::thread::Builder::new()
             .name("verify".into())
             .spawn(move || check_batches(&image, &path, block_size, &rx, &stop_flag))
-            .map_err(|e| Error::Other(format!("cannot start the verification thread: {e}")))?;
+            .map_err(|source| Error::ThreadSpawn {
+                what: "the verification thread",
+                source,
+            })?;
         Ok(InlineVerifier {
             tx: Some(tx),
             thread: Some(thread),
@@ -134,7 +137,9 @@ impl InlineVerifier {
             .take()
             .expect("joined once")
             .join()
-            .map_err(|_| Error::Other("the verification thread panicked".into()))??;
+            .map_err(|_| Error::ThreadPanicked {
+                what: "the verification thread",
+            })??;
         Ok((self.next_block == Some(blocks) && report.blocks == blocks).then_some(report))
     }
 }

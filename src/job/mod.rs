@@ -5,8 +5,10 @@
 //! is in `remove.rs`, expiry included ([`expire`]).
 
 mod remove;
+mod verify;
 
 pub use remove::expire;
+pub use verify::VerifyOutcome;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -84,11 +86,7 @@ impl Job {
     pub fn open(dir: &Path) -> Result<Job> {
         let dir = std::path::absolute(dir).map_err(Error::io("cannot resolve", dir))?;
         if !dir.is_dir() {
-            return Err(Error::Other(format!(
-                "job directory {} does not exist; create it with 'backy -b {} init file PATH'",
-                dir.display(),
-                dir.display()
-            )));
+            return Err(Error::JobMissing { dir });
         }
         let mut job = Job {
             dir,
@@ -144,11 +142,11 @@ impl Job {
                 }
             };
             if rev.backend_type() != "cowfile" {
-                return Err(Error::Other(format!(
-                    "revision {id} in {} was written by backy 2.2+ with the '{}' backend, which this backy cannot read; restore it with that backy version",
-                    self.dir.display(),
-                    rev.backend_type()
-                )));
+                return Err(Error::UnknownBackend {
+                    id: id.to_string(),
+                    dir: self.dir.clone(),
+                    backend: rev.backend_type().to_string(),
+                });
             }
             if rev.is_complete() {
                 let image = self.image_path(id);

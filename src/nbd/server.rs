@@ -117,10 +117,9 @@ impl Server {
         }
         let (listener, address) = match &config.listen {
             Listen::Tcp(addr) => {
-                let l = TcpListener::bind(addr).map_err(|e| {
-                    Error::Other(format!(
-                        "cannot listen on {addr}: {e}; choose another port with -p (0 picks a free one)"
-                    ))
+                let l = TcpListener::bind(addr).map_err(|source| Error::NbdListen {
+                    addr: *addr,
+                    source,
                 })?;
                 let local = l
                     .local_addr()
@@ -282,16 +281,14 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
         return Ok(());
     };
     if !meta.file_type().is_socket() {
-        return Err(Error::Other(format!(
-            "{} exists and is not a socket; remove it or choose another --socket path",
-            path.display()
-        )));
+        return Err(Error::NbdNotASocket {
+            path: path.to_owned(),
+        });
     }
     if UnixStream::connect(path).is_ok() {
-        return Err(Error::Other(format!(
-            "another server listens on {}; stop it or choose another --socket path",
-            path.display()
-        )));
+        return Err(Error::NbdSocketInUse {
+            path: path.to_owned(),
+        });
     }
     std::fs::remove_file(path).map_err(Error::io("cannot remove stale socket", path))
 }

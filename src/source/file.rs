@@ -107,11 +107,8 @@ impl FileSource {
     /// Opens the source; fails with a clear message when it is missing,
     /// unreadable, or not an image file or block device.
     pub fn open(path: &Path) -> Result<FileSource> {
-        let not_found = || {
-            Error::Other(format!(
-                "source {} does not exist; check 'filename' in the job's config",
-                path.display()
-            ))
+        let not_found = || Error::SourceMissing {
+            path: path.to_owned(),
         };
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => not_found(),

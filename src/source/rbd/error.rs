@@ -92,6 +92,12 @@ pub enum RbdError {
         #[source]
         source: io::Error,
     },
+    /// A job whose source is not Ceph was handed to the Ceph source.
+    #[error("the {kind} source is not a Ceph source")]
+    NotCeph {
+        /// The source's type (`file`).
+        kind: &'static str,
+    },
     /// A name passed to librbd contains a NUL byte.
     #[error("'{0}' contains a NUL byte")]
     NulByte(String),

@@ -120,10 +120,10 @@ impl CephRbd {
                     *freeze_timeout,
                 )),
             )),
-            other => Err(Error::Other(format!(
-                "the {} source is not a Ceph source",
-                other.type_name()
-            ))),
+            other => Err(RbdError::NotCeph {
+                kind: other.type_name(),
+            }
+            .into()),
         }
     }
 
