@@ -59,14 +59,7 @@ const FREEZE_SECONDS: Rule = Rule::Count {
 /// written, with how each is read. [`SourceConfig`]'s serde names are the
 /// same keys (a test holds the two together).
 const FILE_KEYS: &[(&str, Rule)] = &[("filename", Rule::Text)];
-const CEPH_RBD_KEYS: &[(&str, Rule)] = &[
-    ("pool", Rule::Text),
-    ("image", Rule::Text),
-    ("full-always", Rule::Flag),
-    ("whole-object", Rule::Flag),
-    ("full-every", FULL_EVERY),
-    ("verification-timeout", SECONDS),
-];
+const CEPH_RBD_KEYS: &[(&str, Rule)] = &[("pool", Rule::Text), ("image", Rule::Text)];
 const FLYINGCIRCUS_KEYS: &[(&str, Rule)] = &[
     ("pool", Rule::Text),
     ("image", Rule::Text),
@@ -74,6 +67,9 @@ const FLYINGCIRCUS_KEYS: &[(&str, Rule)] = &[
     ("consul_acl_token", Rule::OptionalText),
     ("consul-address", Rule::ConsulAddress),
     ("freeze-timeout", FREEZE_SECONDS),
+];
+/// The keys of [`CephOptions`], which both Ceph types take after their own.
+const CEPH_OPTION_KEYS: &[(&str, Rule)] = &[
     ("full-always", Rule::Flag),
     ("whole-object", Rule::Flag),
     ("full-every", FULL_EVERY),
@@ -107,17 +103,18 @@ impl SourceKind {
         SourceKind::ALL.map(SourceKind::name).join(", ")
     }
 
-    fn rules(self) -> &'static [(&'static str, Rule)] {
-        match self {
-            SourceKind::File => FILE_KEYS,
-            SourceKind::CephRbd => CEPH_RBD_KEYS,
-            SourceKind::FlyingCircus => FLYINGCIRCUS_KEYS,
-        }
+    fn rules(self) -> impl Iterator<Item = &'static (&'static str, Rule)> {
+        let (own, options): (&[_], &[_]) = match self {
+            SourceKind::File => (FILE_KEYS, &[]),
+            SourceKind::CephRbd => (CEPH_RBD_KEYS, CEPH_OPTION_KEYS),
+            SourceKind::FlyingCircus => (FLYINGCIRCUS_KEYS, CEPH_OPTION_KEYS),
+        };
+        own.iter().chain(options)
     }
 
     /// The keys of this type besides `type`, in the order `config` is written.
     pub fn keys(self) -> impl Iterator<Item = &'static str> {
-        self.rules().iter().map(|(key, _)| *key)
+        self.rules().map(|(key, _)| *key)
     }
 }
 
@@ -148,19 +145,9 @@ pub enum SourceConfig {
         pool: String,
         /// The image.
         image: String,
-        /// Never use diffs.
-        #[serde(default, skip_serializing_if = "is_false")]
-        full_always: bool,
-        /// Ask rbd for whole-object diffs (`--whole-object`).
-        #[serde(default, skip_serializing_if = "is_false")]
-        whole_object: bool,
-        /// Make every Nth backup a full compare even when a diff is possible
-        /// (diffs from buggy object maps can miss changes).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        full_every: Option<u64>,
-        /// Seconds sampled verification may take (default 300).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        verification_timeout: Option<u64>,
+        /// How it is backed up.
+        #[serde(flatten)]
+        options: CephOptions,
     },
     /// Ceph plus a Consul request that freezes the guest first.
     #[serde(rename = "flyingcircus")]
@@ -186,19 +173,30 @@ pub enum SourceConfig {
         /// Seconds to wait for the hypervisor's snapshot (default 90).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         freeze_timeout: Option<u64>,
-        /// As for `ceph-rbd`.
-        #[serde(default, skip_serializing_if = "is_false")]
-        full_always: bool,
-        /// As for `ceph-rbd`.
-        #[serde(default, skip_serializing_if = "is_false")]
-        whole_object: bool,
-        /// As for `ceph-rbd`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        full_every: Option<u64>,
-        /// As for `ceph-rbd`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        verification_timeout: Option<u64>,
+        /// How it is backed up, as for `ceph-rbd`.
+        #[serde(flatten)]
+        options: CephOptions,
     },
+}
+
+/// How a Ceph image is backed up: the keys `ceph-rbd` and `flyingcircus` share,
+/// written after each type's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CephOptions {
+    /// Never use diffs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub full_always: bool,
+    /// Ask rbd for whole-object diffs (`--whole-object`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub whole_object: bool,
+    /// Make every Nth backup a full compare even when a diff is possible
+    /// (diffs from buggy object maps can miss changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_every: Option<u64>,
+    /// Seconds sampled verification may take (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_timeout: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -314,10 +312,7 @@ impl SourceConfig {
                 Ok(SourceConfig::CephRbd {
                     pool,
                     image,
-                    full_always: false,
-                    whole_object: false,
-                    full_every: None,
-                    verification_timeout: None,
+                    options: CephOptions::default(),
                 })
             }
             SourceKind::FlyingCircus => {
@@ -343,10 +338,7 @@ impl SourceConfig {
                         .map(|s| s.to_string()),
                     consul_address: None,
                     freeze_timeout: None,
-                    full_always: false,
-                    whole_object: false,
-                    full_every: None,
-                    verification_timeout: None,
+                    options: CephOptions::default(),
                 })
             }
         }
@@ -587,10 +579,12 @@ mod tests {
                 consul_acl_token: None,
                 consul_address: Some("127.0.0.1:8501".into()),
                 freeze_timeout: Some(5),
-                full_always: true,
-                whole_object: true,
-                full_every: Some(3),
-                verification_timeout: Some(9),
+                options: CephOptions {
+                    full_always: true,
+                    whole_object: true,
+                    full_every: Some(3),
+                    verification_timeout: Some(9),
+                },
             }
         );
         assert_eq!(JobConfig::parse(&c.to_yaml()).unwrap(), c);
@@ -647,7 +641,10 @@ mod tests {
         assert!(matches!(
             c.source,
             SourceConfig::CephRbd {
-                full_every: Some(7),
+                options: CephOptions {
+                    full_every: Some(7),
+                    ..
+                },
                 ..
             }
         ));
@@ -665,10 +662,12 @@ mod tests {
             SourceConfig::CephRbd {
                 pool: "rbd".into(),
                 image: "a".into(),
-                full_always: true,
-                whole_object: true,
-                full_every: Some(2),
-                verification_timeout: Some(3),
+                options: CephOptions {
+                    full_always: true,
+                    whole_object: true,
+                    full_every: Some(2),
+                    verification_timeout: Some(3),
+                },
             },
             SourceConfig::FlyingCircus {
                 pool: "rbd".into(),
@@ -677,10 +676,12 @@ mod tests {
                 consul_acl_token: Some("t".into()),
                 consul_address: Some("127.0.0.1:8500".into()),
                 freeze_timeout: Some(4),
-                full_always: true,
-                whole_object: true,
-                full_every: Some(5),
-                verification_timeout: Some(6),
+                options: CephOptions {
+                    full_always: true,
+                    whole_object: true,
+                    full_every: Some(5),
+                    verification_timeout: Some(6),
+                },
             },
         ];
         for (sample, kind) in samples.iter().zip(SourceKind::ALL) {
@@ -750,8 +751,11 @@ mod tests {
         assert!(matches!(
             c.source,
             SourceConfig::CephRbd {
-                full_every: Some(7),
-                verification_timeout: Some(60),
+                options: CephOptions {
+                    full_every: Some(7),
+                    verification_timeout: Some(60),
+                    ..
+                },
                 ..
             }
         ));

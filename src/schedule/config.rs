@@ -270,6 +270,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CephOptions;
     use std::collections::BTreeSet;
 
     const SPEC_EXAMPLE: &str = "\
@@ -448,10 +449,12 @@ jobs:
             SourceConfig::CephRbd {
                 pool: "rbd".into(),
                 image: "a.root".into(),
-                full_always: true,
-                whole_object: false,
-                full_every: Some(7),
-                verification_timeout: Some(60),
+                options: CephOptions {
+                    full_always: true,
+                    whole_object: false,
+                    full_every: Some(7),
+                    verification_timeout: Some(60),
+                },
             }
         );
         assert_eq!(c.jobs["a"].schedule, "s");
@@ -574,7 +577,10 @@ jobs:
         assert!(matches!(
             c.jobs["a"].source,
             SourceConfig::CephRbd {
-                full_every: Some(7),
+                options: CephOptions {
+                    full_every: Some(7),
+                    ..
+                },
                 ..
             }
         ));

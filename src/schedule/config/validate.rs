@@ -669,6 +669,7 @@ fn unknown_type(type_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CephOptions;
 
     fn errors(text: &str) -> Vec<String> {
         match Config::parse(text) {
@@ -736,10 +737,12 @@ jobs:
                 consul_acl_token: Some("a211c244-846b-11e5-999b-081196cf15b4".into()),
                 consul_address: None,
                 freeze_timeout: None,
-                full_always: false,
-                whole_object: false,
-                full_every: None,
-                verification_timeout: None,
+                options: CephOptions {
+                    full_always: false,
+                    whole_object: false,
+                    full_every: None,
+                    verification_timeout: None,
+                },
             }
         );
     }
@@ -760,7 +763,7 @@ jobs:
         let SourceConfig::FlyingCircus {
             consul_address,
             freeze_timeout,
-            full_every,
+            options: CephOptions { full_every, .. },
             ..
         } = &c.jobs["a"].source
         else {

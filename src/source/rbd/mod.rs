@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::flyingcircus::{Freeze, Outcome};
 use super::{Plan, Source, SourceReport, Verified};
-use crate::config::SourceConfig;
+use crate::config::{CephOptions, SourceConfig};
 use crate::error::{Error, Result};
 use crate::image::reader::read_full_at;
 use crate::image::sums::{Digest, Manifest};
@@ -57,44 +57,31 @@ pub fn snap_name(id: &str) -> String {
 impl CephRbd {
     /// A source for a `ceph-rbd` config.
     pub fn new(config: &SourceConfig) -> Result<CephRbd> {
-        let new = |pool: &String,
-                   image: &String,
-                   full_always: bool,
-                   whole_object: bool,
-                   full_every: Option<u64>,
-                   verification_timeout: Option<u64>,
-                   freeze: Option<Freeze>| CephRbd {
-            rbd: Rbd::from_env(),
-            pool: pool.clone(),
-            image: image.clone(),
-            full_always,
-            whole_object,
-            full_every,
-            budget: verification_timeout.map_or(DEFAULT_VERIFY_BUDGET, Duration::from_secs),
-            snap: None,
-            from: None,
-            snaps: Vec::new(),
-            size: 0,
-            freeze,
-            consistency: ("crash", None),
+        let new = |pool: &String, image: &String, options: &CephOptions, freeze: Option<Freeze>| {
+            CephRbd {
+                rbd: Rbd::from_env(),
+                pool: pool.clone(),
+                image: image.clone(),
+                full_always: options.full_always,
+                whole_object: options.whole_object,
+                full_every: options.full_every,
+                budget: options
+                    .verification_timeout
+                    .map_or(DEFAULT_VERIFY_BUDGET, Duration::from_secs),
+                snap: None,
+                from: None,
+                snaps: Vec::new(),
+                size: 0,
+                freeze,
+                consistency: ("crash", None),
+            }
         };
         match config {
             SourceConfig::CephRbd {
                 pool,
                 image,
-                full_always,
-                whole_object,
-                full_every,
-                verification_timeout,
-            } => Ok(new(
-                pool,
-                image,
-                *full_always,
-                *whole_object,
-                *full_every,
-                *verification_timeout,
-                None,
-            )),
+                options,
+            } => Ok(new(pool, image, options, None)),
             SourceConfig::FlyingCircus {
                 pool,
                 image,
@@ -102,17 +89,11 @@ impl CephRbd {
                 consul_acl_token,
                 consul_address,
                 freeze_timeout,
-                full_always,
-                whole_object,
-                full_every,
-                verification_timeout,
+                options,
             } => Ok(new(
                 pool,
                 image,
-                *full_always,
-                *whole_object,
-                *full_every,
-                *verification_timeout,
+                options,
                 Some(Freeze::new(
                     vm,
                     consul_acl_token.as_deref(),
