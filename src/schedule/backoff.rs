@@ -105,27 +105,13 @@ pub fn next_attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::config::TagRule;
     use chrono::TimeZone;
 
     const DAY: u64 = 86_400;
     const SPREAD: u64 = 639_092;
 
     fn schedule() -> Schedule {
-        Schedule {
-            tags: [("daily", DAY, 9), ("weekly", 7 * DAY, 5)]
-                .iter()
-                .map(|(t, interval, keep)| {
-                    (
-                        t.to_string(),
-                        TagRule {
-                            interval: *interval,
-                            keep: *keep,
-                        },
-                    )
-                })
-                .collect(),
-        }
+        Schedule::from_rules(&[("daily", DAY, 9), ("weekly", 7 * DAY, 5)])
     }
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {

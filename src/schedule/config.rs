@@ -99,6 +99,19 @@ pub struct Schedule {
     pub tags: BTreeMap<String, TagRule>,
 }
 
+#[cfg(test)]
+impl Schedule {
+    /// A schedule of `(tag, interval in seconds, keep)` rules, for tests.
+    pub fn from_rules(rules: &[(&str, u64, u32)]) -> Schedule {
+        Schedule {
+            tags: rules
+                .iter()
+                .map(|&(t, interval, keep)| (t.to_string(), TagRule { interval, keep }))
+                .collect(),
+        }
+    }
+}
+
 /// How often a tag is made and how many revisions carrying it are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TagRule {

@@ -187,7 +187,6 @@ fn seconds(secs: u64) -> TimeDelta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::config::TagRule;
     use crate::schedule::spread::spread;
     use chrono::{Datelike, TimeZone, Weekday};
     use proptest::prelude::*;
@@ -195,20 +194,7 @@ mod tests {
     const DAY: u64 = 86_400;
 
     fn schedule(rules: &[(&str, u64, u32)]) -> Schedule {
-        Schedule {
-            tags: rules
-                .iter()
-                .map(|(t, interval, keep)| {
-                    (
-                        t.to_string(),
-                        TagRule {
-                            interval: *interval,
-                            keep: *keep,
-                        },
-                    )
-                })
-                .collect(),
-        }
+        Schedule::from_rules(rules)
     }
 
     fn default_schedule() -> Schedule {
