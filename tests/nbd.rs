@@ -35,7 +35,7 @@ fn need(tools: &[&str]) -> Option<()> {
 
 /// A running `backy nbd-server` on a free port, stopped (SIGTERM) when dropped.
 struct Server {
-    child: Child,
+    child: Background,
     port: u16,
     log: PathBuf,
 }
@@ -54,7 +54,7 @@ impl Server {
             .spawn()
             .unwrap();
         let mut server = Server {
-            child,
+            child: Background { child },
             port: 0,
             log,
         };
@@ -82,9 +82,15 @@ impl Server {
             if let Some(line) = log.lines().find(|l| l.contains(needle)) {
                 return line.to_string();
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.child.try_wait().unwrap() {
                 let mut err = String::new();
-                let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+                let _ = self
+                    .child
+                    .child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
                 panic!("nbd-server exited with {status} before logging {needle:?}:\n{log}\n{err}");
             }
             assert!(
@@ -101,28 +107,10 @@ impl Server {
 
     /// SIGTERM, then the exit status (it must stop within 30 s).
     fn stop(mut self) -> std::process::ExitStatus {
-        run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "nbd-server did not stop on SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let log = self.log.clone();
+        self.child.terminate("nbd-server", || {
+            fs::read_to_string(&log).unwrap_or_default()
+        })
     }
 }
 
@@ -930,8 +918,8 @@ fn stale_overlays_are_removed_live_ones_kept() {
     let mut server = Server::start(&job, &["--overlay"]);
     let raw = Raw::go(server.port, &ids[1], false);
     server.wait_for_log("Created overlay", Duration::from_secs(10));
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    let _ = server.child.child.kill();
+    let _ = server.child.child.wait();
     drop(raw);
     let stale = overlays(&job);
     assert_eq!(stale.len(), 1, "{stale:?}");

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use util::*;
@@ -16,7 +16,7 @@ use util::*;
 const MIB: u64 = 1 << 20;
 
 struct Daemon {
-    child: Child,
+    child: Background,
     log: PathBuf,
 }
 
@@ -37,7 +37,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         Daemon {
-            child,
+            child: Background { child },
             log: log.to_owned(),
         }
     }
@@ -62,7 +62,7 @@ impl Daemon {
     }
 
     fn signal(&self, sig: &str) {
-        run_ok(Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]));
+        run_ok(Command::new("kill").args([&format!("-{sig}"), &self.child.child.id().to_string()]));
     }
 
     fn console_port(&self) -> u16 {
@@ -75,27 +75,9 @@ impl Daemon {
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
-        self.signal("TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "scheduler did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let log = self.log.clone();
+        self.child
+            .terminate("scheduler", || fs::read_to_string(&log).unwrap_or_default())
     }
 }
 

@@ -312,3 +312,39 @@ impl PipeReader {
         std::mem::take(&mut *self.buf.lock().expect("pipe buffer"))
     }
 }
+
+/// A long-running child (a server, the scheduler) that is killed and reaped
+/// when dropped, unless it has ended.
+pub struct Background {
+    /// The process.
+    pub child: std::process::Child,
+}
+
+impl Background {
+    /// Sends SIGTERM and waits up to 30 s for the exit status; `what` and
+    /// `log` (its log so far) go into the failure message.
+    pub fn terminate(&mut self, what: &str, log: impl Fn() -> String) -> ExitStatus {
+        run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{what} did not stop on SIGTERM:\n{}",
+                log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
