@@ -40,6 +40,13 @@ fn backup(job: &Path, tags: &str) -> Run {
     run(backy_job(job).args(["backup", tags]))
 }
 
+/// A source of `size` bytes whose first `data` bytes hold data, at `src`, and a
+/// job for it at `job` (initialised, no revision yet).
+fn init_job(src: &Path, job: &Path, size: u64, data: usize) {
+    write_file(src, size, &[(0, &pattern_bytes(1, data))]);
+    run_ok(backy_job(job).args(["init", "file"]).arg(src));
+}
+
 /// The newest revision's id after a backup: the one that is new.
 fn new_revision(job: &Path, before: &[String]) -> String {
     let ids = complete_ids(job);
@@ -83,10 +90,8 @@ fn set_timestamp(job: &Path, id: &str, timestamp: &str) {
 /// last, and `status` shows the ones dated in the future.
 fn future_dated_revision(kind: FsKind) {
     let fs = require_fs!(kind, 300);
-    let src = fs.join("src.img");
-    write_file(&src, 4 * MIB, &[(0, &pattern_bytes(1, MIB as usize))]);
-    let job = fs.join("job");
-    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    let (src, job) = (fs.join("src.img"), fs.join("job"));
+    init_job(&src, &job, 4 * MIB, MIB as usize);
     backup(&job, "daily").success();
     let ahead = complete_ids(&job)[0].clone();
     // The clock was a long way ahead when `ahead` was made, and was then corrected.
@@ -182,10 +187,8 @@ fn assert_unchanged(saved: &[(PathBuf, Vec<u8>)]) {
 /// `forget -r ID --force` removes them.
 fn damaged_metadata(kind: FsKind) {
     let fs = require_fs!(kind, 300);
-    let src = fs.join("src.img");
-    write_file(&src, 4 * MIB, &[(0, &pattern_bytes(1, MIB as usize))]);
-    let job = fs.join("job");
-    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    let (src, job) = (fs.join("src.img"), fs.join("job"));
+    init_job(&src, &job, 4 * MIB, MIB as usize);
     backup(&job, "daily").success();
     write_at(&src, MIB, &pattern_bytes(2, MIB as usize));
     backup(&job, "daily").success();
@@ -361,10 +364,8 @@ fn damaged_metadata_xfs() {
 /// pointing to the wrong revision is replaced without a copy.
 fn cleanup_keeps_unreadable(kind: FsKind) {
     let fs = require_fs!(kind, 300);
-    let src = fs.join("src.img");
-    write_file(&src, 2 * MIB, &[(0, &pattern_bytes(1, MIB as usize))]);
-    let job = fs.join("job");
-    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    let (src, job) = (fs.join("src.img"), fs.join("job"));
+    init_job(&src, &job, 2 * MIB, MIB as usize);
     backup(&job, "daily").success();
     let good = complete_ids(&job)[0].clone();
     // A copy of the good revision whose .rev a tool truncated.
@@ -405,10 +406,8 @@ fn cleanup_keeps_unreadable_xfs() {
 #[test]
 fn tags_that_specs_shadow_are_refused() {
     let fs = require_fs!(FsKind::Btrfs, 300);
-    let src = fs.join("src.img");
-    write_file(&src, MIB, &[(0, &pattern_bytes(1, 4096))]);
-    let job = fs.join("job");
-    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    let (src, job) = (fs.join("src.img"), fs.join("job"));
+    init_job(&src, &job, MIB, 4096);
     for tags in ["1", "daily,0", "last", "latest", "daily,-3", "weekly,+2"] {
         run(backy_job(&job).args(["backup", tags]))
             .code(1)
@@ -429,10 +428,8 @@ fn tags_that_specs_shadow_are_refused() {
 #[test]
 fn verify_says_what_it_cannot_check() {
     let fs = require_fs!(FsKind::Btrfs, 300);
-    let src = fs.join("src.img");
-    write_file(&src, MIB, &[(0, &pattern_bytes(1, 4096))]);
-    let job = fs.join("job");
-    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    let (src, job) = (fs.join("src.img"), fs.join("job"));
+    init_job(&src, &job, MIB, 4096);
     run_ok(backy_job(&job).arg("verify")).stderr_has("Nothing to verify");
     run(backy_job(&job).args(["verify", "-r", "0"]))
         .code(1)
@@ -477,10 +474,8 @@ fn scheduler_sla_ignores_future_dates_and_check_names_damage() {
     let base = fs.join("base");
     let mut jobs = String::new();
     for name in ["broken", "calm"] {
-        let src = fs.join(format!("{name}.img"));
-        write_file(&src, MIB, &[(0, &pattern_bytes(1, 4096))]);
-        let job = base.join(name);
-        run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+        let (src, job) = (fs.join(format!("{name}.img")), base.join(name));
+        init_job(&src, &job, MIB, 4096);
         backup(&job, "often,rarely").success();
         let id = complete_ids(&job)[0].clone();
         set_timestamp(&job, &id, "2099-01-01 00:00:00.000000+00:00");
