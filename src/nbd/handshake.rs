@@ -90,12 +90,7 @@ fn reply<S: Write>(s: &mut S, option: u32, kind: u32, data: &[u8]) -> io::Result
 
 /// An error reply with a message for the user.
 fn refuse<S: Write>(s: &mut S, option: u32, kind: u32, message: &str) -> io::Result<()> {
-    // Messages are strings: at most 4096 bytes.
-    let mut end = message.len().min(4096);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    reply(s, option, kind, &message.as_bytes()[..end])
+    reply(s, option, kind, proto::protocol_string(message).as_bytes())
 }
 
 /// A u32-length-prefixed string, as replies carry names.

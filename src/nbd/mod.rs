@@ -41,7 +41,7 @@ impl Default for Limits {
         Limits {
             max_options: 64,
             max_option_len: 64 << 10,
-            max_name: 4096,
+            max_name: proto::MAX_STRING,
             handshake_time: Duration::from_secs(30),
             max_request: 32 << 20,
         }

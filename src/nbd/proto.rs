@@ -267,6 +267,19 @@ pub fn option_reply_header(option: u32, kind: u32, len: u32) -> [u8; 20] {
     b
 }
 
+/// Protocol strings (names, error messages) are at most this many bytes.
+pub const MAX_STRING: usize = 4096;
+
+/// `text` cut to [`MAX_STRING`] bytes at a character boundary, as the protocol
+/// requires of strings.
+pub fn protocol_string(text: &str) -> &str {
+    let mut end = text.len().min(MAX_STRING);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Reads big-endian fields from an option's data, never beyond its end.
 #[derive(Debug)]
 pub struct Fields<'a> {
@@ -354,6 +367,15 @@ mod tests {
         assert_eq!(Fields::new(&[0, 0, 0, 9, b'a']).string(4096), None);
         assert_eq!(Fields::new(&[0, 0, 0, 3, b'a', b'b', b'c']).string(2), None);
         assert_eq!(Fields::new(&[0, 0, 0, 2, 0xff, 0xfe]).string(10), None);
+    }
+
+    #[test]
+    fn protocol_strings_are_cut_at_a_character_boundary() {
+        assert_eq!(protocol_string("short"), "short");
+        let long = "é".repeat(3000);
+        let cut = protocol_string(&long);
+        assert!(cut.len() <= MAX_STRING && cut.len() >= MAX_STRING - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn error_reply<S: Write>(
     msg: &str,
 ) -> io::Result<()> {
     if n.structured && matches!(req.kind, cmd::READ | cmd::BLOCK_STATUS) {
-        let msg = &msg.as_bytes()[..msg.len().min(4096)];
+        let msg = proto::protocol_string(msg).as_bytes();
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(&(msg.len() as u16).to_be_bytes());
         payload.extend_from_slice(msg);
