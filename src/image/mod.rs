@@ -4,6 +4,7 @@
 //! sources see only [`writer::ImageWriter`].
 
 pub mod blockset;
+pub mod fiemap;
 pub mod prefetch;
 pub mod reader;
 pub mod sums;
