@@ -111,6 +111,7 @@ pub mod progress;
 pub mod revision;
 pub mod schedule;
 pub mod source;
+pub mod space;
 pub mod spec;
 pub mod sys;
 pub mod units;
