@@ -105,6 +105,10 @@ pub enum Command {
         /// image), named by its exact id; `status` lists them.
         #[arg(long)]
         force: bool,
+        /// Say which revision would be deleted and how much space that frees;
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the scheduler daemon in the foreground.
     Scheduler {
@@ -123,7 +127,8 @@ pub enum Command {
         /// The scheduler configuration that holds the job's schedule.
         #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
         config: PathBuf,
-        /// Show, per revision, which tag keeps it or why it goes; change nothing.
+        /// Show, per revision, which tag keeps it or why it goes, and how much
+        /// space the deletions free; change nothing.
         #[arg(long)]
         dry_run: bool,
     },

@@ -70,7 +70,7 @@ pub struct RevisionSpace {
     /// Bytes only this revision holds (image and manifest): what deleting it
     /// frees.
     pub exclusive: u64,
-    /// Of those, the manifest's (`.sums`).
+    /// Of those, the manifest's (`.sums`) and the `.rev`'s.
     pub exclusive_manifest: u64,
     /// Bytes only this revision holds in the job but a file outside the job
     /// shares (on btrfs also: inside an extent another revision shares): not
@@ -88,7 +88,8 @@ pub struct JobSpace {
     /// Sum over the revision images of the bytes each maps (what they would
     /// take without sharing).
     pub logical: u64,
-    /// Distinct bytes on disk of the revisions' manifests (`.sums`), apart.
+    /// Distinct bytes on disk of the revisions' manifests (`.sums`) and
+    /// metadata (`.rev`), apart from the images.
     pub manifests_physical: u64,
     /// Per complete revision, oldest first.
     pub revisions: Vec<RevisionSpace>,
@@ -134,6 +135,15 @@ impl JobSpace {
             .map(|i| self.unlocated[i])
             .sum();
         self.images.freed(member) + self.manifests.freed(member) + unlocated
+    }
+
+    /// `bytes` with how exact it is, for dry runs: "1.00 MiB (exact)".
+    pub fn describe(&self, bytes: u64) -> String {
+        let amount = crate::units::format_bytes(bytes);
+        match self.caveat().as_str() {
+            "" => format!("{amount} (exact)"),
+            caveat => format!("{amount} (an estimate: {caveat})"),
+        }
     }
 
     /// One sentence saying what the figures are, for `status` and dry runs:
@@ -218,7 +228,11 @@ pub fn measure(job: &Job) -> Result<JobSpace> {
                 &mut encoded,
             );
         }
-        if let Some(list) = file_extents(&job.sums_path(&rev.id), dir, &filesystem)? {
+        // Deleting a revision deletes its manifest and its `.rev` too.
+        for path in [job.sums_path(&rev.id), job.rev_path(&rev.id)] {
+            let Some(list) = file_extents(&path, dir, &filesystem)? else {
+                continue;
+            };
             let mut inline = 0;
             add_file(
                 &list,

@@ -271,6 +271,30 @@ pub fn loop_backing_file(rdev: u64) -> Option<PathBuf> {
     (!name.is_empty()).then(|| PathBuf::from(name))
 }
 
+/// Bytes available to unprivileged users on the filesystem holding `dir`
+/// (`f_bavail * f_frsize`), after `syncfs`, so that what was just deleted is
+/// counted: btrfs frees extents at the transaction commit and XFS inactivates
+/// unlinked inodes in the background; `syncfs` waits for both. Reads until two
+/// readings in a row agree, at most ten times.
+pub fn settled_available_bytes(dir: &Path) -> io::Result<u64> {
+    let fd = File::open(dir)?;
+    let read = || -> io::Result<u64> {
+        rustix::fs::syncfs(&fd)?;
+        let st = rustix::fs::fstatvfs(&fd)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    };
+    let mut last = read()?;
+    for _ in 0..9 {
+        let now = read()?;
+        if now == last {
+            break;
+        }
+        last = now;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,8 +71,43 @@ impl Job {
         sys::fsync_dir(&self.dir).map_err(Error::io("cannot sync", &self.dir))
     }
 
-    /// Removes a complete or incomplete revision (needs the purge lock) and fixes `last`.
-    pub fn remove_revision(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
+    /// Removes a complete or incomplete revision (needs the purge lock) and
+    /// fixes `last`; logs the bytes the filesystem freed ([`Job::log_freed`]).
+    pub fn remove_revision(&mut self, id: &str, lock: &PurgeLock) -> Result<()> {
+        let before = self.available_bytes();
+        self.remove_revision_unmeasured(id, lock)?;
+        self.log_freed(before, &format!("Removing revision {id}"));
+        Ok(())
+    }
+
+    /// Free bytes of the job's filesystem, settled ([`sys::settled_available_bytes`]);
+    /// `None` (and a debug line) when `statfs` fails.
+    fn available_bytes(&self) -> Option<u64> {
+        sys::settled_available_bytes(&self.dir)
+            .inspect_err(|e| tracing::debug!("statfs of {}: {e}", self.dir.display()))
+            .ok()
+    }
+
+    /// Logs how much free space `what` gained since `before`, as `statfs`
+    /// counts it: the bytes actually freed, to compare with what `status`
+    /// predicted.
+    fn log_freed(&self, before: Option<u64>, what: &str) {
+        let (Some(before), Some(after)) = (before, self.available_bytes()) else {
+            return;
+        };
+        match after.checked_sub(before) {
+            Some(freed) => tracing::info!(
+                "{what} freed {} on the filesystem (statfs)",
+                crate::units::format_bytes(freed)
+            ),
+            None => tracing::info!(
+                "{what} freed nothing on the filesystem (statfs: {} less free space, written meanwhile)",
+                crate::units::format_bytes(before - after)
+            ),
+        }
+    }
+
+    fn remove_revision_unmeasured(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
         // Mark it incomplete first: a crash half-way must not leave a "complete"
         // revision without its image.
         if let Some(rev) = self.revisions.iter().find(|r| r.id == id) {
@@ -107,10 +142,22 @@ impl Job {
                 );
             }
         }
-        for step in plan.deletions() {
-            self.remove_revision(&step.id, lock)?;
-            tracing::info!("Revision {} expired: no tags left", step.id);
+        let deletions: Vec<&str> = plan.deletions().map(|s| s.id.as_str()).collect();
+        if deletions.is_empty() {
+            return Ok(());
         }
+        let before = self.available_bytes();
+        for id in &deletions {
+            self.remove_revision_unmeasured(id, lock)?;
+            tracing::info!("Revision {id} expired: no tags left");
+        }
+        self.log_freed(
+            before,
+            &format!(
+                "Expiry of {}",
+                crate::units::count(deletions.len(), "revision")
+            ),
+        );
         Ok(())
     }
 

@@ -85,7 +85,9 @@ impl Sweep {
 /// of the keys of the active holders identifies the active set in O(1) per
 /// change (Zobrist hashing); equal hashes are confirmed by comparing the sets.
 fn holder_key(holder: u32) -> u64 {
-    let mut z = u64::from(holder).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut z = u64::from(holder)
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -301,13 +303,11 @@ mod tests {
     }
 
     fn intervals() -> impl Strategy<Value = Vec<Interval>> {
-        prop::collection::vec((0u64..64, 1u64..12, 0u32..5, any::<bool>()), 0..40).prop_map(
-            |v| {
-                v.into_iter()
-                    .map(|(start, len, holder, shared)| iv(start, start + len, holder, shared))
-                    .collect()
-            },
-        )
+        prop::collection::vec((0u64..64, 1u64..12, 0u32..5, any::<bool>()), 0..40).prop_map(|v| {
+            v.into_iter()
+                .map(|(start, len, holder, shared)| iv(start, start + len, holder, shared))
+                .collect()
+        })
     }
 
     proptest! {
