@@ -16,13 +16,16 @@
 #     5 MiB as for a 10 GiB image) is a clone of the parent's with one 4 KiB page
 #     rewritten per change, and its `.rev` is what backy writes (complete, daily);
 #   * then `backy status` three times: once after `sync; drop_caches` (cold), twice
-#     warm; each is the wall time of the command alone. It prints the extent count
-#     of the newest image, the status summary lines and the timings, with PASS/MISS
-#     against the 2 s target (the issue's) for the cold and the best warm run.
+#     warm; each is the wall time of the command alone, and its CPU time (user +
+#     system: on a machine shared with other work the wall time includes waiting for
+#     a CPU, so the load average is printed too). It prints the extent count of the
+#     newest image, the status summary lines and the timings, with PASS/MISS (wall
+#     time) against the 2 s target (the issue's) for the cold and the best warm run.
 #
 # Environment: BENCH_REVISIONS (default 100), BENCH_SIZE_GIB (default 10),
 # BENCH_CHANGES (default 200), BENCH_SEED (default 20261201), BENCH_FS (default
-# "btrfs xfs"), BENCH_STRICT=1 (exit 1 when a target is missed).
+# "btrfs xfs"), BENCH_STRICT=1 (exit 1 when a target is missed), BENCH_KEEP=1 (leave
+# the last filesystem mounted for profiling and print where; unmount it yourself).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,11 +35,12 @@ CHANGES=${BENCH_CHANGES:-200}
 SEED=${BENCH_SEED:-20261201}
 FILESYSTEMS=${BENCH_FS:-btrfs xfs}
 STRICT=${BENCH_STRICT:-0}
+KEEP=${BENCH_KEEP:-0}
 TARGET_S=2
 
 die() { echo "space.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (loop devices, mount, drop_caches)"
-for tool in losetup mkfs.btrfs mkfs.xfs xfs_io awk cargo mountpoint; do
+for tool in losetup mkfs.btrfs mkfs.xfs xfs_io awk cargo mountpoint /usr/bin/time; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 [[ $REVISIONS =~ ^[1-9][0-9]*$ ]] || die "BENCH_REVISIONS must be a positive integer"
@@ -53,6 +57,10 @@ cleanup() {
     local rc=$?
     set +e
     cd /
+    if [[ $KEEP == 1 && -n $LOOP ]]; then
+        echo "space.sh: left $MNT mounted on $LOOP (job: $MNT/job); umount, losetup -d, rm -rf $WORK"
+        exit $rc
+    fi
     teardown
     rm -rf "$WORK"
     exit $rc
@@ -83,6 +91,13 @@ changes() { # revision -> lines "IMAGE_OFFSET SUMS_OFFSET"
             printf "%d %d\n", off, int(off / 65536 * 32 / 4096) * 4096
         }
     }'
+}
+
+timed() { # output file -> "WALL CPU" of one `backy status` (CPU = user + system)
+    local t
+    t=$( { /usr/bin/time -f '%e %U %S' "$BACKY" -b "$JOB" status >"$1" 2>/dev/null; } 2>&1 | tail -1) ||
+        die "backy status failed"
+    awk '{ printf "%.2f %.2f", $1, $2 + $3 }' <<<"$t"
 }
 
 write_rev() { # id parent minute
@@ -149,27 +164,19 @@ bench() { # filesystem
 
     sync
     echo 3 >/proc/sys/vm/drop_caches
-    t0=$(now_s)
-    "$BACKY" -b "$JOB" status >"$WORK/status.txt" 2>"$WORK/status.err" || {
-        cat "$WORK/status.err" >&2
-        die "$fs: backy status failed"
-    }
-    t1=$(now_s)
-    cold=$(elapsed "$t0" "$t1")
-    t0=$(now_s)
-    "$BACKY" -b "$JOB" status >/dev/null 2>&1
-    t1=$(now_s)
-    warm1=$(elapsed "$t0" "$t1")
-    t0=$(now_s)
-    "$BACKY" -b "$JOB" status >/dev/null 2>&1
-    t1=$(now_s)
-    warm2=$(elapsed "$t0" "$t1")
-    best=$(awk -v a="$warm1" -v b="$warm2" 'BEGIN { print (a < b) ? a : b }')
+    cold=$(timed "$WORK/status.txt")
+    warm1=$(timed /dev/null)
+    warm2=$(timed /dev/null)
+    best=$(awk -v a="${warm1% *}" -v b="${warm2% *}" 'BEGIN { print (a < b) ? a : b }')
+    [[ $best == "${warm1% *}" ]] && best_cpu=${warm1#* } || best_cpu=${warm2#* }
+    cold_cpu=${cold#* }
+    cold=${cold% *}
     grep -E '^(Space|Freed|[0-9]+ revisions)' "$WORK/status.txt" | sed 's/^/   /'
-    printf '   %-40s %6s s  %s\n' "status, cold caches" "$cold" "$(verdict "$cold") (target < ${TARGET_S} s)"
-    printf '   %-40s %6s s  %s\n' "status, warm (best of 2)" "$best" "$(verdict "$best") (target < ${TARGET_S} s)"
+    printf '   %-32s %6s s wall, %5s s CPU  %s\n' "status, cold caches" "$cold" "$cold_cpu" "$(verdict "$cold") (target < ${TARGET_S} s)"
+    printf '   %-32s %6s s wall, %5s s CPU  %s\n' "status, warm (best of 2)" "$best" "$best_cpu" "$(verdict "$best") (target < ${TARGET_S} s)"
+    echo "   load average now: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
     RESULTS+=("$fs cold $cold $(verdict "$cold")" "$fs warm $best $(verdict "$best")")
-    teardown
+    [[ $KEEP == 1 ]] || teardown
 }
 
 RESULTS=()

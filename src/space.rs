@@ -33,10 +33,11 @@
 
 mod sweep;
 
-pub use sweep::{Group, Interval, Sweep, sweep};
+pub use sweep::{Group, Interval, Sweep, sweep, whole_extents};
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::image::fiemap::{self, Extent};
@@ -174,30 +175,92 @@ fn file_extents(path: &Path, dir: &Path, filesystem: &str) -> Result<Option<Vec<
     }
 }
 
-/// Intervals of one file for holder `holder`; adds what has no location to
-/// `unlocated` and every byte to `logical`.
+/// Intervals of one file for holder `holder`; compressed extents go to
+/// `encoded` (see [`sweep::whole_extents`]), what has no location to
+/// `unlocated`, and every byte to `logical`.
 fn add_file(
     extents: &[Extent],
     holder: u32,
     out: &mut Vec<Interval>,
+    encoded: &mut Vec<Interval>,
     unlocated: &mut u64,
     logical: &mut u64,
-    encoded: &mut bool,
 ) {
     for e in extents {
         *logical += e.length;
-        *encoded |= e.is_encoded();
-        if e.has_location() {
-            out.push(Interval {
-                start: e.physical,
-                end: e.physical + e.length,
-                holder,
-                shared: e.is_shared(),
-            });
-        } else {
+        if !e.has_location() {
             *unlocated += e.length;
+            continue;
+        }
+        let interval = Interval {
+            start: e.physical,
+            end: e.physical + e.length,
+            holder,
+            shared: e.is_shared(),
+        };
+        if e.is_encoded() {
+            encoded.push(interval);
+        } else {
+            out.push(interval);
         }
     }
+}
+
+/// The extent maps of a revision's image, manifest and `.rev`.
+type FileMaps = [Option<Vec<Extent>>; 3];
+
+/// The extents of every file in `paths` (see [`file_extents`]), in the same
+/// order, asked for on several threads: the kernel's work per extent (the
+/// shared check walks btrfs back references or the XFS refcount tree)
+/// dominates, and revisions are independent. The first error, in `paths`
+/// order, wins.
+fn read_extents(paths: &[[PathBuf; 3]], dir: &Path, filesystem: &str) -> Result<Vec<FileMaps>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 8)
+        .min(paths.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<FileMaps>>> = (0..paths.len()).map(|_| None).collect();
+    let done: Vec<Vec<(usize, Result<FileMaps>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(files) = paths.get(i) else { break };
+                        let mut maps: FileMaps = Default::default();
+                        let mut result = Ok(());
+                        for (map, path) in maps.iter_mut().zip(files) {
+                            match file_extents(path, dir, filesystem) {
+                                Ok(m) => *map = m,
+                                Err(e) => {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                        }
+                        out.push((i, result.map(|()| maps)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    for (i, result) in done.into_iter().flatten() {
+        slots[i] = Some(result);
+    }
+    slots
+        .into_iter()
+        .map(|slot| slot.expect("every path was read"))
+        .collect()
 }
 
 /// Measures the space of the job's complete revisions (see the module
@@ -215,37 +278,49 @@ pub fn measure(job: &Job) -> Result<JobSpace> {
     let mut unlocated_manifests = 0u64;
     let mut image_logical = vec![0u64; n];
     let mut manifest_logical = 0u64;
-    let mut encoded = false;
-    for (i, rev) in revisions.iter().enumerate() {
+    let mut image_encoded = Vec::new();
+    let mut manifest_encoded = Vec::new();
+    let paths: Vec<[PathBuf; 3]> = revisions
+        .iter()
+        .map(|rev| {
+            [
+                job.image_path(&rev.id),
+                job.sums_path(&rev.id),
+                job.rev_path(&rev.id),
+            ]
+        })
+        .collect();
+    let maps = read_extents(&paths, dir, &filesystem)?;
+    for (i, [image, sums, rev]) in maps.into_iter().enumerate() {
         let holder = i as u32;
-        if let Some(list) = file_extents(&job.image_path(&rev.id), dir, &filesystem)? {
+        if let Some(list) = image {
             add_file(
                 &list,
                 holder,
                 &mut image_intervals,
+                &mut image_encoded,
                 &mut unlocated[i],
                 &mut image_logical[i],
-                &mut encoded,
             );
         }
         // Deleting a revision deletes its manifest and its `.rev` too.
-        for path in [job.sums_path(&rev.id), job.rev_path(&rev.id)] {
-            let Some(list) = file_extents(&path, dir, &filesystem)? else {
-                continue;
-            };
+        for list in [sums, rev].into_iter().flatten() {
             let mut inline = 0;
             add_file(
                 &list,
                 holder,
                 &mut manifest_intervals,
+                &mut manifest_encoded,
                 &mut inline,
                 &mut manifest_logical,
-                &mut encoded,
             );
             unlocated[i] += inline;
             unlocated_manifests += inline;
         }
     }
+    let encoded = !image_encoded.is_empty() || !manifest_encoded.is_empty();
+    image_intervals.extend(whole_extents(image_encoded));
+    manifest_intervals.extend(whole_extents(manifest_encoded));
     let images = sweep(&image_intervals, n);
     let manifests = sweep(&manifest_intervals, n);
     let image_exclusive = images.exclusive(n);

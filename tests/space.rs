@@ -458,3 +458,57 @@ fn xfs_reservations_are_freed_with_a_recent_revision() {
         "predicted {predicted}, freed {actual}"
     );
 }
+
+/// Half-compressible data: each 4 KiB page is 2 KiB of random bytes, then zeros.
+fn half_compressible(seed: u64, len: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len as usize];
+    for (n, page) in out.chunks_mut(4096).enumerate() {
+        let half = page.len().min(2048);
+        page[..half].copy_from_slice(&pattern_bytes(seed * 100_000 + n as u64, half));
+    }
+    out
+}
+
+/// btrfs with `compress-force=zstd`: FIEMAP reports compressed extents with
+/// their uncompressed length, so the figures are labelled and the prediction
+/// is above what `statfs` sees freed, by about the compression ratio.
+#[test]
+fn compressed_btrfs_figures_are_labelled_and_high() {
+    let Some(h) = History::new(FsKind::Btrfs) else {
+        return;
+    };
+    run_ok(
+        tool("mount")
+            .args(["-o", "remount,compress-force=zstd"])
+            .arg(h.fs.path()),
+    );
+    write_at(&h.src, 0, &half_compressible(50, SIZE));
+    h.backup("daily");
+    write_at(&h.src, 8 * MIB, &half_compressible(51, 8 * MIB));
+    let r1 = h.backup("daily");
+    write_at(&h.src, 8 * MIB, &half_compressible(52, 8 * MIB));
+    h.backup("daily");
+
+    let revs = h.status();
+    let job_space = &revs[0]["job_space"];
+    assert_eq!(job_space["exact"], false, "{job_space}");
+    assert!(
+        job_space["caveat"].as_str().unwrap().contains("compressed"),
+        "{job_space}"
+    );
+    // r1 alone holds the 8 MiB the last backup overwrote.
+    let predicted = h.predicted(&r1);
+    assert!(predicted >= 8 * MIB, "predicted {predicted}");
+    let actual = h.forget(&r1);
+    report(
+        FsKind::Btrfs,
+        "compressed (zstd, about 2:1) 8 MiB",
+        predicted,
+        actual,
+    );
+    assert!(
+        actual <= predicted + MIB,
+        "predicted {predicted}, freed {actual}"
+    );
+    assert!(actual >= 2 * MIB, "freed {actual}");
+}

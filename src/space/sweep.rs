@@ -194,6 +194,34 @@ pub fn sweep(intervals: &[Interval], holders: usize) -> Sweep {
     out
 }
 
+/// Where [`whole_extents`] puts compressed extents: far above any device
+/// address, so they never overlap real ranges.
+const ENCODED_BASE: u64 = 1 << 62;
+
+/// Compressed (btrfs `ENCODED`) extents as whole units. FIEMAP reports such an
+/// extent at the start of its compressed data with the *logical* length of
+/// each file's reference, so two references to different parts of it have the
+/// same `start` and different lengths, and two neighbouring extents seem to
+/// overlap. btrfs frees a compressed extent only when no reference is left, so
+/// each distinct `start` becomes one interval of the longest length seen, held
+/// by every holder that references it, placed side by side above
+/// `ENCODED_BASE`.
+pub fn whole_extents(mut encoded: Vec<Interval>) -> Vec<Interval> {
+    encoded.sort_unstable_by_key(|iv| iv.start);
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut base = ENCODED_BASE;
+    for unit in encoded.chunk_by(|a, b| a.start == b.start) {
+        let len = unit.iter().map(|iv| iv.end - iv.start).max().unwrap_or(0);
+        out.extend(unit.iter().map(|iv| Interval {
+            start: base,
+            end: base + len,
+            ..*iv
+        }));
+        base += len;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -300,6 +328,24 @@ mod tests {
     fn nothing_in_nothing_out() {
         assert_eq!(sweep(&[], 3), Sweep::default());
         assert_eq!(sweep(&[iv(5, 5, 0, false)], 1), Sweep::default());
+    }
+
+    #[test]
+    fn compressed_extents_count_whole() {
+        // One compressed extent at 0, referenced whole by holder 0 and in part
+        // by holder 1 (same start, shorter length); another right after it
+        // whose logical length seems to overlap the first.
+        let list = whole_extents(vec![
+            iv(0, 32, 0, true),
+            iv(0, 8, 1, true),
+            iv(8, 40, 1, false),
+        ]);
+        let s = sweep(&list, 2);
+        assert_eq!(s.union, 64 * BLOCK);
+        assert_eq!(s.exclusive(2), [0, 32 * BLOCK]);
+        // Freed only with both of its holders.
+        assert_eq!(s.freed(|h| h == 0), 0);
+        assert_eq!(s.freed(|_| true), 64 * BLOCK);
     }
 
     fn intervals() -> impl Strategy<Value = Vec<Interval>> {
