@@ -550,11 +550,7 @@ fn links_are_never_followed(kind: FsKind) {
     let (src, job) = (fs.join("src.img"), fs.join("job"));
     init_job(&src, &job, 4 * MIB, MIB as usize);
     for n in 0..3u64 {
-        write_at(
-            &src,
-            u64::from(n) * MIB,
-            &pattern_bytes(20 + n, MIB as usize),
-        );
+        write_at(&src, n * MIB, &pattern_bytes(20 + n, MIB as usize));
         backup(&job, "daily").success();
     }
     let ids = complete_ids(&job);
