@@ -7,7 +7,9 @@
 //! revisions, and its scheduler cannot run on this Python (see
 //! `scripts/setup-test-deps.sh`). That our `.rev` files survive such a rewrite
 //! is left to the rule that nothing essential lives only in keys backy 2.1 does
-//! not know (its rewrite keeps its five keys and drops the rest).
+//! not know (its rewrite keeps its five keys and drops the rest). That
+//! includes our `protected` mapping: backy 2.1 knows no protection, and its
+//! expiry would neither honour nor keep it.
 
 mod util;
 
