@@ -131,6 +131,7 @@ impl Fixture {
         let g = &self.good;
         let expected: BTreeSet<String> = [
             ".backup",
+            ".meta",
             ".purge",
             "config",
             "last",
