@@ -521,3 +521,100 @@ fn a_month_of_scheduler_expiry_keeps_the_protected_revision() {
             .arg(&out),
     );
 }
+
+/// The real scheduler daemon: with a schedule of seconds (`often` every 2 s,
+/// keep 2; `rarely` every 6 s, keep 1) a revision protected right after the
+/// first run survives the expiry after every later run, losing its tags,
+/// while the others are expired as usual.
+#[test]
+fn the_scheduler_daemon_never_expires_a_protected_revision() {
+    let fs = require_fs!(FsKind::Btrfs, 512);
+    let base = fs.join("base");
+    let src = fs.join("src.img");
+    write_file(&src, 4 * MIB, &[(0, &pattern_bytes(5, MIB as usize))]);
+    fs::create_dir(&base).unwrap();
+    let conf = fs.join("backy.conf");
+    fs::write(
+        &conf,
+        format!(
+            "global:\n  base-dir: {}\n  worker-limit: 1\n  run-timeout: 10m\n  status-interval: 1\n  telnet-addrs: \"127.0.0.1\"\n  telnet-port: 0\nschedules:\n  fast:\n    often: {{interval: 2s, keep: 2}}\n    rarely: {{interval: 6s, keep: 1}}\njobs:\n  job1: {{schedule: fast, source: {{type: file, filename: {}}}}}\n",
+            base.display(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    let log = fs.join("scheduler.log");
+    let child = backy()
+        .arg("-l")
+        .arg(&log)
+        .arg("scheduler")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut daemon = Background { child };
+    let read_log = || fs::read_to_string(&log).unwrap_or_default();
+    let job = base.join("job1");
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "{what} did not happen:\n{}",
+                read_log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait("the first backup", &|| {
+        job.is_dir() && !ids(&job).is_empty()
+    });
+    let first = ids(&job)[0].clone();
+    // An expiry holds the purge lock for a moment: try again then.
+    wait("protect", &|| {
+        run(backy_job(&job).args(["protect", "-r", &first, "--reason", "keep me"]))
+            .status
+            .success()
+    });
+    // Runs every 2 s, each followed by expiry: let a dozen seconds pass
+    // and wait until the first revision has lost its tags (after 6 s).
+    wait("expiry of the protected revision's tags", &|| {
+        complete(&job)
+            .iter()
+            .any(|r| r["id"] == first.as_str() && r["tags"] == serde_json::json!([]))
+    });
+    let runs_then = read_log().matches("Job job1 finished").count();
+    wait("three more runs", &|| {
+        read_log().matches("Job job1 finished").count() >= runs_then + 3
+    });
+    let status = daemon.terminate("scheduler", read_log);
+    assert!(status.success(), "{}", read_log());
+
+    let after = complete(&job);
+    let kept = after.iter().find(|r| r["id"] == first.as_str());
+    let kept = kept.unwrap_or_else(|| panic!("the protected revision is gone: {after:?}"));
+    assert_eq!(kept["protected_reason"], "keep me");
+    // Everything else follows retention: at most the 6 s window of `rarely`
+    // (4 runs) plus the newest, and fewer than were made.
+    let made = read_log().matches("Job job1 finished").count();
+    let others = after.len() - 1;
+    assert!(
+        others <= 5 && others < made,
+        "{others} unprotected revisions left of {made} runs: {after:?}"
+    );
+    let r = run_ok(
+        backy_job(&job)
+            .arg("expire")
+            .arg("-c")
+            .arg(&conf)
+            .arg("--dry-run"),
+    );
+    assert!(
+        r.stdout
+            .contains("keep    protected (reason: keep me); no tags"),
+        "{}",
+        r.stdout
+    );
+}
