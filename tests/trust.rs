@@ -315,6 +315,9 @@ fn protect_and_forget(kind: FsKind) {
         fs::read_link(job.join("last")).unwrap(),
         Path::new(&made[0])
     );
+    // A reason is one line of words, for the table and the log.
+    run_ok(backy_job(&job).args(["protect", "-r", "0", "--reason", " line one\n\tline two "]));
+    assert_eq!(complete(&job)[0]["protected_reason"], "line one line two");
     run(backy_job(&job).args(["protect", "-r", "nosuch"]))
         .failure()
         .stderr_has("no complete revision matches 'nosuch'");

@@ -16,13 +16,16 @@ pub fn protect(dir: &Path, spec: &str, reason: Option<&str>) -> Result<()> {
     let mut job = Job::open(dir)?;
     let _lock = job.lock_read()?;
     let id = job.resolve(spec)?.id.clone();
-    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    // One line of plain words: the reason is a table cell and a log line.
+    let reason = reason
+        .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|r| !r.is_empty());
     let mut already = false;
     let rev = job.update_rev(&id, |rev| {
         already = rev.protected.is_some();
         let old = rev.protected.take().unwrap_or_default();
         rev.protected = Some(Protection {
-            reason: reason.map(str::to_string).or(old.reason),
+            reason: reason.clone().or(old.reason),
             since: old.since.or_else(|| Some(Utc::now())),
         });
     })?;
