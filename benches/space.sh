@@ -94,10 +94,9 @@ changes() { # revision -> lines "IMAGE_OFFSET SUMS_OFFSET"
 }
 
 timed() { # output file -> "WALL CPU" of one `backy status` (CPU = user + system)
-    local t
-    t=$( { /usr/bin/time -f '%e %U %S' "$BACKY" -b "$JOB" status >"$1" 2>/dev/null; } 2>&1 | tail -1) ||
+    /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S' "$BACKY" -b "$JOB" status >"$1" 2>/dev/null ||
         die "backy status failed"
-    awk '{ printf "%.2f %.2f", $1, $2 + $3 }' <<<"$t"
+    awk '{ printf "%.2f %.2f", $1, $2 + $3 }' "$WORK/time.txt"
 }
 
 write_rev() { # id parent minute

@@ -35,7 +35,6 @@ mod sweep;
 
 pub use sweep::{Group, Interval, Sweep, sweep, whole_extents};
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -160,7 +159,7 @@ impl JobSpace {
 /// The extents of one file, or `None` when it does not exist (a manifest
 /// backy 2.1 never wrote).
 fn file_extents(path: &Path, dir: &Path, filesystem: &str) -> Result<Option<Vec<Extent>>> {
-    let file = match File::open(path) {
+    let file = match crate::sys::open_regular(path, false) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("cannot open", path)(e)),
@@ -270,7 +269,7 @@ pub fn measure(job: &Job) -> Result<JobSpace> {
     let dir = job.dir();
     let filesystem = crate::sys::filesystem_name(dir);
     let revisions: Vec<&crate::revision::Revision> =
-        job.revisions.iter().filter(|r| r.is_complete()).collect();
+        job.revisions().iter().filter(|r| r.is_complete()).collect();
     let n = revisions.len();
     let mut image_intervals = Vec::new();
     let mut manifest_intervals = Vec::new();

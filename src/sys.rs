@@ -134,6 +134,37 @@ pub fn device_of(path: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.dev())
 }
 
+/// Opens a file of a job directory without following a symbolic link in its
+/// last component (`O_NOFOLLOW`) and refuses anything but a regular file, so
+/// a link planted in the job never makes backy read or write outside it.
+/// Errors say which: "it is a symbolic link" or "it is not a regular file".
+pub fn open_regular(path: &Path, write: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it is a symbolic link, and backy does not follow links in a job directory",
+                )
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    // O_NONBLOCK only kept a FIFO from blocking the open; regular files ignore it.
+    Ok(file)
+}
+
 /// Fsyncs a directory so that renames and unlinks in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -272,25 +303,31 @@ pub fn loop_backing_file(rdev: u64) -> Option<PathBuf> {
 }
 
 /// Bytes available to unprivileged users on the filesystem holding `dir`
-/// (`f_bavail * f_frsize`), after `syncfs`, so that what was just deleted is
-/// counted: btrfs frees extents at the transaction commit and XFS inactivates
-/// unlinked inodes in the background; `syncfs` waits for both. Reads until two
-/// readings in a row agree, at most ten times.
+/// (`f_bavail * f_frsize`) once what was just deleted is counted: btrfs frees
+/// extents at the transaction commit, which `syncfs` waits for; XFS frees an
+/// unlinked file's blocks in a background worker, which `statfs` starts but
+/// does not wait for. So this reads (`syncfs`, then `statvfs`) every 50 ms
+/// until the figure has not changed for 250 ms, for at most 5 s.
 pub fn settled_available_bytes(dir: &Path) -> io::Result<u64> {
+    use std::time::{Duration, Instant};
     let fd = File::open(dir)?;
     let read = || -> io::Result<u64> {
         rustix::fs::syncfs(&fd)?;
         let st = rustix::fs::fstatvfs(&fd)?;
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     };
+    let deadline = Instant::now() + Duration::from_secs(5);
     let mut last = read()?;
-    for _ in 0..9 {
+    let mut unchanged = 0;
+    while unchanged < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
         let now = read()?;
         if now == last {
-            break;
+            unchanged += 1;
+        } else {
+            unchanged = 0;
+            last = now;
         }
-        last = now;
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(last)
 }

@@ -111,20 +111,27 @@ impl History {
     /// Forgets revision `id`; returns the `statfs` delta.
     fn forget(&self, id: &str) -> u64 {
         let before = self.available();
-        let r = run_ok(backy_job(&self.job).args(["forget", "-r", id]));
+        let r = run_ok(backy_job(&self.job).args(["forget", "--force", "-r", id]));
         let after = self.available();
+        let actual = after.saturating_sub(before);
+        // backy's own statfs figure, from its log line.
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.contains(" freed ") && l.ends_with("(statfs)"))
+            .unwrap_or_else(|| r.fail("forget logs what it freed"));
+        let logged = parse_bytes(line.split(" freed ").nth(1).unwrap());
         assert!(
-            r.stderr.contains("freed") && r.stderr.contains("(statfs)"),
-            "forget logs what it freed: {}",
-            r.stderr
+            logged.abs_diff(actual) <= MIB + actual / 100,
+            "backy logged {logged} freed, statfs says {actual}: {line}"
         );
-        after.saturating_sub(before)
+        actual
     }
 
     /// Predicts, forgets and compares revision `id`; returns (predicted, actual).
     fn check_forget(&self, what: &str, id: &str) -> (u64, u64) {
         let predicted = self.predicted(id);
-        let dry = run_ok(backy_job(&self.job).args(["forget", "--dry-run", "-r", id]));
+        let dry = run_ok(backy_job(&self.job).args(["forget", "--force", "--dry-run", "-r", id]));
         assert!(dry.stdout.contains("frees"), "{}", dry.stdout);
         assert_close(&dry.stdout, parse_bytes(&dry.stdout), predicted);
         let actual = self.forget(id);

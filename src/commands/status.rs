@@ -40,14 +40,21 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
     if json {
         return crate::output::stdout_line(&to_json(&job, &space));
     }
-    let mut text = render_table(&job.revisions, space.as_ref().ok().and_then(Option::as_ref));
+    let mut text = render_table(
+        job.revisions(),
+        space.as_ref().ok().and_then(Option::as_ref),
+    );
     text.push_str(&space_summary(&space));
     let damaged = job.damaged.iter().map(Damaged::describe);
     let future = job
         .future_revisions(Utc::now())
         .into_iter()
         .map(future_note);
-    for line in damaged.chain(future).chain(job.link_problems()) {
+    for line in damaged
+        .chain(future)
+        .chain(job.link_problems())
+        .chain(job.exposure())
+    {
         text.push_str(&format!("Warning: {line}\n"));
     }
     crate::output::stdout(&text)
@@ -57,7 +64,7 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
 /// FIEMAP or an unreadable image is an error to show, never one that stops
 /// `status`.
 fn measure(job: &Job) -> Result<Option<JobSpace>> {
-    if !job.revisions.iter().any(Revision::is_complete) {
+    if !job.revisions().iter().any(Revision::is_complete) {
         return Ok(None);
     }
     space::measure(job).map(Some)
@@ -96,6 +103,7 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
     let any_trust = revisions
         .iter()
         .any(|r| r.trust != crate::revision::Trust::Trusted);
+    let any_protected = revisions.iter().any(|r| r.protected.is_some());
     // Ceph revisions record whether the guest was frozen (`stats.consistency`).
     let any_consistency = revisions.iter().any(|r| consistency(r).is_some());
     let mut header = vec!["Date (UTC)", "ID", "Size", "Durat", "Tags"];
@@ -104,6 +112,9 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
     }
     if any_trust {
         header.push("Trust");
+    }
+    if any_protected {
+        header.push("Protected");
     }
     if any_consistency {
         header.push("Consistency");
@@ -126,6 +137,9 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
         }
         if any_trust {
             row.push(format!("{:?}", rev.trust).to_lowercase());
+        }
+        if any_protected {
+            row.push(protected_cell(rev));
         }
         if any_consistency {
             row.push(consistency(rev).unwrap_or("-").to_string());
@@ -153,6 +167,14 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
             n => format!("; {n} incomplete revisions not counted"),
         }
     )
+}
+
+/// The Protected column: `-`, `yes`, or the reason.
+fn protected_cell(rev: &Revision) -> String {
+    match &rev.protected {
+        None => "-".into(),
+        Some(p) => p.reason.clone().unwrap_or_else(|| "yes".into()),
+    }
 }
 
 /// `stats.consistency` of a Ceph revision: `frozen` or `crash`.
@@ -193,7 +215,7 @@ fn to_json(job: &Job, space: &Result<Option<JobSpace>>) -> String {
     let job_space = space_json(space);
     let measured = space.as_ref().ok().and_then(Option::as_ref);
     let mut revs: Vec<serde_json::Value> = job
-        .revisions
+        .revisions()
         .iter()
         .map(|r| {
             serde_json::json!({
@@ -207,6 +229,9 @@ fn to_json(job: &Job, space: &Result<Option<JobSpace>>) -> String {
                 "bytes_changed": r.stat_u64("bytes_changed"),
                 "reflink": r.stats.get("reflink").and_then(|v| v.as_bool()),
                 "trust": r.trust,
+                "protected": r.protected.is_some(),
+                "protected_reason": r.protected.as_ref().and_then(|p| p.reason.clone()),
+                "protected_since": r.protected.as_ref().and_then(|p| p.since).map(|t| t.to_rfc3339()),
                 "image": job.image_path(&r.id),
                 "future": r.timestamp > now,
                 "damaged": null,
@@ -232,6 +257,9 @@ fn to_json(job: &Job, space: &Result<Option<JobSpace>>) -> String {
             "bytes_changed": r.and_then(|r| r.stat_u64("bytes_changed")),
             "reflink": r.and_then(|r| r.stats.get("reflink")).and_then(|v| v.as_bool()),
             "trust": r.map(|r| r.trust),
+            "protected": r.is_some_and(|r| r.protected.is_some()),
+            "protected_reason": r.and_then(|r| r.protected.as_ref()).and_then(|p| p.reason.clone()),
+            "protected_since": r.and_then(|r| r.protected.as_ref()).and_then(|p| p.since).map(|t| t.to_rfc3339()),
             "image": job.image_path(&d.id),
             "future": r.is_some_and(|r| r.timestamp > now),
             "damaged": {"file": d.file, "reason": d.reason},

@@ -96,10 +96,7 @@ impl Manifest {
 
     /// Opens an existing manifest for reading (and updating, if `writable`).
     pub fn open(path: &Path, writable: bool) -> Result<Manifest> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
+        let file = crate::sys::open_regular(path, writable)
             .map_err(Error::io("cannot open checksum manifest", path))?;
         let mut header = [0u8; 32];
         file.read_exact_at(&mut header, 0)
@@ -125,6 +122,15 @@ impl Manifest {
             return Err(bad(path, "its block size is invalid"));
         }
         let image_size = u64::from_le_bytes(header[24..32].try_into().unwrap());
+        // An image size whose digests would not fit in a file (a damaged or
+        // hostile header) is refused before anything is computed from it.
+        if block_count(image_size, block_size)
+            .checked_mul(DIGEST_LEN as u64)
+            .and_then(|n| n.checked_add(HEADER_LEN))
+            .is_none_or(|n| n > i64::MAX as u64)
+        {
+            return Err(bad(path, "its image size is impossibly large"));
+        }
         let m = Manifest::from_file(file, path, block_size, image_size);
         let len = m
             .file
