@@ -27,9 +27,16 @@
 //!   predicted. btrfs figures are therefore labelled estimates
 //!   ([`Accuracy::Estimate`]), lower bounds of what a set frees; the tests
 //!   measure how far off they are (see the man page). Compressed extents
-//!   (`FIEMAP_EXTENT_ENCODED`) report their uncompressed length, so with
-//!   compression physical and freed bytes are upper bounds instead; the label says
-//!   so.
+//!   (`FIEMAP_EXTENT_ENCODED`) report the start of their compressed data and the
+//!   uncompressed length of each reference, so each counts as one unit, freed
+//!   with its last reference ([`whole_extents`]), at its uncompressed size:
+//!   with compression physical and freed bytes are upper bounds instead; the
+//!   label says so.
+//! - **XFS copy-on-write reservations**: after a backup XFS keeps reserved
+//!   blocks around each changed spot (up to the CoW extent size hint, 128 KiB by
+//!   default) for 5 minutes, in no file's extent map. Deleting a revision within
+//!   those minutes frees them too, more than predicted; the tests drop them
+//!   first (`xfs_spaceman -c 'prealloc -s'`) and measure them apart.
 
 mod sweep;
 
