@@ -519,3 +519,22 @@ fn compressed_btrfs_figures_are_labelled_and_high() {
     );
     assert!(actual >= 2 * MIB, "freed {actual}");
 }
+
+/// ext4 shares nothing (backups there are full sparse copies): the figures
+/// are exact, the sharing factor is 1, and a revision frees its whole size.
+#[test]
+fn ext4_copies_free_their_whole_size() {
+    let Some(h) = History::new(FsKind::Ext4) else {
+        return;
+    };
+    run_ok(backy_job(&h.job).args(["backup", "--allow-copy", "daily"]));
+    h.change(0, 4 * MIB, 60);
+    run_ok(backy_job(&h.job).args(["backup", "--allow-copy", "daily"]));
+    let revs = h.status();
+    let job_space = &revs[0]["job_space"];
+    assert_eq!(job_space["exact"], true, "{job_space}");
+    assert_eq!(job_space["sharing_factor"], 1.0, "{job_space}");
+    let first = revs[0]["id"].as_str().unwrap().to_string();
+    let (predicted, _) = h.check_forget("a full copy on ext4", &first);
+    assert!(predicted >= SIZE, "predicted {predicted}");
+}
