@@ -24,7 +24,7 @@ pub fn run(dir: &Path, config_path: &Path, dry_run: bool) -> Result<()> {
             name: name.clone(),
             config: config_path.to_owned(),
         })?;
-    let plan = crate::job::expire(&dir, schedule, Utc::now(), dry_run)?;
+    let plan = crate::job::expire_logging_freed(&dir, schedule, Utc::now(), dry_run)?;
     let mut text = plan.to_string();
     if dry_run {
         text.push_str(&freed_by_plan(&dir, &plan));

@@ -7,7 +7,7 @@
 mod remove;
 mod verify;
 
-pub use remove::expire;
+pub use remove::{expire, expire_logging_freed};
 pub use verify::VerifyOutcome;
 
 use std::fs::{File, OpenOptions};

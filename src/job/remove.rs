@@ -21,12 +21,35 @@ use crate::schedule::retention::{self, RetentionPlan, RevisionInfo};
 use crate::sys;
 
 /// Plans retention for the job in `dir` at `now`, and unless `dry_run` carries
-/// it out ([`Job::apply_retention`]) under the job's purge lock.
+/// it out ([`Job::apply_retention`]) under the job's purge lock. The
+/// scheduler's expiry: it does not measure what the deletions freed, since
+/// `syncfs` on a busy backup server could stall the scheduler's loop.
 pub fn expire(
     dir: &Path,
     schedule: &Schedule,
     now: DateTime<Utc>,
     dry_run: bool,
+) -> Result<RetentionPlan> {
+    expire_with(dir, schedule, now, dry_run, false)
+}
+
+/// [`expire`], and logs the bytes the deletions freed as `statfs` counts
+/// them ([`Job::apply_retention_logging_freed`]): `backy expire`.
+pub fn expire_logging_freed(
+    dir: &Path,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<RetentionPlan> {
+    expire_with(dir, schedule, now, dry_run, true)
+}
+
+fn expire_with(
+    dir: &Path,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    log_freed: bool,
 ) -> Result<RetentionPlan> {
     let mut job = Job::open(dir)?;
     let lock = if dry_run {
@@ -38,7 +61,11 @@ pub fn expire(
     job.scan()?;
     let plan = job.retention_plan(schedule, now);
     if let Some(lock) = lock {
-        job.apply_retention(&plan, &lock)?;
+        if log_freed {
+            job.apply_retention_logging_freed(&plan, &lock)?;
+        } else {
+            job.apply_retention(&plan, &lock)?;
+        }
     }
     Ok(plan)
 }
@@ -139,9 +166,27 @@ impl Job {
     }
 
     /// Carries out a retention plan (needs the purge lock): rewrites the
-    /// `.rev` of revisions that lose tags, and removes those left with none
-    /// ([`Job::remove_revision`]).
+    /// `.rev` of revisions that lose tags, and removes those left with none.
     pub fn apply_retention(&mut self, plan: &RetentionPlan, lock: &PurgeLock) -> Result<()> {
+        self.apply_retention_with(plan, lock, false)
+    }
+
+    /// [`Job::apply_retention`], and logs the bytes the deletions freed
+    /// ([`Job::log_freed`]).
+    pub fn apply_retention_logging_freed(
+        &mut self,
+        plan: &RetentionPlan,
+        lock: &PurgeLock,
+    ) -> Result<()> {
+        self.apply_retention_with(plan, lock, true)
+    }
+
+    fn apply_retention_with(
+        &mut self,
+        plan: &RetentionPlan,
+        lock: &PurgeLock,
+        log_freed: bool,
+    ) -> Result<()> {
         for step in plan.retags() {
             if self.revision(&step.id).is_some() {
                 self.update_rev(&step.id, |rev| {
@@ -158,18 +203,22 @@ impl Job {
         if deletions.is_empty() {
             return Ok(());
         }
-        let before = self.available_bytes();
+        let before = if log_freed {
+            self.available_bytes()
+        } else {
+            None
+        };
         for id in &deletions {
             self.remove_revision_unmeasured(id, lock)?;
             tracing::info!("Revision {id} expired: no tags left");
         }
-        self.log_freed(
-            before,
-            &format!(
+        if log_freed {
+            let what = format!(
                 "Expiry of {}",
                 crate::units::count(deletions.len(), "revision")
-            ),
-        );
+            );
+            self.log_freed(before, &what);
+        }
         Ok(())
     }
 
