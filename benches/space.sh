@@ -25,7 +25,9 @@
 # Environment: BENCH_REVISIONS (default 100), BENCH_SIZE_GIB (default 10),
 # BENCH_CHANGES (default 200), BENCH_SEED (default 20261201), BENCH_FS (default
 # "btrfs xfs"), BENCH_STRICT=1 (exit 1 when a target is missed), BENCH_KEEP=1 (leave
-# the last filesystem mounted for profiling and print where; unmount it yourself).
+# the last filesystem mounted for profiling and print where; unmount it yourself),
+# BENCH_NICE=-20 (run `backy status` at that niceness: on a machine busy with other
+# work, the wall time of a server that gives status the CPUs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,6 +38,7 @@ SEED=${BENCH_SEED:-20261201}
 FILESYSTEMS=${BENCH_FS:-btrfs xfs}
 STRICT=${BENCH_STRICT:-0}
 KEEP=${BENCH_KEEP:-0}
+NICE=${BENCH_NICE:-0}
 TARGET_S=2
 
 die() { echo "space.sh: $*" >&2; exit 1; }
@@ -94,7 +97,7 @@ changes() { # revision -> lines "IMAGE_OFFSET SUMS_OFFSET"
 }
 
 timed() { # output file -> "WALL CPU" of one `backy status` (CPU = user + system)
-    /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S' "$BACKY" -b "$JOB" status >"$1" 2>/dev/null ||
+    nice -n "$NICE" /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S' "$BACKY" -b "$JOB" status >"$1" 2>/dev/null ||
         die "backy status failed"
     awk '{ printf "%.2f %.2f", $1, $2 + $3 }' "$WORK/time.txt"
 }
