@@ -7,6 +7,7 @@ pub mod blockset;
 pub mod fiemap;
 pub mod prefetch;
 pub mod reader;
+pub mod scrub;
 pub mod sums;
 pub mod verify;
 pub mod writer;
