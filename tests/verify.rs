@@ -383,3 +383,34 @@ fn a_transient_misread_is_not_reported_as_damage_on_btrfs() {
 fn a_transient_misread_is_not_reported_as_damage_on_xfs() {
     transient_case(FsKind::Xfs);
 }
+
+/// Damage nobody verified yet: the next backup's own verification finds the
+/// inherited bad block (on btrfs an unreadable one), distrusts the parent and
+/// makes the revision again against the whole source, which is then good.
+fn undetected_damage_case(kind: FsKind) {
+    let fs = require_fs!(kind, 300);
+    let (src, job, ids) = three_revisions(&fs);
+    flip_on_disk(&fs, &job, &ids[0], SHARED_BLOCK);
+    run_ok(backy_job(&job).args(["-v", "backup", "daily"]))
+        .stderr_has(&format!("Parent {} is damaged on disk", ids[0]))
+        .stderr_has(&format!("(offsets {SHARED_BLOCK})"))
+        .stderr_has("is healed");
+    assert_eq!(trust(&job, &ids[0]), "distrusted");
+    let healed = ids_newest_first(&job)[0].clone();
+    verify(&job, &["-r", &healed])
+        .success()
+        .stdout_has(&format!("{healed} verified (64 blocks)"));
+    let out = fs.join("restored");
+    run_ok(backy_job(&job).args(["restore", "-r", &healed]).arg(&out));
+    assert_same_content(&out, &src);
+}
+
+#[test]
+fn a_backup_over_undetected_damage_heals_on_btrfs() {
+    undetected_damage_case(FsKind::Btrfs);
+}
+
+#[test]
+fn a_backup_over_undetected_damage_heals_on_xfs() {
+    undetected_damage_case(FsKind::Xfs);
+}
