@@ -82,7 +82,7 @@ impl<'a> Uncached<'a> {
     pub fn new(cached: &'a File, path: &Path) -> Uncached<'a> {
         let direct = OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .custom_flags((rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
             .open(path)
             .ok();
         Uncached {

@@ -15,7 +15,6 @@
 //! Where the filesystem has no FIEMAP nothing is shared, and nothing spreads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fs::File;
 
 use chrono::Utc;
 
@@ -207,7 +206,8 @@ impl Damage {
 
     /// Length of the block at `offset` of `id`'s image; `None` past its end.
     fn block_len(&mut self, job: &Job, id: &str, offset: u64) -> Option<u64> {
-        let size = std::fs::metadata(job.image_path(id)).ok()?.len();
+        let meta = std::fs::symlink_metadata(job.image_path(id)).ok()?;
+        let size = meta.is_file().then(|| meta.len())?;
         (offset < size).then(|| (size - offset).min(BLOCK_SIZE))
     }
 
@@ -216,7 +216,8 @@ impl Damage {
             .entry(id.to_string())
             .or_insert_with(|| {
                 let path = job.image_path(id);
-                let found = File::open(&path).and_then(|f| fiemap::extents(&f, false));
+                let found = crate::sys::open_regular(&path, false)
+                    .and_then(|f| fiemap::extents(&f, false));
                 match found {
                     Ok(list) => Some(list),
                     Err(e) => {
@@ -260,7 +261,7 @@ impl Damage {
         offsets: &[u64],
     ) -> Result<(u64, Vec<BadBlock>)> {
         let path = job.image_path(id);
-        let file = File::open(&path).map_err(Error::io("cannot open revision image", &path))?;
+        let file = job.open_image(id)?;
         let manifest = self.manifest(job, id).expect("checked by the caller");
         let mut blocks: Vec<u64> = offsets
             .iter()

@@ -6,10 +6,8 @@
 //! the same bytes in every revision whose image maps that block to the same
 //! physical extent. [`Job::verify_revisions`] follows it (see `damage.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-
 use chrono::Utc;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Job;
 use super::damage::{Damage, SharedDamage};
@@ -70,7 +68,7 @@ impl Job {
         let scope = sample.map_or(Scope::Full, Scope::Sample);
         let report = Manifest::open(&sums, false).and_then(|mut manifest| {
             let path = self.image_path(id);
-            let file = File::open(&path).map_err(Error::io("cannot open revision image", &path))?;
+            let file = self.open_image(id)?;
             let blocks = sample.map(|p| scrub::sample_blocks(manifest.blocks(), p));
             let total = blocks.as_ref().map_or(manifest.image_size(), |b| {
                 b.len() as u64 * manifest.block_size()
