@@ -207,7 +207,7 @@ impl Damage {
     /// Length of the block at `offset` of `id`'s image; `None` past its end.
     fn block_len(&mut self, job: &Job, id: &str, offset: u64) -> Option<u64> {
         let meta = std::fs::symlink_metadata(job.image_path(id)).ok()?;
-        let size = meta.is_file().then(|| meta.len())?;
+        let size = meta.is_file().then_some(meta.len())?;
         (offset < size).then(|| (size - offset).min(BLOCK_SIZE))
     }
 
