@@ -312,6 +312,8 @@ fn sample_case(kind: FsKind) {
         assert!(text.contains("blocks_checked: 7"), "{text}");
         assert_eq!(trust(&job, id), "verified");
     }
+    let table = run_ok(backy_job(&job).arg("status")).stdout;
+    assert!(table.contains("| verified (10 %) |"), "{table}");
     for bad in ["0", "101", "ten"] {
         run(backy_job(&job).args(["verify", "--sample", bad]))
             .code(2)

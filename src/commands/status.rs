@@ -86,7 +86,7 @@ pub fn render_table(revisions: &[Revision]) -> String {
             format_tags(rev),
         ];
         if any_trust {
-            row.push(format!("{:?}", rev.trust).to_lowercase());
+            row.push(rev.trust_label());
         }
         if any_protected {
             row.push(protected_cell(rev));

@@ -62,6 +62,8 @@ pub(super) struct Damage {
     manifests: HashMap<String, Option<Manifest>>,
     /// Per revision: the offsets known to be bad.
     known_bad: HashMap<String, BTreeSet<u64>>,
+    /// Per revision: the offsets read on their own and found good.
+    known_good: HashMap<String, BTreeSet<u64>>,
     /// The revisions the damage reached so far, over every `follow`.
     reached: BTreeMap<String, Reached>,
 }
@@ -112,7 +114,12 @@ impl Damage {
             for other in others.iter().filter(|o| **o != source) {
                 let mut own = Vec::new();
                 for &offset in &bad {
-                    if self.is_known_bad(other, offset) {
+                    if self.is_known_bad(other, offset)
+                        || self
+                            .known_good
+                            .get(other)
+                            .is_some_and(|g| g.contains(&offset))
+                    {
                         continue;
                     }
                     match self.sharing(job, &source, other, offset)? {
@@ -131,6 +138,11 @@ impl Damage {
                     continue;
                 }
                 let (read, found) = self.check_blocks(job, other, &own)?;
+                let good = self.known_good.entry(other.clone()).or_default();
+                good.extend(
+                    own.iter()
+                        .filter(|o| !found.iter().any(|b| b.offset == **o)),
+                );
                 let entry = reach(&mut reached, &mut order, other, &source);
                 entry.blocks_read += read;
                 if found.is_empty() {

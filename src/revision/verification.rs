@@ -147,6 +147,18 @@ impl Revision {
         }
     }
 
+    /// The trust as `status` shows it: "verified (10 %)" after a sampled check.
+    pub fn trust_label(&self) -> String {
+        let trust = format!("{:?}", self.trust).to_lowercase();
+        match self.verification() {
+            Some(Verification {
+                scope: Scope::Sample(p),
+                ..
+            }) if self.trust == super::Trust::Verified => format!("{trust} ({p} %)"),
+            _ => trust,
+        }
+    }
+
     /// Records a verification (replacing the previous one).
     pub fn set_verification(&mut self, v: &Verification) {
         self.extra
@@ -188,6 +200,10 @@ mod tests {
             "{yaml}"
         );
         assert_eq!(again.trust, Trust::Distrusted);
+        assert_eq!(again.trust_label(), "distrusted");
+        let mut sampled = again.clone();
+        sampled.trust = Trust::Verified;
+        assert_eq!(sampled.trust_label(), "verified (12.5 %)");
         // A clean result drops the offsets of an earlier one.
         let mut clean = again.clone();
         clean.set_verification(&Verification {
