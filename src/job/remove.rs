@@ -88,7 +88,7 @@ impl Job {
         // revision without its image.
         if let Some(rev) = self.revision(id) {
             let mut rev = rev.clone();
-            rev.stats.remove("duration");
+            rev.stats.shift_remove("duration");
             let _meta = self.lock_meta()?;
             self.write_rev(&rev)?;
         }
