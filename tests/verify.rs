@@ -71,6 +71,8 @@ fn three_revisions(fs: &TestFs) -> (PathBuf, PathBuf, Vec<String>) {
 /// the filesystem's address: on XFS the device offset, on btrfs a logical
 /// address that `btrfs-map-logical` maps to the device.
 fn device_offset(fs: &TestFs, image: &Path, offset: u64) -> u64 {
+    // btrfs-map-logical reads the trees on disk: commit what is in memory.
+    run_ok(&mut tool("sync"));
     let file = File::open(image).unwrap();
     let extents = fiemap::extents(&file, true).unwrap();
     let e = extents
@@ -106,7 +108,6 @@ fn device_offset(fs: &TestFs, image: &Path, offset: u64) -> u64 {
 /// filesystem (so every revision that shares the extent sees it), then drops
 /// the cached pages of every image, so the next read comes from the disk.
 fn flip_on_disk(fs: &TestFs, job: &Path, id: &str, offset: u64) {
-    run_ok(&mut tool("sync"));
     let at = device_offset(fs, &job.join(id), offset + 100);
     let device = File::options()
         .read(true)
@@ -276,6 +277,10 @@ fn heal_case(kind: FsKind) {
     let now = ids_newest_first(&job);
     assert_eq!(now.len(), 4);
     let healed = &now[0];
+    // The damaged block was written anew; the others are still shared.
+    let at = |id: &str, offset: u64| device_offset(&fs, &job.join(id), offset);
+    assert_ne!(at(healed, SHARED_BLOCK), at(&ids[0], SHARED_BLOCK));
+    assert_eq!(at(healed, 0), at(&ids[0], 0));
     verify(&job, &["-r", healed])
         .success()
         .stdout_has(&format!("{healed} verified (64 blocks)"))
