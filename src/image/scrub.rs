@@ -346,7 +346,8 @@ pub type Piece = (u64, u64, u64);
 pub fn block_location(extents: &[Extent], offset: u64, len: u64) -> Option<Vec<Piece>> {
     let end = offset + len;
     let first = extents.partition_point(|e| e.end() <= offset);
-    let mut pieces = Vec::new();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut last_encoded = false;
     let mut at = offset;
     for e in &extents[first..] {
         if at >= end {
@@ -364,7 +365,16 @@ pub fn block_location(extents: &[Extent], offset: u64, len: u64) -> Option<Vec<P
         } else {
             (e.physical + into, 0, piece_end - at)
         };
-        pieces.push(piece);
+        // Filesystems split extents differently in different files (one
+        // shared range may be two extents in one of them): join what is
+        // contiguous on disk, so equal bytes give equal pieces.
+        match pieces.last_mut() {
+            Some(last) if !e.is_encoded() && !last_encoded && last.0 + last.2 == piece.0 => {
+                last.2 += piece.2;
+            }
+            _ => pieces.push(piece),
+        }
+        last_encoded = e.is_encoded();
         at = piece_end;
     }
     (at >= end).then_some(pieces)
@@ -499,6 +509,12 @@ mod tests {
             block_location(&list, BS, BS),
             Some(vec![((1 << 20) + BS, 0, 32 << 10), (8 << 20, 0, 32 << 10)])
         );
+        // Extents split where another file has one: the same pieces.
+        let split = [
+            extent(0, 1 << 20, 32 << 10, 0),
+            extent(32 << 10, (1 << 20) + (32 << 10), 96 << 10, 0),
+        ];
+        assert_eq!(block_location(&split, 0, BS), block_location(&list, 0, BS));
         // A hole, a compressed extent, no location.
         assert_eq!(block_location(&list, 2 * BS, BS), None);
         assert_eq!(
