@@ -421,3 +421,44 @@ fn a_backup_over_undetected_damage_heals_on_btrfs() {
 fn a_backup_over_undetected_damage_heals_on_xfs() {
     undetected_damage_case(FsKind::Xfs);
 }
+
+/// `-r` of the newest with damage at block 40, which the older two hold in
+/// another extent, damaged too: their block 40 is read on its own (scope
+/// `blocks`), found bad, and followed further into the revision sharing it.
+fn followed_into_own_damage_case(kind: FsKind) {
+    let fs = require_fs!(kind, 300);
+    let (_src, job, ids) = three_revisions(&fs);
+    flip_on_disk(&fs, &job, &ids[0], NEWEST_BLOCK);
+    flip_on_disk(&fs, &job, &ids[1], NEWEST_BLOCK);
+    verify(&job, &["-r", &ids[0]])
+        .code(1)
+        .stdout_has(&format!(
+            "{} distrusted (following the damage of revision {}): blocks at offsets {NEWEST_BLOCK} {}",
+            ids[1],
+            ids[0],
+            damage_words(kind)
+        ))
+        .stdout_has(&format!(
+            "2 revisions share the damaged extent at offset {NEWEST_BLOCK}: {}, {}",
+            ids[1], ids[2]
+        ))
+        .stdout_has("0 verified, 3 distrusted");
+    let text = rev_text(&job, &ids[1]);
+    assert!(
+        text.contains("scope: blocks") && text.contains("blocks_checked: 1"),
+        "{text}"
+    );
+    let text = rev_text(&job, &ids[2]);
+    assert!(text.contains("scope: shared"), "{text}");
+    assert!(text.contains(&format!("damage_from: {}", ids[1])), "{text}");
+}
+
+#[test]
+fn damage_is_followed_through_blocks_read_on_their_own_on_btrfs() {
+    followed_into_own_damage_case(FsKind::Btrfs);
+}
+
+#[test]
+fn damage_is_followed_through_blocks_read_on_their_own_on_xfs() {
+    followed_into_own_damage_case(FsKind::Xfs);
+}

@@ -110,7 +110,7 @@ impl Damage {
         let mut shared: Vec<SharedDamage> = Vec::new();
         let mut work = VecDeque::from([(from.to_string(), offsets.to_vec())]);
         while let Some((source, bad)) = work.pop_front() {
-            let mut sharers: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+            let mut sharers: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
             for other in others.iter().filter(|o| **o != source) {
                 let mut own = Vec::new();
                 for &offset in &bad {
@@ -122,16 +122,29 @@ impl Damage {
                     {
                         continue;
                     }
-                    match self.sharing(job, &source, other, offset)? {
-                        Sharing::Same => {
+                    let holder = match self.sharing(job, &source, other, offset)? {
+                        Sharing::Same => Some(source.clone()),
+                        // Found bad on its own meanwhile, and shared by `other`?
+                        Sharing::Own => self.bad_sharer(job, other, offset, &source)?,
+                        Sharing::Absent => None,
+                    };
+                    match holder {
+                        Some(holder) => {
                             self.mark_bad(other, offset);
-                            sharers.entry(offset).or_default().push(other.clone());
-                            reach(&mut reached, &mut order, other, &source)
+                            sharers
+                                .entry((holder.clone(), offset))
+                                .or_default()
+                                .push(other.clone());
+                            reach(&mut reached, &mut order, other, &holder)
                                 .offsets
                                 .insert(offset);
                         }
-                        Sharing::Own if !checking.contains(other) => own.push(offset),
-                        Sharing::Own | Sharing::Absent => {}
+                        None if !checking.contains(other)
+                            && self.block_len(job, other, offset).is_some() =>
+                        {
+                            own.push(offset)
+                        }
+                        None => {}
                     }
                 }
                 if own.is_empty() || self.manifest(job, other).is_none() {
@@ -160,8 +173,8 @@ impl Damage {
                 entry.bad.extend(found);
                 work.push_back((other.clone(), offsets));
             }
-            for (offset, list) in sharers {
-                let mut revisions = vec![source.clone()];
+            for ((holder, offset), list) in sharers {
+                let mut revisions = vec![holder];
                 revisions.extend(list);
                 shared.push(SharedDamage { offset, revisions });
             }
@@ -176,6 +189,30 @@ impl Damage {
         }
         self.reached = reached;
         Ok(Followed { checked, shared })
+    }
+
+    /// A revision other than `source` known bad at `offset` whose bytes there
+    /// `other` shares.
+    fn bad_sharer(
+        &mut self,
+        job: &Job,
+        other: &str,
+        offset: u64,
+        source: &str,
+    ) -> Result<Option<String>> {
+        let mut holders: Vec<String> = self
+            .known_bad
+            .iter()
+            .filter(|(id, bad)| *id != other && *id != source && bad.contains(&offset))
+            .map(|(id, _)| id.clone())
+            .collect();
+        holders.sort();
+        for holder in holders {
+            if self.sharing(job, &holder, other, offset)? == Sharing::Same {
+                return Ok(Some(holder));
+            }
+        }
+        Ok(None)
     }
 
     fn is_known_bad(&self, id: &str, offset: u64) -> bool {
