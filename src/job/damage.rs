@@ -10,7 +10,11 @@
 //!   (`verification.scope: shared`).
 //! - Otherwise S's block B is its own bytes. If S is not being verified in
 //!   full anyway, its block B is read against its own manifest; a bad one is
-//!   distrusted (`scope: blocks`) and followed further in turn.
+//!   distrusted (`scope: blocks`) and followed further in turn; revisions
+//!   that share *its* bytes there are then distrusted without being read.
+//!
+//! A block found bad is never read again in the same run, in no revision that
+//! is known to hold it.
 //!
 //! Where the filesystem has no FIEMAP nothing is shared, and nothing spreads.
 
