@@ -9,7 +9,7 @@ mod remove;
 mod verify;
 
 pub use damage::{SharedDamage, describe_shared};
-pub use remove::expire;
+pub use remove::{expire, expire_logging_freed};
 pub use verify::{Checked, VerifyOutcome, VerifyRun, describe_bad};
 
 use std::fs::{File, OpenOptions};
