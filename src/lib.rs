@@ -123,6 +123,7 @@ pub mod manpage;
 pub mod nbd;
 pub mod output;
 pub mod progress;
+pub mod replicate;
 pub mod revision;
 pub mod schedule;
 pub mod source;

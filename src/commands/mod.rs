@@ -8,8 +8,10 @@ mod find;
 mod forget;
 mod init;
 mod nbd_server;
+mod receive;
 mod restore;
 mod scheduler;
+mod send;
 mod status;
 mod verify;
 
@@ -49,6 +51,20 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),
         Command::Forget { revision, force } => forget::run(dir, revision, *force),
+        Command::Send { revision, base } => send::run(dir, revision.as_deref(), base.as_deref()),
+        Command::Receive {
+            dry_run,
+            have,
+            newest,
+        } => receive::run(
+            dir,
+            match (*have, *newest, *dry_run) {
+                (true, true, _) => receive::Mode::Newest,
+                (true, false, _) => receive::Mode::Have,
+                (false, _, true) => receive::Mode::DryRun,
+                (false, _, false) => receive::Mode::Receive,
+            },
+        ),
         Command::NbdServer {
             host,
             port,
