@@ -7,6 +7,7 @@
 #
 #   diff_parser   the rbd export-diff parser and applier
 #   nbd_server    the NBD server's handshake and request handling
+#   send_stream   the send/receive stream reader and receive
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 #

@@ -585,3 +585,47 @@ fn have_of_a_missing_job_is_empty() {
     assert_eq!(newest.stdout.trim(), "");
     assert!(!job.exists());
 }
+
+/// The fuzz seeds (`fuzz/seeds/send_stream/`) are real streams of a small job
+/// (under the 16 KiB the fuzz script feeds): `BACKY_REGENERATE_SEEDS=1`
+/// writes them anew; otherwise every committed seed must be a stream that
+/// `receive --dry-run` accepts.
+#[test]
+fn fuzz_seeds_come_from_real_streams() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/send_stream");
+    if std::env::var_os("BACKY_REGENERATE_SEEDS").is_some() {
+        let fs = require_fs!(FsKind::Btrfs, 128);
+        let source = fs.join("source.img");
+        let size = 3 * 65536 + 3000;
+        write_file(&source, size, &[(size - 5, b"tail!")]);
+        let job = fs.join("job");
+        run_ok(backy().arg("-b").arg(&job).args(["init", "file"]).arg(&source));
+        run_ok(backy_job(&job).args(["backup", "daily"]));
+        write_at(&source, 0, &[0u8; 10]);
+        write_at(&source, 2 * 65536 + 8192, b"changed page");
+        run_ok(backy_job(&job).args(["backup", "daily"]));
+        let grown = fs::OpenOptions::new().write(true).open(&source).unwrap();
+        grown.set_len(size + 65536 + 100).unwrap();
+        grown.write_all_at(b"grown", size + 65536 + 95).unwrap();
+        drop(grown);
+        run_ok(backy_job(&job).args(["backup", "weekly"]));
+        let ids = complete_ids(&job);
+        fs::create_dir_all(&seeds).unwrap();
+        // Whole streams (no base), which the fuzz target can receive into an empty job.
+        for (name, args) in [
+            ("first", vec!["-r", ids[0].as_str()]),
+            ("three-revisions", vec![]),
+        ] {
+            send_to_file(&job, &args, &seeds.join(format!("{name}.stream")));
+        }
+    }
+    let mut count = 0;
+    for entry in fs::read_dir(&seeds).unwrap() {
+        let path = entry.unwrap().path();
+        assert!(fs::metadata(&path).unwrap().len() <= 16384, "{}", path.display());
+        let target = tempfile::tempdir().unwrap();
+        receive_file(&target.path().join("job"), &path, &["--dry-run"]).success();
+        count += 1;
+    }
+    assert!(count >= 2, "{count} seeds in {}", seeds.display());
+}
