@@ -10,6 +10,7 @@
 //! so a revision a backup made costs about twice its changed bytes in reads.
 //! Where FIEMAP says nothing (tmpfs, compressed extents), both blocks are read.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -20,6 +21,7 @@ use crate::image::reader::read_full_at;
 use crate::image::sums::{self, Digest, Manifest};
 use crate::job::Job;
 use crate::revision::{Revision, Trust};
+use crate::sys;
 
 use super::stream::{self, BaseRef, Begin, BlockRecord, Record, RevisionHeader, StreamWriter};
 
@@ -220,7 +222,9 @@ fn send_revision<W: Write>(
         .map_err(io)?;
     let parent_blocks = parent_side.as_ref().map_or(0, |p| p.manifest.blocks());
     let mut zero_run: Option<(u64, u64)> = None;
-    let (mut blocks_sent, mut zero_blocks) = (0u64, 0u64);
+    let mut counts = Counts::default();
+    // Blocks planned and asked for (read ahead), not yet read and written.
+    let mut window: VecDeque<BlockPlan> = VecDeque::new();
     for block in 0..child.manifest.blocks() {
         let digest = child.manifest.get(block)?;
         let before = match &mut parent_side {
@@ -234,36 +238,69 @@ fn send_revision<W: Write>(
             match &mut zero_run {
                 Some((first, count)) if *first + *count == block => *count += 1,
                 _ => {
-                    flush_zeros(&mut zero_run, writer, &mut zero_blocks)?;
+                    drain(&mut window, 0, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
+                    flush_zeros(&mut zero_run, writer, &mut counts)?;
                     zero_run = Some((block, 1));
                 }
             }
             stats.zero_bytes += child.block_len(block);
             continue;
         }
-        flush_zeros(&mut zero_run, writer, &mut zero_blocks)?;
+        if zero_run.is_some() {
+            drain(&mut window, 0, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
+            flush_zeros(&mut zero_run, writer, &mut counts)?;
+        }
         if block % 256 == 0 {
             crate::interrupt::check()?;
         }
-        let parent_has = !before.is_zero();
-        let record = diff_block(
-            &child,
-            parent_side.as_ref().filter(|_| parent_has),
-            block,
-            digest,
-            stats,
-        )?;
-        writer.write(&Record::Block(record)).map_err(io)?;
-        blocks_sent += 1;
-        stats.blocks += 1;
+        let parent = parent_side.as_ref().filter(|_| !before.is_zero());
+        window.push_back(plan_block(&child, parent, block, digest));
+        drain(&mut window, WINDOW, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
     }
-    flush_zeros(&mut zero_run, writer, &mut zero_blocks)?;
+    drain(&mut window, 0, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
+    flush_zeros(&mut zero_run, writer, &mut counts)?;
     writer
         .write(&Record::RevisionEnd {
-            blocks: blocks_sent,
-            zero_blocks,
+            blocks: counts.blocks,
+            zero_blocks: counts.zero_blocks,
         })
         .map_err(io)?;
+    Ok(())
+}
+
+/// Changed blocks planned and read ahead before the first of them is read:
+/// enough requests in flight to keep a disk busy, at most 16 MiB of reads.
+const WINDOW: usize = 128;
+
+/// Records written for the current revision.
+#[derive(Default)]
+struct Counts {
+    blocks: u64,
+    zero_blocks: u64,
+}
+
+/// Reads, diffs and writes planned blocks until at most `keep` are left.
+fn drain<W: Write>(
+    window: &mut VecDeque<BlockPlan>,
+    keep: usize,
+    child: &Side,
+    parent: Option<&Side>,
+    writer: &mut StreamWriter<W>,
+    stats: &mut SendStats,
+    counts: &mut Counts,
+) -> Result<()> {
+    while window.len() > keep {
+        let Some(plan) = window.pop_front() else {
+            break;
+        };
+        let parent = parent.filter(|_| plan.parent_len > 0);
+        let record = diff_block(child, parent, &plan, stats)?;
+        writer
+            .write(&Record::Block(record))
+            .map_err(|source| Error::Output { source })?;
+        counts.blocks += 1;
+        stats.blocks += 1;
+    }
     Ok(())
 }
 
@@ -271,13 +308,13 @@ fn send_revision<W: Write>(
 fn flush_zeros<W: Write>(
     run: &mut Option<(u64, u64)>,
     writer: &mut StreamWriter<W>,
-    zero_blocks: &mut u64,
+    counts: &mut Counts,
 ) -> Result<()> {
     if let Some((first, count)) = run.take() {
         writer
             .write(&Record::Zero { first, count })
             .map_err(|source| Error::Output { source })?;
-        *zero_blocks += count;
+        counts.zero_blocks += count;
     }
     Ok(())
 }
@@ -322,54 +359,108 @@ fn page_locations(file: &File, offset: u64, len: u64) -> Vec<Loc> {
     locs
 }
 
-/// The pages of `block` that differ between `child` and `parent` (`None`:
-/// the parent's block is all zeros), as one record.
+/// What must be read of one changed block, decided from FIEMAP alone.
+struct BlockPlan {
+    block: u64,
+    digest: Digest,
+    /// The child's block length.
+    len: u64,
+    /// The parent's block length; 0 when its block is all zeros.
+    parent_len: u64,
+    child_locs: Vec<Loc>,
+    parent_locs: Vec<Loc>,
+}
+
+impl BlockPlan {
+    fn pages(&self) -> usize {
+        self.len.div_ceil(PAGE) as usize
+    }
+
+    fn parent_loc(&self, i: usize) -> Loc {
+        self.parent_locs.get(i).copied().unwrap_or(Loc::Hole)
+    }
+
+    /// Whether page `i` is the same in both without reading: holes in
+    /// both, or the same blocks on disk.
+    fn same(&self, i: usize) -> bool {
+        match (self.child_locs[i], self.parent_loc(i)) {
+            (Loc::Hole, Loc::Hole) => true,
+            (Loc::At(a), Loc::At(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// Pages of the child to read: those not known to be the same, with data.
+    fn need_child(&self) -> Vec<bool> {
+        (0..self.pages())
+            .map(|i| !self.same(i) && self.child_locs[i] != Loc::Hole)
+            .collect()
+    }
+
+    /// Pages of the parent to read: those the child's are compared with.
+    fn need_parent(&self) -> Vec<bool> {
+        let child = self.need_child();
+        (0..self.pages())
+            .map(|i| child[i] && self.parent_loc(i) != Loc::Hole)
+            .collect()
+    }
+}
+
+/// Plans block `block` of `child` against `parent` (`None`: the parent's
+/// block is all zeros) and asks the kernel to start reading what the plan
+/// needs, so the reads are in flight before [`diff_block`] waits for them.
+fn plan_block(child: &Side, parent: Option<&Side>, block: u64, digest: Digest) -> BlockPlan {
+    let offset = block * child.manifest.block_size();
+    let len = child.block_len(block);
+    let parent_len = parent.map_or(0, |p| p.block_len(block));
+    let plan = BlockPlan {
+        block,
+        digest,
+        len,
+        parent_len,
+        child_locs: page_locations(&child.image, offset, len),
+        parent_locs: match parent {
+            Some(p) if parent_len > 0 => page_locations(&p.image, offset, parent_len),
+            _ => Vec::new(),
+        },
+    };
+    for_each_run(&plan.need_child(), len, |range| {
+        sys::prefetch(&child.image, offset + range.start as u64, range.len() as u64)
+    });
+    if let Some(p) = parent {
+        for_each_run(&plan.need_parent(), parent_len.min(len), |range| {
+            sys::prefetch(&p.image, offset + range.start as u64, range.len() as u64)
+        });
+    }
+    plan
+}
+
+/// The pages of a planned block that differ between child and parent, as one record.
 fn diff_block(
     child: &Side,
     parent: Option<&Side>,
-    block: u64,
-    digest: Digest,
+    plan: &BlockPlan,
     stats: &mut SendStats,
 ) -> Result<BlockRecord> {
-    let bs = child.manifest.block_size();
-    let offset = block * bs;
-    let len = child.block_len(block);
-    let pages = len.div_ceil(PAGE) as usize;
-    let child_locs = page_locations(&child.image, offset, len);
-    let parent_len = parent.map_or(0, |p| p.block_len(block));
-    let parent_locs = match parent {
-        Some(p) if parent_len > 0 => page_locations(&p.image, offset, parent_len),
-        _ => Vec::new(),
-    };
-    let parent_loc = |i: usize| parent_locs.get(i).copied().unwrap_or(Loc::Hole);
-    let same = |i: usize| match (child_locs[i], parent_loc(i)) {
-        (Loc::Hole, Loc::Hole) => true,
-        (Loc::At(a), Loc::At(b)) => a == b,
-        _ => false,
-    };
-    let need_child: Vec<bool> = (0..pages)
-        .map(|i| !same(i) && child_locs[i] != Loc::Hole)
-        .collect();
-    let need_parent: Vec<bool> = (0..pages)
-        .map(|i| need_child[i] && parent_loc(i) != Loc::Hole)
-        .collect();
-    let mut child_buf = vec![0u8; len as usize];
-    read_pages(child, offset, &mut child_buf, &need_child, stats)?;
-    let mut parent_buf = vec![0u8; len as usize];
+    let offset = plan.block * child.manifest.block_size();
+    let len = plan.len as usize;
+    let mut child_buf = vec![0u8; len];
+    read_pages(child, offset, &mut child_buf, &plan.need_child(), stats)?;
+    let mut parent_buf = vec![0u8; len];
     if let Some(p) = parent {
-        let upto = parent_len.min(len) as usize;
-        read_pages(p, offset, &mut parent_buf[..upto], &need_parent, stats)?;
+        let upto = plan.parent_len.min(plan.len) as usize;
+        read_pages(p, offset, &mut parent_buf[..upto], &plan.need_parent(), stats)?;
     }
-    let mut record = BlockRecord::new(block, digest);
-    for i in 0..pages {
-        if same(i) {
+    let mut record = BlockRecord::new(plan.block, plan.digest);
+    for (i, loc) in plan.child_locs.iter().enumerate() {
+        if plan.same(i) {
             continue;
         }
-        let range = i * PAGE as usize..((i + 1) * PAGE as usize).min(len as usize);
+        let range = i * PAGE as usize..((i + 1) * PAGE as usize).min(len);
         let page_len = range.len() as u32;
         let new = &child_buf[range.clone()];
         let at = (i as u64 * PAGE) as u32;
-        if child_locs[i] == Loc::Hole {
+        if *loc == Loc::Hole {
             // The parent has data here (else `same`): the page became zeros.
             record.push(at, page_len, None);
             stats.zero_bytes += u64::from(page_len);
@@ -386,6 +477,26 @@ fn diff_block(
     Ok(record)
 }
 
+/// Calls `f` with the byte range (inside a block of `len` bytes) of each run
+/// of consecutive pages marked in `need`.
+fn for_each_run(need: &[bool], len: u64, mut f: impl FnMut(std::ops::Range<usize>)) {
+    let page = PAGE as usize;
+    let len = len as usize;
+    let mut i = 0;
+    while i < need.len() {
+        if !need[i] || i * page >= len {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < need.len() && need[j] {
+            j += 1;
+        }
+        f(i * page..(j * page).min(len));
+        i = j;
+    }
+}
+
 /// Reads the pages marked in `need` into `buf` (the block at `offset`), one
 /// read per run of consecutive pages; counts the bytes read.
 fn read_pages(
@@ -395,28 +506,17 @@ fn read_pages(
     need: &[bool],
     stats: &mut SendStats,
 ) -> Result<()> {
-    let page = PAGE as usize;
-    let mut i = 0;
-    while i < need.len() {
-        if !need[i] || i * page >= buf.len() {
-            i += 1;
-            continue;
+    let mut result = Ok(());
+    for_each_run(need, buf.len() as u64, |range| {
+        if result.is_err() {
+            return;
         }
-        let mut j = i;
-        while j < need.len() && need[j] {
-            j += 1;
-        }
-        let range = i * page..(j * page).min(buf.len());
-        let n = read_full_at(
-            &side.image,
-            &mut buf[range.clone()],
-            offset + range.start as u64,
-        )
-        .map_err(Error::io("cannot read image", &side.path))?;
-        stats.bytes_read += n as u64;
-        i = j;
-    }
-    Ok(())
+        let at = offset + range.start as u64;
+        result = read_full_at(&side.image, &mut buf[range], at)
+            .map(|n| stats.bytes_read += n as u64)
+            .map_err(Error::io("cannot read image", &side.path));
+    });
+    result
 }
 
 /// The job's `config` text, if it has one.
