@@ -48,7 +48,9 @@
 //! | operation            | `.backup`  | `.purge`   |
 //! |----------------------|------------|------------|
 //! | backup               | exclusive  | shared     |
+//! | receive              | exclusive  | shared     |
 //! | restore, verify      | -          | shared     |
+//! | send                 | -          | shared     |
 //! | expire, forget       | exclusive  | exclusive  |
 //! | nbd-server           | -          | -          |
 //!
@@ -106,6 +108,10 @@
 //!   area, naming the file or revision and keeping the underlying error as its
 //!   `source`; `main` prints it with [`error::Error::report`], which adds the
 //!   causes its message does not already name.
+//! - What moves between two job directories: [`replicate`] (`send` diffs
+//!   revisions by their manifests and shared extents, `receive` applies the
+//!   stream through the same lifecycle a backup uses; the stream format is in
+//!   [`replicate::stream`]).
 //! - Whether a revision matches its manifest: [`job::Job::verify_revision`],
 //!   used by `verify` and by a backup for the newest distrusted revision.
 

@@ -599,7 +599,13 @@ fn fuzz_seeds_come_from_real_streams() {
         let size = 3 * 65536 + 3000;
         write_file(&source, size, &[(size - 5, b"tail!")]);
         let job = fs.join("job");
-        run_ok(backy().arg("-b").arg(&job).args(["init", "file"]).arg(&source));
+        run_ok(
+            backy()
+                .arg("-b")
+                .arg(&job)
+                .args(["init", "file"])
+                .arg(&source),
+        );
         run_ok(backy_job(&job).args(["backup", "daily"]));
         write_at(&source, 0, &[0u8; 10]);
         write_at(&source, 2 * 65536 + 8192, b"changed page");
@@ -622,7 +628,11 @@ fn fuzz_seeds_come_from_real_streams() {
     let mut count = 0;
     for entry in fs::read_dir(&seeds).unwrap() {
         let path = entry.unwrap().path();
-        assert!(fs::metadata(&path).unwrap().len() <= 16384, "{}", path.display());
+        assert!(
+            fs::metadata(&path).unwrap().len() <= 16384,
+            "{}",
+            path.display()
+        );
         let target = tempfile::tempdir().unwrap();
         receive_file(&target.path().join("job"), &path, &["--dry-run"]).success();
         count += 1;

@@ -33,7 +33,6 @@ use serde::Serialize;
 
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
-use crate::image::blockset::BlockSet;
 use crate::image::reader::read_full_at;
 use crate::image::sums::{self, Digest, Manifest};
 use crate::image::{self, CloneKind};
@@ -271,9 +270,22 @@ struct Incoming {
     image_path: PathBuf,
     manifest: Manifest,
     sums_path: PathBuf,
-    written: BlockSet,
+    /// The blocks written, as (first, count) runs in increasing order: as
+    /// many as the stream's records (a bit per block of the image could be
+    /// gigabytes for a hostile image size).
+    written: Vec<(u64, u64)>,
     data_bytes: u64,
     blocks: u64,
+}
+
+impl Incoming {
+    /// Blocks `first..first + count` were written (records come in order).
+    fn wrote(&mut self, first: u64, count: u64) {
+        match self.written.last_mut() {
+            Some((f, c)) if *f + *c == first => *c += count,
+            _ => self.written.push((first, count)),
+        }
+    }
 }
 
 impl Receiver<'_> {
@@ -395,7 +407,6 @@ impl Receiver<'_> {
                 .map_err(Error::io("cannot resize image", &image_path))?;
             manifest.resize(header.image_size)?;
         }
-        let blocks = manifest.blocks();
         Ok(Incoming {
             rev,
             duration,
@@ -403,7 +414,7 @@ impl Receiver<'_> {
             image_path,
             manifest,
             sums_path,
-            written: BlockSet::new(blocks),
+            written: Vec::new(),
             data_bytes: 0,
             blocks: 0,
         })
@@ -431,8 +442,8 @@ impl Receiver<'_> {
                     zero_range(&incoming.image, &incoming.image_path, start, end - start)?;
                     for b in first..first + count {
                         incoming.manifest.set(b, Digest::ZERO)?;
-                        incoming.written.insert(b);
                     }
+                    incoming.wrote(first, count);
                 }
                 Some(Record::RevisionEnd { .. }) => return Ok(incoming),
                 _ => unreachable_order()?,
@@ -499,7 +510,7 @@ fn apply_block(incoming: &mut Incoming, block: &BlockRecord, bs: u64) -> Result<
         }
     }
     incoming.manifest.set(block.block, block.digest)?;
-    incoming.written.insert(block.block);
+    incoming.wrote(block.block, 1);
     incoming.blocks += 1;
     Ok(())
 }
@@ -529,8 +540,11 @@ fn verify_written(incoming: &mut Incoming, id: &str) -> Result<()> {
     let size = incoming.manifest.image_size();
     let mut buf = vec![0u8; bs as usize];
     let mut bad = Vec::new();
-    let blocks: Vec<u64> = incoming.written.iter().collect();
-    for block in blocks {
+    let written = std::mem::take(&mut incoming.written);
+    for block in written
+        .iter()
+        .flat_map(|&(first, count)| first..first + count)
+    {
         let len = (size - block * bs).min(bs) as usize;
         let n = read_full_at(&incoming.image, &mut buf[..len], block * bs)
             .map_err(Error::io("cannot read image", &incoming.image_path))?;

@@ -238,7 +238,15 @@ fn send_revision<W: Write>(
             match &mut zero_run {
                 Some((first, count)) if *first + *count == block => *count += 1,
                 _ => {
-                    drain(&mut window, 0, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
+                    drain(
+                        &mut window,
+                        0,
+                        &child,
+                        parent_side.as_ref(),
+                        writer,
+                        stats,
+                        &mut counts,
+                    )?;
                     flush_zeros(&mut zero_run, writer, &mut counts)?;
                     zero_run = Some((block, 1));
                 }
@@ -247,7 +255,15 @@ fn send_revision<W: Write>(
             continue;
         }
         if zero_run.is_some() {
-            drain(&mut window, 0, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
+            drain(
+                &mut window,
+                0,
+                &child,
+                parent_side.as_ref(),
+                writer,
+                stats,
+                &mut counts,
+            )?;
             flush_zeros(&mut zero_run, writer, &mut counts)?;
         }
         if block % 256 == 0 {
@@ -255,9 +271,25 @@ fn send_revision<W: Write>(
         }
         let parent = parent_side.as_ref().filter(|_| !before.is_zero());
         window.push_back(plan_block(&child, parent, block, digest));
-        drain(&mut window, WINDOW, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
+        drain(
+            &mut window,
+            WINDOW,
+            &child,
+            parent_side.as_ref(),
+            writer,
+            stats,
+            &mut counts,
+        )?;
     }
-    drain(&mut window, 0, &child, parent_side.as_ref(), writer, stats, &mut counts)?;
+    drain(
+        &mut window,
+        0,
+        &child,
+        parent_side.as_ref(),
+        writer,
+        stats,
+        &mut counts,
+    )?;
     flush_zeros(&mut zero_run, writer, &mut counts)?;
     writer
         .write(&Record::RevisionEnd {
@@ -425,7 +457,11 @@ fn plan_block(child: &Side, parent: Option<&Side>, block: u64, digest: Digest) -
         },
     };
     for_each_run(&plan.need_child(), len, |range| {
-        sys::prefetch(&child.image, offset + range.start as u64, range.len() as u64)
+        sys::prefetch(
+            &child.image,
+            offset + range.start as u64,
+            range.len() as u64,
+        )
     });
     if let Some(p) = parent {
         for_each_run(&plan.need_parent(), parent_len.min(len), |range| {
@@ -449,7 +485,13 @@ fn diff_block(
     let mut parent_buf = vec![0u8; len];
     if let Some(p) = parent {
         let upto = plan.parent_len.min(plan.len) as usize;
-        read_pages(p, offset, &mut parent_buf[..upto], &plan.need_parent(), stats)?;
+        read_pages(
+            p,
+            offset,
+            &mut parent_buf[..upto],
+            &plan.need_parent(),
+            stats,
+        )?;
     }
     let mut record = BlockRecord::new(plan.block, plan.digest);
     for (i, loc) in plan.child_locs.iter().enumerate() {
