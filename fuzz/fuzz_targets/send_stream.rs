@@ -83,7 +83,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let job = Job::open(&job_dir).unwrap();
     for rev in job.revisions().iter().filter(|r| r.is_complete()) {
-        assert!(ids.contains(&rev.id), "revision {} was not in the stream", rev.id);
+        assert!(
+            ids.contains(&rev.id),
+            "revision {} was not in the stream",
+            rev.id
+        );
         let path = job.image_path(&rev.id);
         let mut manifest = Manifest::open(&job.sums_path(&rev.id), false).unwrap();
         let image = File::open(&path).unwrap();
