@@ -35,7 +35,10 @@ pub fn run(dir: &Path, mode: Mode) -> Result<()> {
         }
         Mode::Receive | Mode::DryRun => {
             let dry_run = matches!(mode, Mode::DryRun);
-            let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            let input = std::io::BufReader::with_capacity(
+                1 << 20,
+                receive::ReadAhead::new(std::io::stdin())?,
+            );
             let summary = receive::receive(dir, input, Options { dry_run })?;
             let would = if dry_run { "would be " } else { "" };
             if summary.created {

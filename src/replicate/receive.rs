@@ -112,6 +112,82 @@ pub fn held(dir: &Path) -> Result<Vec<Held>> {
     Ok(out)
 }
 
+/// Reads `input` on a thread of its own, up to [`READ_AHEAD`] chunks of 1 MiB
+/// ahead of the caller, so the sender keeps sending while the receiver
+/// waits for its disk (fsync, verification, the next clone).
+pub struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+/// Chunks of 1 MiB [`ReadAhead`] holds at most.
+pub const READ_AHEAD: usize = 32;
+
+impl ReadAhead {
+    /// Starts the reading thread.
+    pub fn new(mut input: impl Read + Send + 'static) -> Result<ReadAhead> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        std::thread::Builder::new()
+            .name("stream-reader".into())
+            .spawn(move || {
+                loop {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let got = match input.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    buf.truncate(got);
+                    // The receiver hung up (an error ended the receive): stop.
+                    if tx.send(Ok(buf)).is_err() || got == 0 {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| Error::ThreadSpawn {
+                what: "the stream reading thread",
+                source,
+            })?;
+        Ok(ReadAhead {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+            done: false,
+        })
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.done = chunk.is_empty();
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Receives the stream on `input` into the job in `dir` (created if missing).
 pub fn receive(dir: &Path, input: impl Read, options: Options) -> Result<Summary> {
     let mut reader = StreamReader::new(input).map_err(stream_error)?;
@@ -645,5 +721,30 @@ fn dry_run<R: Read>(
             None => return Ok(summary),
             Some(_) => unreachable_order()?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read-ahead thread hands over every byte, in order, then EOF.
+    #[test]
+    fn read_ahead_passes_everything_through() {
+        let data: Vec<u8> = (0..(3 << 20) + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut reader = ReadAhead::new(std::io::Cursor::new(data.clone())).unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert!(out == data);
+        assert_eq!(reader.read(&mut buf).unwrap(), 0);
     }
 }
