@@ -49,11 +49,17 @@ _backy() {
             backy,protect)
                 cmd="backy__subcmd__protect"
                 ;;
+            backy,receive)
+                cmd="backy__subcmd__receive"
+                ;;
             backy,restore)
                 cmd="backy__subcmd__restore"
                 ;;
             backy,scheduler)
                 cmd="backy__subcmd__scheduler"
+                ;;
+            backy,send)
+                cmd="backy__subcmd__send"
                 ;;
             backy,status)
                 cmd="backy__subcmd__status"
@@ -97,11 +103,17 @@ _backy() {
             backy__subcmd__help,protect)
                 cmd="backy__subcmd__help__subcmd__protect"
                 ;;
+            backy__subcmd__help,receive)
+                cmd="backy__subcmd__help__subcmd__receive"
+                ;;
             backy__subcmd__help,restore)
                 cmd="backy__subcmd__help__subcmd__restore"
                 ;;
             backy__subcmd__help,scheduler)
                 cmd="backy__subcmd__help__subcmd__scheduler"
+                ;;
+            backy__subcmd__help,send)
+                cmd="backy__subcmd__help__subcmd__send"
                 ;;
             backy__subcmd__help,status)
                 cmd="backy__subcmd__help__subcmd__status"
@@ -119,7 +131,7 @@ _backy() {
 
     case "${cmd}" in
         backy)
-            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help"
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server send receive completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -415,7 +427,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help)
-            opts="init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help"
+            opts="init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server send receive completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -582,6 +594,20 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__help__subcmd__receive)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -597,6 +623,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__scheduler)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__send)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -778,6 +818,36 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__receive)
+            opts="-v -l -b -h -V --dry-run --have --newest --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__restore)
             opts="-r -f -v -l -b -h -V --revision --force --verify --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -828,6 +898,48 @@ _backy() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__send)
+            opts="-r -v -l -b -h -V --revision --base --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -205,6 +205,40 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 16)]
         max_connections: usize,
     },
+    /// Write revisions to stdout as one stream of the blocks that changed, for `receive`.
+    ///
+    /// The revisions after --base up to -r, oldest first; each carries only the
+    /// 4 KiB pages that differ from the one before it (found from the checksum
+    /// manifests and the shared extents, without reading unchanged data).
+    /// Intended use: `backy send | ssh HOST backy -b DIR receive`.
+    Send {
+        /// The last revision to send (default: the newest).
+        #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
+        revision: Option<String>,
+        /// The revision the target holds already (the stream continues from
+        /// it); default: none, the first revision is sent whole. Empty means none.
+        #[arg(long, value_name = "SPEC", allow_negative_numbers = true)]
+        base: Option<String>,
+    },
+    /// Read a `send` stream from stdin into this job (created if missing).
+    ///
+    /// Each revision is a reflink clone of its parent patched with the pages
+    /// sent, verified against the checksums that came with it, and completed
+    /// like a backup. Revisions held already are skipped after their manifest
+    /// is compared; a base held with another manifest, or distrusted, is refused.
+    Receive {
+        /// Check the whole stream and say what would be received; change nothing.
+        #[arg(long, conflicts_with = "have")]
+        dry_run: bool,
+        /// Print the complete revisions held (ids and manifest digests) as JSON
+        /// and read no stream.
+        #[arg(long)]
+        have: bool,
+        /// With --have: print only the newest revision's id (empty if none),
+        /// for `send --base`.
+        #[arg(long, requires = "have")]
+        newest: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -221,6 +255,7 @@ impl Command {
                 | Command::Status { .. }
                 | Command::Check { .. }
                 | Command::Completions { .. }
+                | Command::Receive { have: true, .. }
         )
     }
 }

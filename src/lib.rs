@@ -47,8 +47,8 @@
 //!
 //! | operation             | `.backup`  | `.purge`   |
 //! |-----------------------|------------|------------|
-//! | backup                | exclusive  | shared     |
-//! | restore, verify       | -          | shared     |
+//! | backup, receive       | exclusive  | shared     |
+//! | restore, verify, send | -          | shared     |
 //! | distrust, (un)protect | -          | shared     |
 //! | expire, forget        | exclusive  | exclusive  |
 //! | nbd-server            | -          | -          |
@@ -110,6 +110,10 @@
 //! - What deleting revisions frees and how much they share: [`space::measure`]
 //!   (the physical extents of the job's files, one sweep in [`space::sweep`]),
 //!   for `status`, the dry runs of `forget` and `expire`, and metrics.
+//! - What moves between two job directories: [`replicate`] (`send` diffs
+//!   revisions by their manifests and shared extents, `receive` applies the
+//!   stream through the same lifecycle a backup uses; the stream format is in
+//!   [`replicate::stream`]).
 //! - Whether a revision matches its manifest: [`job::Job::verify_revision`],
 //!   used by `verify` and by a backup for the newest distrusted revision; a
 //!   block is bad only after a second read past the page cache
@@ -131,6 +135,7 @@ pub mod manpage;
 pub mod nbd;
 pub mod output;
 pub mod progress;
+pub mod replicate;
 pub mod revision;
 pub mod schedule;
 pub mod source;

@@ -10,8 +10,10 @@ mod forget;
 mod init;
 mod nbd_server;
 mod protect;
+mod receive;
 mod restore;
 mod scheduler;
+mod send;
 mod status;
 mod verify;
 
@@ -71,6 +73,20 @@ pub fn run(cli: &Cli) -> Result<u8> {
         ),
         Command::Protect { revision, reason } => protect::protect(dir, revision, reason.as_deref()),
         Command::Unprotect { revision } => protect::unprotect(dir, revision),
+        Command::Send { revision, base } => send::run(dir, revision.as_deref(), base.as_deref()),
+        Command::Receive {
+            dry_run,
+            have,
+            newest,
+        } => receive::run(
+            dir,
+            match (*have, *newest, *dry_run) {
+                (true, true, _) => receive::Mode::Newest,
+                (true, false, _) => receive::Mode::Have,
+                (false, _, true) => receive::Mode::DryRun,
+                (false, _, false) => receive::Mode::Receive,
+            },
+        ),
         Command::NbdServer {
             host,
             port,
