@@ -4,10 +4,12 @@ mod backup;
 mod check;
 mod completions;
 mod expire;
+mod export_diff;
 mod find;
 mod forget;
 mod init;
 mod nbd_server;
+mod reshare;
 mod restore;
 mod scheduler;
 mod status;
@@ -46,6 +48,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
             },
         ),
         Command::Find { revision } => find::run(dir, revision),
+        Command::Reshare => reshare::run(dir),
+        Command::ExportDiff { revision, from } => export_diff::run(dir, revision, from.as_deref()),
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),
         Command::Forget { revision, force } => forget::run(dir, revision, *force),

@@ -4,8 +4,10 @@
 //! sources see only [`writer::ImageWriter`].
 
 pub mod blockset;
+pub mod dedupe;
 pub mod fiemap;
 pub mod prefetch;
+pub mod reshare;
 pub mod reader;
 pub mod sums;
 pub mod verify;
