@@ -70,7 +70,8 @@ pub fn run(dir: &Path, spec: &str, from: Option<&str>) -> Result<()> {
     );
     let output = |source| Error::Output { source };
     let out = BufWriter::with_capacity(1 << 20, stdout.lock());
-    let mut out = DiffWriter::new(out, from_snap.as_deref(), Some(&to_snap), size).map_err(output)?;
+    let mut out =
+        DiffWriter::new(out, from_snap.as_deref(), Some(&to_snap), size).map_err(output)?;
     let mut image = Image {
         file: &file,
         path: &path,

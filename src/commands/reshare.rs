@@ -13,11 +13,11 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::image::reshare::{Reshared, reshare};
+use crate::image::reshare::{Files, Reshared, reshare};
 use crate::job::Job;
+use crate::output;
 use crate::revision::Revision;
 use crate::units::format_bytes;
-use crate::output;
 
 /// Reshares every complete revision of the job with its base; prints what it did.
 pub fn run(dir: &Path) -> Result<()> {
@@ -35,19 +35,22 @@ pub fn run(dir: &Path) -> Result<()> {
             );
             continue;
         }
-        let Some(base) = base_of(&job, rev, &complete[..n]) else {
-            continue;
-        };
+        let base = base_of(&job, rev, &complete[..n]);
+        let (image, sums) = (job.image_path(&rev.id), job.sums_path(&rev.id));
+        let base_files = base.map(|b| (job.image_path(&b.id), job.sums_path(&b.id)));
         let done = reshare(
-            &job.image_path(&base.id),
-            &job.sums_path(&base.id),
-            &job.image_path(&rev.id),
-            &job.sums_path(&rev.id),
+            Files {
+                image: &image,
+                sums: &sums,
+            },
+            base_files
+                .as_ref()
+                .map(|(image, sums)| Files { image, sums }),
         )?;
         tracing::info!(
             "Revision {} with {}: {} shared again, {} already shared, {} of zeros punched",
             rev.id,
-            base.id,
+            base.map_or("no base", |b| b.id.as_str()),
             format_bytes(done.bytes_deduped),
             format_bytes(done.bytes_already_shared),
             format_bytes(done.bytes_punched)
@@ -83,7 +86,9 @@ fn base_of<'a>(job: &Job, rev: &Revision, older: &[&'a Revision]) -> Option<&'a 
         .as_deref()
         .and_then(|p| older.iter().find(|r| r.id == p))
         .filter(has_manifest);
-    parent.or_else(|| older.iter().rev().find(has_manifest)).copied()
+    parent
+        .or_else(|| older.iter().rev().find(has_manifest))
+        .copied()
 }
 
 /// Bytes free on the filesystem of `dir`.
@@ -95,6 +100,7 @@ fn free_bytes(dir: &Path) -> Result<u64> {
 
 fn sync_fs(dir: &Path) -> Result<()> {
     let file = std::fs::File::open(dir).map_err(Error::io("cannot open", dir))?;
-    rustix::fs::syncfs(&file).map_err(|e| Error::io("cannot sync the filesystem of", dir)(e.into()))?;
+    rustix::fs::syncfs(&file)
+        .map_err(|e| Error::io("cannot sync the filesystem of", dir)(e.into()))?;
     Ok(())
 }

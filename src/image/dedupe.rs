@@ -102,7 +102,8 @@ pub fn dedupe(
     let mut done = 0;
     while done < len {
         let piece = (len - done).min(MAX_PER_CALL);
-        let (status, deduped) = dedupe_once(src, src_offset + done, dest, dest_offset + done, piece)?;
+        let (status, deduped) =
+            dedupe_once(src, src_offset + done, dest, dest_offset + done, piece)?;
         match status {
             STATUS_SAME if deduped > 0 => done += deduped.min(piece),
             STATUS_SAME => {

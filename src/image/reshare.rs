@@ -1,18 +1,22 @@
 //! Restoring the sharing between two images that a plain copy broke.
 //!
-//! After `cp` or `rsync` of a job directory every revision is a full copy.
-//! [`reshare`] takes one revision and its base (the parent, or the revision
-//! before it) and:
+//! After `cp` or `rsync` of a job directory every revision is a full copy (and
+//! `rsync` without `--sparse` fills the holes with zeros). [`reshare`] takes one
+//! revision and its base (the parent, or the revision before it) and:
 //!
 //! 1. punches out the data extents of blocks its manifest says are zero, after
 //!    reading them and finding only zeros;
 //! 2. shares every run of blocks whose digests are equal (and not zero) in both
 //!    manifests with the base's extents through `FIDEDUPERANGE`
 //!    ([`super::dedupe`]), which compares the bytes itself;
-//! 3. shares the equal 4 KiB pages of the two manifests the same way.
+//! 3. in the blocks that differ, reads both images and shares the equal 4 KiB
+//!    pages and punches the zero ones, as a backup wrote only the changed pages;
+//! 4. shares the equal 4 KiB pages of the two manifests.
 //!
+//! A revision without a base (the oldest) gets steps 1 and 3 (zero pages only).
 //! Ranges whose extents are already the base's (FIEMAP: the same physical
-//! place) are skipped, so a second run only asks FIEMAP. No step changes a
+//! place) are skipped, and step 3 reads only extents no other file shares, so
+//! a second run reads only what the first could not share. No step changes a
 //! byte of content, and each ioctl is atomic, so an interruption anywhere
 //! leaves both files as they were, only some of them shared.
 
@@ -28,9 +32,9 @@ use super::sums::{self, Manifest};
 use crate::error::{Error, Result};
 use crate::{interrupt, sys};
 
-/// Manifest pages: the unit a manifest is compared and shared in.
+/// Pages: the unit of step 3 and of manifests.
 const PAGE: u64 = 4096;
-/// Bytes read at a time when checking zeros or comparing manifests.
+/// Bytes read at a time.
 const CHUNK: u64 = 1 << 20;
 
 /// What [`reshare`] did, summed over the revisions of a run.
@@ -44,8 +48,8 @@ pub struct Reshared {
     pub bytes_already_shared: u64,
     /// Bytes of zeros that were allocated and are now holes.
     pub bytes_punched: u64,
-    /// Blocks (or manifest pages) the manifests call equal or zero whose bytes
-    /// are not: left alone; `backy verify` tells which revision is wrong.
+    /// Blocks (or pages) the manifests call equal or zero whose bytes are
+    /// not: left alone; `backy verify` tells which revision is wrong.
     pub blocks_differing: u64,
 }
 
@@ -60,45 +64,87 @@ impl Reshared {
     }
 }
 
+/// An image and its manifest, as [`reshare`] is given them.
+#[derive(Debug, Clone, Copy)]
+pub struct Files<'a> {
+    /// The image.
+    pub image: &'a Path,
+    /// Its manifest.
+    pub sums: &'a Path,
+}
+
 /// Two files of one pair: the base (shared from) and the one reshared.
 struct Pair<'a> {
     base: &'a File,
+    base_path: &'a Path,
     image: &'a File,
     image_path: &'a Path,
-    /// Physical ranges the two already share, as file offsets, in order.
+    /// File ranges with nothing to do, in order: the two share the physical
+    /// place already, or the image has a hole.
     shared: Vec<Range<u64>>,
 }
 
-/// Makes `image` share with `base` what their manifests say is equal, and
-/// punches the zero blocks it holds as data; then does the same for the two
-/// manifests' equal pages. Content never changes.
-pub fn reshare(
-    base_path: &Path,
-    base_sums: &Path,
-    image_path: &Path,
-    image_sums: &Path,
-) -> Result<Reshared> {
+/// Makes `revision` share with `base` what is equal (steps 1 to 4 of the
+/// module docs); without a base, only punches its zeros. Content never changes.
+pub fn reshare(revision: Files<'_>, base: Option<Files<'_>>) -> Result<Reshared> {
     let mut done = Reshared::default();
-    let mut base_manifest = Manifest::open(base_sums, false)?;
-    let mut manifest = Manifest::open(image_sums, false)?;
-    let base = open_checked(base_path, &base_manifest)?;
-    let image = open_checked(image_path, &manifest)?;
-    punch_zero_blocks(&image, image_path, &mut manifest, &mut done)?;
-    let mut equal = equal_data_blocks(&mut base_manifest, &mut manifest)?;
-    let size = manifest.image_size().min(base_manifest.image_size());
+    let mut manifest = Manifest::open(revision.sums, false)?;
+    let image = open_checked(revision.image, &manifest)?;
+    let map = |file: &File, path: &Path| {
+        fiemap::extents(file, true).map_err(Error::io("cannot map extents of", path))
+    };
+    let mut puncher = Puncher {
+        path: revision.image,
+        extents: map(&image, revision.image)?,
+        writable: None,
+    };
+    puncher.zero_blocks(&image, &mut manifest, &mut done)?;
     let bs = manifest.block_size();
-    let sizes_differ = manifest.image_size() != base_manifest.image_size();
-    for run in &mut equal {
-        *run = run.start * bs..(run.end * bs).min(size);
+    let size = manifest.image_size();
+    let to_bytes = |runs: Vec<Range<u64>>, end: u64| -> Vec<Range<u64>> {
+        runs.into_iter()
+            .map(|r| r.start * bs..(r.end * bs).min(end))
+            .filter(|r| r.start < r.end)
+            .collect()
+    };
+    let Some(base) = base else {
+        let mut data = Vec::new();
+        let blocks = manifest.blocks();
+        push_runs(&mut data, &mut manifest, 0..blocks, |d| !d.is_zero())?;
+        let unshared = puncher.unshared(&to_bytes(data, size));
+        return page_pass(&image, None, &unshared, &mut puncher, &mut done).map(|()| done);
+    };
+    let mut base_manifest = Manifest::open(base.sums, false)?;
+    let base_file = open_checked(base.image, &base_manifest)?;
+    let common = size.min(base_manifest.image_size());
+    let mut equal = to_bytes(
+        equal_data_blocks(&mut base_manifest, &mut manifest)?,
+        common,
+    );
+    if size != base_manifest.image_size() {
         // An unaligned end is shared only where it ends both files.
-        if sizes_differ && run.end == size {
-            run.end = (size / PAGE * PAGE).max(run.start);
+        for run in &mut equal {
+            if run.end == common {
+                run.end = (common / PAGE * PAGE).max(run.start);
+            }
         }
     }
-    equal.retain(|run| run.start < run.end);
-    let pair = Pair::new(&base, base_path, &image, image_path)?;
+    let pair = Pair::new(&base_file, base.image, &image, revision.image)?;
     pair.share(&equal, bs, &mut done)?;
-    share_manifest_pages(base_sums, image_sums, &mut done)?;
+    let mut differing = sums::differing_blocks(&mut base_manifest, &mut manifest)?;
+    differing.retain_mut(|r| {
+        r.end = r.end.min(manifest.blocks());
+        r.start < r.end
+    });
+    let unshared = puncher.unshared(&to_bytes(differing, size));
+    page_pass(
+        &image,
+        Some((&pair, base_manifest.image_size())),
+        &unshared,
+        &mut puncher,
+        &mut done,
+    )?;
+    share_manifest_pages(base.sums, revision.sums, &mut done)?;
     Ok(done)
 }
 
@@ -123,7 +169,11 @@ fn equal_data_blocks(base: &mut Manifest, image: &mut Manifest) -> Result<Vec<Ra
     let blocks = image.blocks().min(base.blocks());
     let mut equal = Vec::new();
     let mut at = 0;
-    for gap in differing.iter().map(|d| d.start..d.end).chain([blocks..blocks]) {
+    for gap in differing
+        .iter()
+        .map(|d| d.start..d.end)
+        .chain([blocks..blocks])
+    {
         let stop = gap.start.min(blocks);
         push_runs(&mut equal, image, at..stop, |d| !d.is_zero())?;
         at = gap.end;
@@ -146,70 +196,164 @@ fn push_runs(
         if !keep(&manifest.get(block)?) {
             continue;
         }
-        match runs.last_mut() {
-            Some(run) if run.end == block => run.end += 1,
-            _ => runs.push(block..block + 1),
-        }
+        push_range(runs, block..block + 1);
     }
     Ok(())
 }
 
-/// Punches the allocated parts of blocks the manifest says are zero, each
-/// piece only after reading it back as zeros.
-fn punch_zero_blocks(
+/// Appends `range` to `runs`, merged with the last one where they touch.
+fn push_range(runs: &mut Vec<Range<u64>>, range: Range<u64>) {
+    match runs.last_mut() {
+        Some(run) if run.end == range.start => run.end = range.end,
+        _ => runs.push(range),
+    }
+}
+
+/// Step 3: reads `runs` (byte ranges) of `image`, and of the base where it
+/// has them; punches the allocated zero pages and shares the pages equal to
+/// the base's.
+fn page_pass(
     image: &File,
-    path: &Path,
-    manifest: &mut Manifest,
+    base: Option<(&Pair<'_>, u64)>,
+    runs: &[Range<u64>],
+    puncher: &mut Puncher<'_>,
     done: &mut Reshared,
 ) -> Result<()> {
-    let mut zero = Vec::new();
-    push_runs(&mut zero, manifest, 0..manifest.blocks(), sums::Digest::is_zero)?;
-    if zero.is_empty() {
-        return Ok(());
-    }
-    let extents = fiemap::extents(image, true).map_err(Error::io("cannot map extents of", path))?;
-    let bs = manifest.block_size();
-    let size = manifest.image_size();
-    let mut writable: Option<File> = None;
-    let mut buf = vec![0u8; CHUNK as usize];
-    for run in zero {
-        let run = run.start * bs..(run.end * bs).min(size);
-        for piece in intersect(&extents, &run) {
-            let mut at = piece.start;
-            while at < piece.end {
-                interrupt::check()?;
-                let len = (piece.end - at).min(CHUNK);
-                let data = &mut buf[..len as usize];
-                image
-                    .read_exact_at(data, at)
-                    .map_err(Error::io("cannot read revision image", path))?;
-                if !sums::is_zero(data) {
-                    tracing::warn!(
-                        "{}: bytes {at}..{} are not zero although its manifest says so; left as they are (run 'backy verify')",
-                        path.display(),
-                        at + len
-                    );
-                    done.blocks_differing += len.div_ceil(bs);
-                } else {
-                    if writable.is_none() {
-                        writable = Some(open_writable(path)?);
-                    }
-                    let file = writable.as_ref().unwrap();
-                    sys::punch_hole(file, at, len)
-                        .map_err(Error::io("cannot punch a hole into", path))?;
-                    done.bytes_punched += len;
+    let (mut mine, mut theirs) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
+    let (mut zero, mut equal) = (Vec::new(), Vec::new());
+    let image_size = super::file_size(image, puncher.path)?;
+    for run in runs {
+        let mut at = run.start;
+        while at < run.end {
+            interrupt::check()?;
+            let len = (run.end - at).min(CHUNK);
+            let data = &mut mine[..len as usize];
+            image
+                .read_exact_at(data, at)
+                .map_err(Error::io("cannot read revision image", puncher.path))?;
+            let mut base_len = 0;
+            if let Some((pair, base_size)) = base {
+                base_len = len.min(base_size.saturating_sub(at));
+                pair.base
+                    .read_exact_at(&mut theirs[..base_len as usize], at)
+                    .map_err(Error::io("cannot read revision image", pair.base_path))?;
+                // A partial last page is shared only where it ends both files.
+                if base_size != image_size && at + base_len == base_size.min(image_size) {
+                    base_len = base_len / PAGE * PAGE;
                 }
-                at += len;
             }
+            for page in (0..len).step_by(PAGE as usize) {
+                let stop = (page + PAGE).min(len);
+                let bytes = &data[page as usize..stop as usize];
+                if sums::is_zero(bytes) {
+                    push_range(&mut zero, at + page..at + stop);
+                } else if stop <= base_len && theirs[page as usize..stop as usize] == *bytes {
+                    push_range(&mut equal, at + page..at + stop);
+                }
+            }
+            at += len;
         }
+    }
+    for range in zero {
+        puncher.punch_known_zero(&range, done)?;
+    }
+    if let Some((pair, _)) = base {
+        pair.share(&equal, PAGE, done)?;
     }
     Ok(())
 }
 
-/// The parts of `range` that `extents` (in file order) cover.
-fn intersect(extents: &[Extent], range: &Range<u64>) -> Vec<Range<u64>> {
-    extents
+/// Punches holes into one image, only where it has data extents.
+struct Puncher<'a> {
+    path: &'a Path,
+    /// The image's extents when the reshare started, in file order.
+    extents: Vec<Extent>,
+    /// Opened on the first punch.
+    writable: Option<File>,
+}
+
+impl Puncher<'_> {
+    /// Step 1: the allocated parts of the blocks the manifest says are zero,
+    /// each piece punched after it was read back as zeros.
+    fn zero_blocks(
+        &mut self,
+        image: &File,
+        manifest: &mut Manifest,
+        done: &mut Reshared,
+    ) -> Result<()> {
+        let mut zero = Vec::new();
+        let blocks = manifest.blocks();
+        push_runs(&mut zero, manifest, 0..blocks, sums::Digest::is_zero)?;
+        let bs = manifest.block_size();
+        let size = manifest.image_size();
+        let mut buf = vec![0u8; CHUNK as usize];
+        for run in zero {
+            let run = run.start * bs..(run.end * bs).min(size);
+            for piece in intersect(&self.extents, &run, false) {
+                let mut at = piece.start;
+                while at < piece.end {
+                    interrupt::check()?;
+                    let len = (piece.end - at).min(CHUNK);
+                    let data = &mut buf[..len as usize];
+                    image
+                        .read_exact_at(data, at)
+                        .map_err(Error::io("cannot read revision image", self.path))?;
+                    if sums::is_zero(data) {
+                        self.punch(at..at + len, done)?;
+                    } else {
+                        tracing::warn!(
+                            "{}: bytes {at}..{} are not zero although its manifest says so; left as they are (run 'backy verify')",
+                            self.path.display(),
+                            at + len
+                        );
+                        done.blocks_differing += len.div_ceil(bs);
+                    }
+                    at += len;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Punches the allocated parts of `range`, which was just read as zeros.
+    fn punch_known_zero(&mut self, range: &Range<u64>, done: &mut Reshared) -> Result<()> {
+        for piece in intersect(&self.extents, range, false) {
+            self.punch(piece, done)?;
+        }
+        Ok(())
+    }
+
+    fn punch(&mut self, range: Range<u64>, done: &mut Reshared) -> Result<()> {
+        if self.writable.is_none() {
+            self.writable = Some(open_writable(self.path)?);
+        }
+        let file = self.writable.as_ref().expect("opened above");
+        sys::punch_hole(file, range.start, range.end - range.start)
+            .map_err(Error::io("cannot punch a hole into", self.path))?;
+        done.bytes_punched += range.end - range.start;
+        Ok(())
+    }
+
+    /// The parts of `runs` in data extents that no other file shares.
+    fn unshared(&self, runs: &[Range<u64>]) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        for run in runs {
+            for piece in intersect(&self.extents, run, true) {
+                push_range(&mut out, piece);
+            }
+        }
+        out
+    }
+}
+
+/// The parts of `range` that `extents` (in file order) cover; with
+/// `unshared_only`, only extents no other file shares.
+fn intersect(extents: &[Extent], range: &Range<u64>, unshared_only: bool) -> Vec<Range<u64>> {
+    let first = extents.partition_point(|e| e.end() <= range.start);
+    extents[first..]
         .iter()
+        .take_while(|e| e.logical < range.end)
+        .filter(|e| !(unshared_only && e.is_shared()))
         .filter_map(|e| {
             let start = e.logical.max(range.start);
             let end = e.end().min(range.end);
@@ -224,13 +368,12 @@ fn open_writable(path: &Path) -> Result<File> {
     let open = || OpenOptions::new().write(true).open(path);
     match open() {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let chmod = Error::io("cannot change the mode of", path);
             let mode = std::fs::metadata(path)
                 .map_err(Error::io("cannot stat", path))?
                 .permissions()
                 .mode();
             std::fs::set_permissions(path, PermissionsExt::from_mode(mode | 0o200))
-                .map_err(chmod)?;
+                .map_err(Error::io("cannot change the mode of", path))?;
             let file = open();
             std::fs::set_permissions(path, PermissionsExt::from_mode(mode))
                 .map_err(Error::io("cannot restore the mode of", path))?;
@@ -241,13 +384,26 @@ fn open_writable(path: &Path) -> Result<File> {
 }
 
 impl<'a> Pair<'a> {
-    fn new(base: &'a File, base_path: &Path, image: &'a File, image_path: &'a Path) -> Result<Self> {
+    fn new(
+        base: &'a File,
+        base_path: &'a Path,
+        image: &'a File,
+        image_path: &'a Path,
+    ) -> Result<Self> {
         let map = |file: &File, path: &Path| {
             fiemap::extents(file, true).map_err(Error::io("cannot map extents of", path))
         };
-        let shared = shared_ranges(&map(base, base_path)?, &map(image, image_path)?);
+        let extents = map(image, image_path)?;
+        let mut shared = shared_ranges(&map(base, base_path)?, &extents);
+        // Where the image has a hole there is nothing to share (an equal
+        // block with a hole holds zeros; sharing the base's data would only
+        // allocate them).
+        shared.extend(holes(&extents));
+        shared.sort_unstable_by_key(|r| r.start);
+        let shared = merge(shared);
         Ok(Pair {
             base,
+            base_path,
             image,
             image_path,
             shared,
@@ -279,6 +435,7 @@ impl<'a> Pair<'a> {
             if self.dedupe_once(at, len)? == Outcome::Same {
                 done.bytes_deduped += len;
                 done.ranges_deduped += 1;
+                crate::failpoint::hit("reshare-after-dedupe");
             } else {
                 let mut unit_at = at;
                 while unit_at < at + len {
@@ -340,6 +497,32 @@ fn shared_ranges(a: &[Extent], b: &[Extent]) -> Vec<Range<u64>> {
             i += 1;
         } else {
             j += 1;
+        }
+    }
+    out
+}
+
+/// The holes between `extents` (in file order), up to the largest offset.
+fn holes(extents: &[Extent]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for e in extents {
+        if e.logical > at {
+            out.push(at..e.logical);
+        }
+        at = at.max(e.end());
+    }
+    out.push(at..u64::MAX);
+    out
+}
+
+/// Sorted ranges, overlapping or touching ones merged.
+fn merge(sorted: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => out.push(r),
         }
     }
     out
@@ -444,9 +627,19 @@ mod tests {
     }
 
     #[test]
+    fn holes_are_the_gaps_between_extents() {
+        let e = [ext(4096, 0, 4096), ext(8192, 0, 4096), ext(20480, 0, 4096)];
+        assert_eq!(holes(&e), vec![0..4096, 12288..20480, 24576..u64::MAX]);
+        assert_eq!(merge(vec![0..5, 3..8, 8..9, 10..12]), vec![0..9, 10..12]);
+    }
+
+    #[test]
     fn subtract_rounds_out_to_units_inside_the_run() {
         let shared = [0..4096, 8192..12288, 70_000..80_000];
-        assert_eq!(subtract(&(0..16384), &shared, 4096), vec![4096..8192, 12288..16384]);
+        assert_eq!(
+            subtract(&(0..16384), &shared, 4096),
+            vec![4096..8192, 12288..16384]
+        );
         assert_eq!(subtract(&(0..65536), &[], 65536), vec![0..65536]);
         assert_eq!(subtract(&(0..65536), &[0..65536], 65536), vec![]);
         // A piece inside a unit becomes the whole unit; the run's end holds.

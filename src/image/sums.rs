@@ -21,8 +21,8 @@
 //! unshares the pages that hold changed digests.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -285,8 +285,16 @@ pub fn differing_blocks(a: &mut Manifest, b: &mut Manifest) -> Result<Vec<Range<
     let (a_blocks, b_blocks) = (a.blocks(), b.blocks());
     let mut runs: Vec<Range<u64>> = Vec::new();
     for block in 0..a_blocks.max(b_blocks) {
-        let da = if block < a_blocks { a.get(block)? } else { Digest::ZERO };
-        let db = if block < b_blocks { b.get(block)? } else { Digest::ZERO };
+        let da = if block < a_blocks {
+            a.get(block)?
+        } else {
+            Digest::ZERO
+        };
+        let db = if block < b_blocks {
+            b.get(block)?
+        } else {
+            Digest::ZERO
+        };
         if da == db {
             continue;
         }

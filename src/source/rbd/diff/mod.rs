@@ -25,9 +25,9 @@
 pub mod apply;
 pub mod format;
 pub mod stream;
-pub mod write;
 #[cfg(test)]
 mod tests;
+pub mod write;
 
 pub use apply::{Applied, Expect, MAX_IMAGE_SIZE, apply};
 pub use format::{DiffError, DiffReader, Record};
