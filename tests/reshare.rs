@@ -48,7 +48,7 @@ fn change_source(path: &Path, size: u64, rng: &mut Lcg) {
     for _ in 0..6 {
         let len = 4096 * (1 + rng.next() % 48);
         let at = (rng.next() % (size - len)) / 4096 * 4096;
-        let data = if rng.next() % 5 == 0 {
+        let data = if rng.next().is_multiple_of(5) {
             vec![0; len as usize]
         } else {
             pattern_bytes(rng.next(), len as usize)

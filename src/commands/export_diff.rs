@@ -57,7 +57,7 @@ pub fn run(dir: &Path, spec: &str, from: Option<&str>) -> Result<()> {
             });
             differing
         }
-        None => vec![0..manifest.blocks()],
+        None => std::iter::once(0..manifest.blocks()).collect(),
     };
     let from_snap = from.as_ref().map(|r| format!("backy-{}", r.id));
     let to_snap = format!("backy-{}", target.id);

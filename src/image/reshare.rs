@@ -172,7 +172,7 @@ fn equal_data_blocks(base: &mut Manifest, image: &mut Manifest) -> Result<Vec<Ra
     for gap in differing
         .iter()
         .map(|d| d.start..d.end)
-        .chain([blocks..blocks])
+        .chain(std::iter::once(blocks..blocks))
     {
         let stop = gap.start.min(blocks);
         push_runs(&mut equal, image, at..stop, |d| !d.is_zero())?;
@@ -641,7 +641,8 @@ mod tests {
             vec![4096..8192, 12288..16384]
         );
         assert_eq!(subtract(&(0..65536), &[], 65536), vec![0..65536]);
-        assert_eq!(subtract(&(0..65536), &[0..65536], 65536), vec![]);
+        let all = std::iter::once(0..65536).collect::<Vec<_>>();
+        assert_eq!(subtract(&(0..65536), &all, 65536), vec![]);
         // A piece inside a unit becomes the whole unit; the run's end holds.
         assert_eq!(
             subtract(&(65536..100_000), &shared, 65536),

@@ -230,7 +230,7 @@ mod tests {
                 });
                 d
             }
-            None => vec![0..manifest.blocks()],
+            None => std::iter::once(0..manifest.blocks()).collect(),
         };
         let size = manifest.image_size();
         let mut out =
@@ -328,7 +328,8 @@ mod tests {
             manifest: &mut manifest,
             id: "a",
         };
-        let e = write_diff(&mut out, &mut image, &[0..3], false).unwrap_err();
+        let all = std::iter::once(0..3).collect::<Vec<_>>();
+        let e = write_diff(&mut out, &mut image, &all, false).unwrap_err();
         assert!(
             matches!(e, Error::DiffSourceDamaged { offset, .. } if offset == BLOCK_SIZE),
             "{e}"
