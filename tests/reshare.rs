@@ -96,6 +96,18 @@ fn make_job(fs: &TestFs, size: u64, revisions: usize) -> std::path::PathBuf {
     job
 }
 
+/// Bytes the filesystem holding `path` uses (statvfs, after a sync).
+fn used_bytes(path: &Path) -> u64 {
+    let r = run_ok(tool("sync").arg("-f").arg(path));
+    drop(r);
+    let r = run_ok(tool("df").args(["-B1", "--output=used"]).arg(path));
+    r.stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| r.fail("cannot parse df"))
+}
+
 fn rsync(from: &Path, to: &Path) -> Option<()> {
     if find_tool("rsync").is_none() {
         return skip("`rsync` not found (run scripts/setup-test-deps.sh)");
@@ -123,6 +135,7 @@ fn rsync_copy_is_reshared(kind: FsKind) {
     let source_bytes = physical_bytes(&job);
 
     let copy = dst_fs.join("job");
+    let used_empty = used_bytes(dst_fs.path());
     if rsync(&job, &copy).is_none() {
         return;
     }
@@ -134,8 +147,15 @@ fn rsync_copy_is_reshared(kind: FsKind) {
 
     let r = run_ok(backy_job(&copy).arg("reshare")).stdout_has("Reshared 20 revisions");
     let reshared_bytes = physical_bytes(&copy);
+    // The filesystem really freed the copy's extents (btrfs keeps an extent
+    // while any part of it is referenced: reshare's step 5).
+    let reshared_used = used_bytes(dst_fs.path()) - used_empty;
     eprintln!(
-        "{kind}: source job {source_bytes}, rsync copy {copied_bytes}, after reshare {reshared_bytes}"
+        "{kind}: source job {source_bytes}, rsync copy {copied_bytes}, after reshare {reshared_bytes} (df: {reshared_used} used)"
+    );
+    assert!(
+        reshared_used < source_bytes * 12 / 10 + 8 * MIB,
+        "df says {reshared_used} bytes used after reshare, the source job has {source_bytes}"
     );
     assert!(
         reshared_bytes * 100 <= source_bytes * 105,

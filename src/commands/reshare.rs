@@ -13,17 +13,19 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::image::reshare::{Files, Reshared, reshare};
+use crate::image::reshare::{Files, Reshared, TEMP_PREFIX, reshare};
 use crate::job::Job;
-use crate::output;
 use crate::revision::Revision;
 use crate::units::format_bytes;
+use crate::{output, sys};
 
 /// Reshares every complete revision of the job with its base; prints what it did.
 pub fn run(dir: &Path) -> Result<()> {
     let job = Job::open(dir)?;
     let _lock = job.lock_backup()?;
     let free_before = free_bytes(job.dir())?;
+    remove_stale_temp_files(job.dir())?;
+    let relocate = sys::filesystem_name(job.dir()) == "btrfs";
     let complete: Vec<&Revision> = job.revisions().iter().filter(|r| r.is_complete()).collect();
     let mut total = Reshared::default();
     let mut reshared = 0;
@@ -46,14 +48,16 @@ pub fn run(dir: &Path) -> Result<()> {
             base_files
                 .as_ref()
                 .map(|(image, sums)| Files { image, sums }),
+            relocate,
         )?;
         tracing::info!(
-            "Revision {} with {}: {} shared again, {} already shared, {} of zeros punched",
+            "Revision {} with {}: {} shared again, {} already shared, {} of zeros punched, {} moved out of the copy's extents",
             rev.id,
             base.map_or("no base", |b| b.id.as_str()),
             format_bytes(done.bytes_deduped),
             format_bytes(done.bytes_already_shared),
-            format_bytes(done.bytes_punched)
+            format_bytes(done.bytes_punched),
+            format_bytes(done.bytes_relocated)
         );
         total.add(&done);
         reshared += 1;
@@ -68,11 +72,12 @@ pub fn run(dir: &Path) -> Result<()> {
         );
     }
     output::stdout_line(&format!(
-        "Reshared {reshared} revisions: {} shared again in {} ranges, {} already shared, {} of zeros punched; {} reclaimed",
+        "Reshared {reshared} revisions: {} shared again in {} ranges, {} already shared, {} of zeros punched, {} moved out of the copy's extents; {} reclaimed",
         format_bytes(total.bytes_deduped),
         total.ranges_deduped,
         format_bytes(total.bytes_already_shared),
         format_bytes(total.bytes_punched),
+        format_bytes(total.bytes_relocated),
         format_bytes(reclaimed)
     ))
 }
@@ -102,5 +107,27 @@ fn sync_fs(dir: &Path) -> Result<()> {
     let file = std::fs::File::open(dir).map_err(Error::io("cannot open", dir))?;
     rustix::fs::syncfs(&file)
         .map_err(|e| Error::io("cannot sync the filesystem of", dir)(e.into()))?;
+    Ok(())
+}
+
+/// Removes temporary files a crashed reshare left (under the backup lock no
+/// other reshare runs).
+fn remove_stale_temp_files(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_temp = name.to_str().is_some_and(|n| {
+            n.strip_prefix(TEMP_PREFIX)
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if is_temp {
+            let path = entry.path();
+            tracing::info!(
+                "Removing {}, left by an interrupted reshare",
+                path.display()
+            );
+            std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
+        }
+    }
     Ok(())
 }

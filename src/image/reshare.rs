@@ -11,7 +11,14 @@
 //!    ([`super::dedupe`]), which compares the bytes itself;
 //! 3. in the blocks that differ, reads both images and shares the equal 4 KiB
 //!    pages and punches the zero ones, as a backup wrote only the changed pages;
-//! 4. shares the equal 4 KiB pages of the two manifests.
+//! 4. shares the equal 4 KiB pages of the two manifests;
+//! 5. on btrfs, when steps 1 to 3 changed anything, moves the data left only in
+//!    the copy's own extents into new extents (written to a temporary file
+//!    [`TEMP_PREFIX`]`<pid>` beside the image, then shared into the image by
+//!    `FIDEDUPERANGE`, which compares again). btrfs frees an extent only when no
+//!    file refers to any part of it, and `rsync` writes extents of up to
+//!    128 MiB: without this step a few changed pages would keep each whole
+//!    extent of the copy allocated. XFS frees per block and needs no such step.
 //!
 //! A revision without a base (the oldest) gets steps 1 and 3 (zero pages only).
 //! Ranges whose extents are already the base's (FIEMAP: the same physical
@@ -32,6 +39,10 @@ use super::sums::{self, Manifest};
 use crate::error::{Error, Result};
 use crate::{interrupt, sys};
 
+/// The name of step 5's temporary file in the job directory, before the pid;
+/// one left by a crash is removed by the next reshare.
+pub const TEMP_PREFIX: &str = ".reshare.";
+
 /// Pages: the unit of step 3 and of manifests.
 const PAGE: u64 = 4096;
 /// Bytes read at a time.
@@ -48,6 +59,8 @@ pub struct Reshared {
     pub bytes_already_shared: u64,
     /// Bytes of zeros that were allocated and are now holes.
     pub bytes_punched: u64,
+    /// Bytes moved into new extents (step 5, btrfs).
+    pub bytes_relocated: u64,
     /// Blocks (or pages) the manifests call equal or zero whose bytes are
     /// not: left alone; `backy verify` tells which revision is wrong.
     pub blocks_differing: u64,
@@ -60,6 +73,7 @@ impl Reshared {
         self.ranges_deduped += other.ranges_deduped;
         self.bytes_already_shared += other.bytes_already_shared;
         self.bytes_punched += other.bytes_punched;
+        self.bytes_relocated += other.bytes_relocated;
         self.blocks_differing += other.blocks_differing;
     }
 }
@@ -85,8 +99,18 @@ struct Pair<'a> {
 }
 
 /// Makes `revision` share with `base` what is equal (steps 1 to 4 of the
-/// module docs); without a base, only punches its zeros. Content never changes.
-pub fn reshare(revision: Files<'_>, base: Option<Files<'_>>) -> Result<Reshared> {
+/// module docs); without a base, only punches its zeros. With `relocate`
+/// (btrfs), step 5 follows. Content never changes.
+pub fn reshare(revision: Files<'_>, base: Option<Files<'_>>, relocate: bool) -> Result<Reshared> {
+    let mut done = share(revision, base)?;
+    if relocate && done.bytes_deduped + done.bytes_punched > 0 {
+        relocate_own_extents(revision.image, &mut done)?;
+    }
+    Ok(done)
+}
+
+/// Steps 1 to 4.
+fn share(revision: Files<'_>, base: Option<Files<'_>>) -> Result<Reshared> {
     let mut done = Reshared::default();
     let mut manifest = Manifest::open(revision.sums, false)?;
     let image = open_checked(revision.image, &manifest)?;
@@ -360,6 +384,68 @@ fn intersect(extents: &[Extent], range: &Range<u64>, unshared_only: bool) -> Vec
             (start < end).then_some(start..end)
         })
         .collect()
+}
+
+/// Step 5: the image's data in extents no other file shares is written to a
+/// temporary file at the same offsets, and shared from there into the image,
+/// so the extents the copy made are no longer referenced and btrfs frees them.
+fn relocate_own_extents(path: &Path, done: &mut Reshared) -> Result<()> {
+    let image = File::open(path).map_err(Error::io("cannot open revision image", path))?;
+    let extents =
+        fiemap::extents(&image, true).map_err(Error::io("cannot map extents of", path))?;
+    let own: Vec<Range<u64>> = merge(
+        extents
+            .iter()
+            .filter(|e| !e.is_shared())
+            .map(|e| e.logical..e.end())
+            .collect(),
+    );
+    if own.is_empty() {
+        return Ok(());
+    }
+    let temp_path = path.with_file_name(format!("{TEMP_PREFIX}{}", std::process::id()));
+    let result = relocate_through(&image, path, &temp_path, &own, done);
+    let removed = std::fs::remove_file(&temp_path);
+    result?;
+    removed.map_err(Error::io("cannot remove temporary file", &temp_path))
+}
+
+fn relocate_through(
+    image: &File,
+    path: &Path,
+    temp_path: &Path,
+    own: &[Range<u64>],
+    done: &mut Reshared,
+) -> Result<()> {
+    let temp = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(temp_path)
+        .map_err(Error::io("cannot create temporary file", temp_path))?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    for range in own {
+        let mut at = range.start;
+        while at < range.end {
+            interrupt::check()?;
+            let len = (range.end - at).min(CHUNK);
+            let data = &mut buf[..len as usize];
+            image
+                .read_exact_at(data, at)
+                .map_err(Error::io("cannot read revision image", path))?;
+            temp.write_all_at(data, at)
+                .map_err(Error::io("cannot write temporary file", temp_path))?;
+            at += len;
+        }
+    }
+    temp.sync_data()
+        .map_err(Error::io("cannot sync temporary file", temp_path))?;
+    let pair = Pair::new(&temp, temp_path, image, path)?;
+    let mut moved = Reshared::default();
+    pair.share(own, PAGE, &mut moved)?;
+    done.bytes_relocated += moved.bytes_deduped;
+    done.blocks_differing += moved.blocks_differing;
+    Ok(())
 }
 
 /// Opens a complete (0440) image for punching. Root may; an owner who may
