@@ -238,15 +238,21 @@ fn a_lying_manifest_never_changes_content() {
 }
 
 /// Killed in the middle (after its first FIDEDUPERANGE), reshare leaves every
-/// file's content as it was, and the next run finishes the job.
-#[test]
-fn an_interrupted_reshare_changes_nothing_and_can_run_again() {
-    let Some(fs) = TestFs::new(FsKind::Xfs, 400) else {
+/// file's content as it was, and the next run finishes the job: on btrfs
+/// that includes freeing the copy's extents, which the first run had begun
+/// (and its temporary file is removed).
+fn an_interrupted_reshare_changes_nothing_and_can_run_again(kind: FsKind) {
+    let Some(src_fs) = TestFs::new(kind, 400) else {
         return;
     };
-    let job = make_job(&fs, 8 * MIB, 4);
+    let Some(fs) = TestFs::new(kind, 400) else {
+        return;
+    };
+    let job = make_job(&src_fs, 16 * MIB, 4);
     let before = contents(&job);
+    let source_bytes = physical_bytes(&job);
     let copy = fs.join("copy");
+    let used_empty = used_bytes(fs.path());
     if rsync(&job, &copy).is_none() {
         return;
     }
@@ -257,7 +263,31 @@ fn an_interrupted_reshare_changes_nothing_and_can_run_again() {
     assert_eq!(contents(&copy), before);
     run_ok(backy_job(&copy).arg("reshare")).stdout_has("Reshared 4 revisions");
     assert_eq!(contents(&copy), before);
+    let leftovers: Vec<_> = fs::read_dir(&copy)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".reshare."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let used = used_bytes(fs.path()) - used_empty;
+    eprintln!(
+        "{kind}: source job {source_bytes}, copy after an interrupted and a full reshare: {used} used"
+    );
+    assert!(
+        used < source_bytes * 12 / 10 + 8 * MIB,
+        "df says {used} bytes used, the source job has {source_bytes}"
+    );
     run_ok(backy_job(&copy).arg("verify"));
+}
+
+#[test]
+fn an_interrupted_reshare_changes_nothing_and_can_run_again_on_btrfs() {
+    an_interrupted_reshare_changes_nothing_and_can_run_again(FsKind::Btrfs);
+}
+
+#[test]
+fn an_interrupted_reshare_changes_nothing_and_can_run_again_on_xfs() {
+    an_interrupted_reshare_changes_nothing_and_can_run_again(FsKind::Xfs);
 }
 
 /// Where the filesystem cannot share extents, reshare says so.

@@ -103,8 +103,9 @@ struct Pair<'a> {
 /// (btrfs), step 5 follows. Content never changes.
 pub fn reshare(revision: Files<'_>, base: Option<Files<'_>>, relocate: bool) -> Result<Reshared> {
     let mut done = share(revision, base)?;
-    if relocate && done.bytes_deduped + done.bytes_punched > 0 {
-        relocate_own_extents(revision.image, &mut done)?;
+    if relocate {
+        let changed = done.bytes_deduped + done.bytes_punched > 0;
+        relocate_own_extents(revision.image, changed, &mut done)?;
     }
     Ok(done)
 }
@@ -389,17 +390,18 @@ fn intersect(extents: &[Extent], range: &Range<u64>, unshared_only: bool) -> Vec
 /// Step 5: the image's data in extents no other file shares is written to a
 /// temporary file at the same offsets, and shared from there into the image,
 /// so the extents the copy made are no longer referenced and btrfs frees them.
-fn relocate_own_extents(path: &Path, done: &mut Reshared) -> Result<()> {
+///
+/// Done when steps 1 to 3 `changed` the image, or when its own extents show
+/// remnants of a larger one (a run that was interrupted before this step).
+fn relocate_own_extents(path: &Path, changed: bool, done: &mut Reshared) -> Result<()> {
     let image = File::open(path).map_err(Error::io("cannot open revision image", path))?;
     let extents =
         fiemap::extents(&image, true).map_err(Error::io("cannot map extents of", path))?;
-    let own: Vec<Range<u64>> = merge(
-        extents
-            .iter()
-            .filter(|e| !e.is_shared())
-            .map(|e| e.logical..e.end())
-            .collect(),
-    );
+    let own_extents: Vec<Extent> = extents.into_iter().filter(|e| !e.is_shared()).collect();
+    if !changed && !has_remnants(&own_extents) {
+        return Ok(());
+    }
+    let own = merge(own_extents.iter().map(|e| e.logical..e.end()).collect());
     if own.is_empty() {
         return Ok(());
     }
@@ -446,6 +448,21 @@ fn relocate_through(
     done.bytes_relocated += moved.bytes_deduped;
     done.blocks_differing += moved.blocks_differing;
     Ok(())
+}
+
+/// Whether two of `extents` (in file order) with a gap between them lie at the
+/// same distance between file offset and disk address: pieces of one extent
+/// whose middle is referenced no more, which btrfs keeps allocated in full.
+/// (Data step 5 moved is packed on disk, so its pieces lie at different
+/// distances.)
+fn has_remnants(extents: &[Extent]) -> bool {
+    extents.windows(2).any(|pair| {
+        let (x, y) = (&pair[0], &pair[1]);
+        y.logical > x.end()
+            && x.has_location()
+            && y.has_location()
+            && x.physical.wrapping_sub(x.logical) == y.physical.wrapping_sub(y.logical)
+    })
 }
 
 /// Opens a complete (0440) image for punching. Root may; an owner who may
@@ -710,6 +727,15 @@ mod tests {
         assert_eq!(shared_ranges(&b, &a), vec![0..100]);
         let c = [ext(20, 1020, 30)];
         assert_eq!(shared_ranges(&a, &c), vec![20..50]);
+    }
+
+    #[test]
+    fn remnants_are_pieces_of_one_extent_with_a_gap() {
+        // One extent at disk 1000 for file 0.., its middle gone.
+        assert!(has_remnants(&[ext(0, 1000, 10), ext(50, 1050, 10)]));
+        // Packed pieces (moved by step 5) and adjacent pieces are not.
+        assert!(!has_remnants(&[ext(0, 1000, 10), ext(50, 1010, 10)]));
+        assert!(!has_remnants(&[ext(0, 1000, 10), ext(10, 1010, 10)]));
     }
 
     #[test]
