@@ -28,6 +28,9 @@ _backy() {
             backy,expire)
                 cmd="backy__subcmd__expire"
                 ;;
+            backy,export-diff)
+                cmd="backy__subcmd__export__subcmd__diff"
+                ;;
             backy,find)
                 cmd="backy__subcmd__find"
                 ;;
@@ -42,6 +45,9 @@ _backy() {
                 ;;
             backy,nbd-server)
                 cmd="backy__subcmd__nbd__subcmd__server"
+                ;;
+            backy,reshare)
+                cmd="backy__subcmd__reshare"
                 ;;
             backy,restore)
                 cmd="backy__subcmd__restore"
@@ -67,6 +73,9 @@ _backy() {
             backy__subcmd__help,expire)
                 cmd="backy__subcmd__help__subcmd__expire"
                 ;;
+            backy__subcmd__help,export-diff)
+                cmd="backy__subcmd__help__subcmd__export__subcmd__diff"
+                ;;
             backy__subcmd__help,find)
                 cmd="backy__subcmd__help__subcmd__find"
                 ;;
@@ -81,6 +90,9 @@ _backy() {
                 ;;
             backy__subcmd__help,nbd-server)
                 cmd="backy__subcmd__help__subcmd__nbd__subcmd__server"
+                ;;
+            backy__subcmd__help,reshare)
+                cmd="backy__subcmd__help__subcmd__reshare"
                 ;;
             backy__subcmd__help,restore)
                 cmd="backy__subcmd__help__subcmd__restore"
@@ -101,7 +113,7 @@ _backy() {
 
     case "${cmd}" in
         backy)
-            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget scheduler check expire nbd-server completions help"
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -266,6 +278,48 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__export__subcmd__diff)
+            opts="-r -v -l -b -h -V --revision --from --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__find)
             opts="-r -v -l -b -h -V --revision --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -343,7 +397,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help)
-            opts="init backup restore find status verify forget scheduler check expire nbd-server completions help"
+            opts="init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -399,6 +453,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__expire)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__export__subcmd__diff)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -469,6 +537,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__nbd__subcmd__server)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__reshare)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -599,6 +681,36 @@ _backy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__reshare)
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --logfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -36,6 +36,8 @@ complete -c backy -n "__fish_backy_needs_command" -f -a "find" -d 'Print the abs
 complete -c backy -n "__fish_backy_needs_command" -f -a "status" -d 'Show all revisions'
 complete -c backy -n "__fish_backy_needs_command" -f -a "verify" -d 'Check revisions against their checksum manifests'
 complete -c backy -n "__fish_backy_needs_command" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_needs_command" -f -a "reshare" -d 'After a plain copy of the job directory (cp, rsync): share each revision\'s unchanged blocks with its parent again'
+complete -c backy -n "__fish_backy_needs_command" -f -a "export-diff" -d 'Write an `rbd export-diff` (v1) stream that takes an RBD image from one revision to another, to stdout, for `rbd import-diff - POOL/IMAGE`'
 complete -c backy -n "__fish_backy_needs_command" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
 complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
@@ -86,6 +88,18 @@ complete -c backy -n "__fish_backy_using_subcommand forget" -l force -d 'Also de
 complete -c backy -n "__fish_backy_using_subcommand forget" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s r -l revision -d 'The revision the image is to hold afterwards' -r
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -l from -d 'The revision the image holds now (its snapshot backy-<id> must exist)' -r
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s c -l config -d 'The scheduler configuration' -r -F
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s b -l backupdir -d 'The job directory' -r -F
@@ -120,16 +134,18 @@ complete -c backy -n "__fish_backy_using_subcommand completions" -s b -l backupd
 complete -c backy -n "__fish_backy_using_subcommand completions" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "reshare" -d 'After a plain copy of the job directory (cp, rsync): share each revision\'s unchanged blocks with its parent again'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "export-diff" -d 'Write an `rbd export-diff` (v1) stream that takes an RBD image from one revision to another, to stdout, for `rbd import-diff - POOL/IMAGE`'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget reshare export-diff scheduler check expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
