@@ -177,3 +177,39 @@ fn export_diff_takes_an_rbd_image_to_another_revision() {
     .failure()
     .stderr_has("nosuch");
 }
+
+/// Without Ceph: the stream names both snapshots, and a revision without a
+/// manifest is refused with a message that says what to do instead.
+#[test]
+fn export_diff_names_the_snapshots_and_needs_manifests() {
+    let Some(fs) = TestFs::new(FsKind::Btrfs, 256) else {
+        return;
+    };
+    let src = fs.join("source.img");
+    write_file(&src, 4 * MIB, &[(0, &pattern_bytes(1, MIB as usize))]);
+    let job = fs.join("job");
+    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    run_ok(backy_job(&job).args(["backup", "daily"]));
+    write_at(&src, 2 * MIB, b"changed");
+    run_ok(backy_job(&job).args(["backup", "daily"]));
+    let r = run_ok(backy_job(&job).args(["status", "--json"]));
+    let revs: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let (old, new) = (
+        revs[0]["id"].as_str().unwrap().to_string(),
+        revs[1]["id"].as_str().unwrap().to_string(),
+    );
+    let stream =
+        run_ok(backy_job(&job).args(["export-diff", "-r", &new, "--from", &old])).stdout_bytes;
+    assert!(stream.starts_with(b"rbd diff v1\nf"), "{:?}", &stream[..20]);
+    let find = |needle: &str| stream.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(find(&format!("backy-{old}")) && find(&format!("backy-{new}")));
+    assert_eq!(stream.last(), Some(&b'e'));
+    // One 64 KiB block changed: the stream is that block and its framing.
+    assert!(stream.len() < 70_000, "{} bytes", stream.len());
+
+    fs::remove_file(job.join(format!("{old}.sums"))).unwrap();
+    run(backy_job(&job).args(["export-diff", "-r", &new, "--from", &old]))
+        .failure()
+        .stderr_has("has no usable checksum manifest")
+        .stderr_has("backy restore");
+}
