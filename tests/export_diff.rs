@@ -76,7 +76,9 @@ impl Setup {
             .status()
             .unwrap();
         assert!(status.success());
-        fs::metadata(&file).unwrap().len()
+        let len = fs::metadata(&file).unwrap().len();
+        eprintln!("export-diff {args:?} into {image}: a stream of {len} bytes");
+        len
     }
 
     /// `rbd export` of `image` equals the file `want`.
