@@ -47,6 +47,8 @@ pub const TEMP_PREFIX: &str = ".reshare.";
 const PAGE: u64 = 4096;
 /// Bytes read at a time.
 const CHUNK: u64 = 1 << 20;
+/// Bytes of ranges to share that are prefetched ahead of `FIDEDUPERANGE`.
+const PREFETCH_AHEAD: u64 = 64 << 20;
 
 /// What [`reshare`] did, summed over the revisions of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -515,14 +517,28 @@ impl<'a> Pair<'a> {
 
     /// Dedupes each of `runs` (byte ranges, equal offsets in both files),
     /// less what is already shared, rounded out to `unit`.
+    ///
+    /// The kernel reads the pages it compares one at a time, so both files'
+    /// ranges are prefetched ([`PREFETCH_AHEAD`] bytes ahead of the calls).
     fn share(&self, runs: &[Range<u64>], unit: u64, done: &mut Reshared) -> Result<()> {
+        let mut pieces = Vec::new();
         for run in runs {
-            let pieces = subtract(run, &self.shared, unit);
-            let todo: u64 = pieces.iter().map(|p| p.end - p.start).sum();
-            done.bytes_already_shared += (run.end - run.start) - todo;
-            for piece in pieces {
-                self.dedupe(piece, unit, done)?;
+            let todo = subtract(run, &self.shared, unit);
+            let todo_bytes: u64 = todo.iter().map(|p| p.end - p.start).sum();
+            done.bytes_already_shared += (run.end - run.start) - todo_bytes;
+            pieces.extend(todo);
+        }
+        let (mut next, mut ahead) = (0, 0);
+        for (n, piece) in pieces.iter().enumerate() {
+            while next < pieces.len() && (next <= n || ahead < PREFETCH_AHEAD) {
+                let p = &pieces[next];
+                sys::prefetch(self.base, p.start, p.end - p.start);
+                sys::prefetch(self.image, p.start, p.end - p.start);
+                ahead += p.end - p.start;
+                next += 1;
             }
+            self.dedupe(piece.clone(), unit, done)?;
+            ahead -= piece.end - piece.start;
         }
         Ok(())
     }
