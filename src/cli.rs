@@ -160,6 +160,34 @@ pub enum Command {
         #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: String,
     },
+    /// After a plain copy of the job directory (cp, rsync): share each
+    /// revision's unchanged blocks with its parent again.
+    ///
+    /// The manifests say which blocks are equal; the kernel compares the bytes
+    /// before it shares them (FIDEDUPERANGE), so content never changes. Safe to
+    /// interrupt and to run again (a second run only checks).
+    Reshare,
+    /// Write an `rbd export-diff` (v1) stream that takes an RBD image from one
+    /// revision to another, to stdout, for `rbd import-diff - POOL/IMAGE`.
+    ///
+    /// Only the blocks whose checksums differ are sent, in either direction in
+    /// time. The image must hold revision FROM and a snapshot `backy-<FROM id>`;
+    /// the import creates the snapshot `backy-<SPEC id>`. Without --from, a full
+    /// diff for an empty image.
+    ExportDiff {
+        /// The revision the image is to hold afterwards.
+        #[arg(
+            short,
+            long,
+            value_name = "SPEC",
+            allow_negative_numbers = true,
+            default_value = "latest"
+        )]
+        revision: String,
+        /// The revision the image holds now (its snapshot backy-<id> must exist).
+        #[arg(long, value_name = "SPEC", allow_negative_numbers = true)]
+        from: Option<String>,
+    },
     /// Run the scheduler daemon in the foreground.
     Scheduler {
         /// The scheduler configuration.

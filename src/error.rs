@@ -742,6 +742,45 @@ pub enum Error {
         /// The --until value as given.
         until: String,
     },
+    // --- issue 14, reshare and export-diff (keep together) ---
+    /// The job's filesystem cannot share extents of two files (`FIDEDUPERANGE`).
+    #[error(
+        "cannot share extents of {} with its base: {}; reshare needs btrfs or XFS with reflink=1, with the job on one filesystem",
+        path.display(),
+        plain_io(source)
+    )]
+    DedupeUnsupported {
+        /// The image being reshared.
+        path: PathBuf,
+        /// The OS error (EOPNOTSUPP, EINVAL, EXDEV).
+        #[source]
+        source: io::Error,
+    },
+    /// `export-diff` would write its binary stream to a terminal.
+    #[error(
+        "export-diff writes a binary rbd diff stream to stdout, which is a terminal; pipe it into 'rbd import-diff - POOL/IMAGE' or redirect it to a file"
+    )]
+    DiffToTerminal,
+    /// `export-diff` needs the manifests of both revisions.
+    #[error(
+        "revision {id} has no usable checksum manifest ({reason}), so export-diff cannot tell which blocks differ; restore it in full with 'backy restore -r {id} - | rbd import - POOL/IMAGE'"
+    )]
+    DiffNeedsManifest {
+        /// The revision.
+        id: String,
+        /// Why its manifest cannot be used.
+        reason: String,
+    },
+    /// A block `export-diff` read does not match the revision's manifest.
+    #[error(
+        "revision {id} does not match its checksum manifest at offset {offset}; the diff stream was cut off before its end record, so 'rbd import-diff' rejects it; run 'backy verify -r {id}'"
+    )]
+    DiffSourceDamaged {
+        /// The revision.
+        id: String,
+        /// The block's offset.
+        offset: u64,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),

@@ -10,6 +10,7 @@
 //!     .backup                 backup lock (flock, exclusive while a backup runs)
 //!     .purge                  shared by backup/restore/verify, exclusive to delete
 //!     .meta                   held for each `.rev` write (a read-modify-write)
+//!     .reshare.<pid>          temporary file of a running `reshare` on btrfs
 //!     config                  YAML source mapping ({type: file, filename: ...})
 //!     <id>                    raw sparse image of revision <id>   (0440 once complete)
 //!     <id>.rev                YAML metadata (see [`revision`])    (0440 once complete)
@@ -45,13 +46,13 @@
 //!
 //! Locks are `flock`s taken without waiting; a held lock is an error that names it.
 //!
-//! | operation             | `.backup`  | `.purge`   |
-//! |-----------------------|------------|------------|
-//! | backup, receive       | exclusive  | shared     |
-//! | restore, verify, send | -          | shared     |
-//! | distrust, (un)protect | -          | shared     |
-//! | expire, forget        | exclusive  | exclusive  |
-//! | nbd-server            | -          | -          |
+//! | operation                          | `.backup`  | `.purge`   |
+//! |------------------------------------|------------|------------|
+//! | backup, receive, reshare           | exclusive  | shared     |
+//! | restore, verify, send, export-diff | -          | shared     |
+//! | distrust, (un)protect              | -          | shared     |
+//! | expire, forget                     | exclusive  | exclusive  |
+//! | nbd-server                         | -          | -          |
 //!
 //! Always `.backup` before `.purge`. Each `.rev` write also takes `.meta`
 //! exclusively for its few milliseconds (waiting up to 30 s for another

@@ -3,8 +3,9 @@
 //! Everything here goes through rustix's safe API, so this module has no `unsafe`.
 //! The crate's only `unsafe` code is the librbd/librados FFI in
 //! [`crate::source::rbd::librbd`] (loaded at run time with `dlopen` so that backy
-//! builds without Ceph) and the one `FS_IOC_FIEMAP` ioctl in
-//! [`crate::image::fiemap`], which rustix does not wrap; each has its own SAFETY note. Errors keep their
+//! builds without Ceph) and the `FS_IOC_FIEMAP` and `FIDEDUPERANGE` ioctls in
+//! [`crate::image::fiemap`] and [`crate::image::dedupe`], which rustix does not
+//! wrap; each has its own SAFETY note. Errors keep their
 //! `io::ErrorKind` so callers can tell "not supported" (fall back) from a real
 //! failure (give up).
 

@@ -5,12 +5,14 @@ mod check;
 mod completions;
 mod distrust;
 mod expire;
+mod export_diff;
 mod find;
 mod forget;
 mod init;
 mod nbd_server;
 mod protect;
 mod receive;
+mod reshare;
 mod restore;
 mod scheduler;
 mod send;
@@ -50,6 +52,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
             },
         ),
         Command::Find { revision } => find::run(dir, revision),
+        Command::Reshare => reshare::run(dir),
+        Command::ExportDiff { revision, from } => export_diff::run(dir, revision, from.as_deref()),
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision, sample } => verify::run(dir, revision.as_deref(), *sample),
         Command::Forget {

@@ -4,10 +4,12 @@
 //! sources see only [`writer::ImageWriter`].
 
 pub mod blockset;
+pub mod dedupe;
 pub mod fiemap;
 pub mod prefetch;
 pub mod reader;
 pub mod scrub;
+pub mod reshare;
 pub mod sums;
 pub mod verify;
 pub mod writer;

@@ -21,6 +21,7 @@
 //! unshares the pages that hold changed digests.
 
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -306,6 +307,50 @@ impl Manifest {
     }
 }
 
+/// The blocks whose digests differ between `a` and `b`, as coalesced ranges of
+/// block numbers, in order, over the longer of the two.
+///
+/// A block beyond one manifest's end counts as the zero marker there (a grown
+/// image's new tail reads as zeros), so growing with zeros differs nowhere.
+/// Equal digests mean equal bytes of equal length: a short last block has a
+/// digest of its own, except when all zero. Both manifests must have the same
+/// block size.
+pub fn differing_blocks(a: &mut Manifest, b: &mut Manifest) -> Result<Vec<Range<u64>>> {
+    if a.block_size() != b.block_size() {
+        return Err(bad(
+            &b.path,
+            &format!(
+                "its block size {} differs from {}'s {}",
+                b.block_size(),
+                a.path.display(),
+                a.block_size()
+            ),
+        ));
+    }
+    let (a_blocks, b_blocks) = (a.blocks(), b.blocks());
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    for block in 0..a_blocks.max(b_blocks) {
+        let da = if block < a_blocks {
+            a.get(block)?
+        } else {
+            Digest::ZERO
+        };
+        let db = if block < b_blocks {
+            b.get(block)?
+        } else {
+            Digest::ZERO
+        };
+        if da == db {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(run) if run.end == block => run.end += 1,
+            _ => runs.push(block..block + 1),
+        }
+    }
+    Ok(runs)
+}
+
 fn bad(path: &Path, why: &str) -> Error {
     Error::ManifestUnusable {
         path: path.to_owned(),
@@ -376,6 +421,31 @@ mod tests {
         assert_eq!(Digest::from_hex(&d.to_hex()), Some(d));
         assert_eq!(Digest::from_hex("00"), None);
         assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn differing_blocks_are_coalesced_and_zero_growth_is_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("a.sums"), dir.path().join("b.sums"));
+        let mut a = Manifest::create(&pa, 10 * BLOCK_SIZE).unwrap();
+        let mut b = Manifest::create(&pb, 14 * BLOCK_SIZE + 100).unwrap();
+        let (x, y) = (Digest::of(b"x"), Digest::of(b"y"));
+        for block in 0..10 {
+            a.set(block, x).unwrap();
+            b.set(block, x).unwrap();
+        }
+        for block in [2, 3, 4, 7] {
+            b.set(block, y).unwrap();
+        }
+        b.set(9, Digest::ZERO).unwrap();
+        b.set(12, y).unwrap();
+        b.set(14, y).unwrap();
+        let runs = differing_blocks(&mut a, &mut b).unwrap();
+        assert_eq!(runs, vec![2..5, 7..8, 9..10, 12..13, 14..15]);
+        assert_eq!(differing_blocks(&mut b, &mut a).unwrap(), runs, "symmetric");
+        a.sync().unwrap();
+        let mut again = Manifest::open(&pa, false).unwrap();
+        assert!(differing_blocks(&mut a, &mut again).unwrap().is_empty());
     }
 
     #[test]
