@@ -245,12 +245,21 @@ mod tests {
         };
         let covered: u64 = list.iter().map(|e| e.length).sum();
         assert!(covered >= 2 * 65536, "{list:?}");
-        assert!(list.iter().any(|e| e.logical <= 8 << 20 && e.end() > 8 << 20));
-        assert!(list.iter().all(|e| e.end() <= 16 << 20 || e.logical < 16 << 20));
+        assert!(
+            list.iter()
+                .any(|e| e.logical <= 8 << 20 && e.end() > 8 << 20)
+        );
+        assert!(
+            list.iter()
+                .all(|e| e.end() <= 16 << 20 || e.logical < 16 << 20)
+        );
         assert!(list.last().unwrap().flags & flags::LAST != 0);
         // A range query sees only the second piece.
         let part = extents_in(&f, 4 << 20, 8 << 20, false).unwrap();
         assert!(part.iter().all(|e| e.end() > 4 << 20), "{part:?}");
-        assert!(part.iter().any(|e| e.logical <= 8 << 20 && e.end() > 8 << 20));
+        assert!(
+            part.iter()
+                .any(|e| e.logical <= 8 << 20 && e.end() > 8 << 20)
+        );
     }
 }

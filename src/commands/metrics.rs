@@ -1,0 +1,237 @@
+//! `backy metrics -c CONFIG [--textfile PATH]`: the state of every configured
+//! job for Prometheus, in the text format node_exporter's textfile collector
+//! reads (see [`crate::metrics`]).
+//!
+//! Every job's samples carry the label `backy_job`, not `job`: Prometheus sets
+//! `job` itself when it scrapes node_exporter and would rename ours to
+//! `exported_job`.
+//!
+//! Where the values come from:
+//!
+//! - the job directories (read without locks, as `status` does): the newest
+//!   complete revision, the revisions by trust state, the damaged ones;
+//! - the scheduler's status file, judged as `backy check` judges it
+//!   ([`super::check::read_status`], [`super::check::job_sla`]): `backy_sla_ok`
+//!   is 1 only when the file is recent enough and lists the job within SLA.
+//!
+//! A job whose directory cannot be read gets `backy_job_readable 0` (and a
+//! warning on stderr) instead of failing the output; an unreadable scheduler
+//! configuration is an error.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+
+use super::check::{JobSla, StatusFile, is_stale, job_sla, max_status_age, read_status};
+use crate::error::{Error, Result};
+use crate::job::{Job, write_atomic};
+use crate::metrics::Exposition;
+use crate::revision::{Revision, Trust};
+use crate::schedule::config::Config;
+use crate::schedule::plan::sla_limit;
+
+/// The label that names the job in every per-job sample.
+const JOB_LABEL: &str = "backy_job";
+
+/// The trust states, in the order `backy_revisions` lists them.
+const TRUST_STATES: [Trust; 3] = [Trust::Trusted, Trust::Verified, Trust::Distrusted];
+
+/// Prints the metrics, or writes them atomically to `textfile` (mode 0644).
+pub fn run(config_path: &Path, textfile: Option<&Path>) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let text = exposition(&config, SystemTime::now()).render();
+    match textfile {
+        Some(path) => write_textfile(path, &text),
+        None => crate::output::stdout(&text),
+    }
+}
+
+/// Replaces `path` in one rename, so that the collector never reads half a
+/// file; the temporary `<name>.tmp` beside it does not end in `.prom`, so
+/// the collector ignores it.
+fn write_textfile(path: &Path, text: &str) -> Result<()> {
+    // Absolute, so that the directory synced after the rename is never "".
+    let path = std::path::absolute(path).map_err(Error::io("cannot resolve", path))?;
+    write_atomic(&path, text.as_bytes(), 0o644)
+}
+
+/// What one job directory says.
+struct DirFacts {
+    /// The newest complete revision.
+    newest: Option<Revision>,
+    /// Complete revisions per [`TRUST_STATES`].
+    by_trust: [u64; 3],
+    /// Damaged revisions.
+    damaged: u64,
+    /// Complete revisions dated after now.
+    future: u64,
+}
+
+impl DirFacts {
+    fn read(job: &Job, now: DateTime<Utc>) -> DirFacts {
+        let complete = || job.revisions.iter().filter(|r| r.is_complete());
+        DirFacts {
+            newest: job.newest_complete().cloned(),
+            by_trust: TRUST_STATES.map(|t| complete().filter(|r| r.trust == t).count() as u64),
+            damaged: job.damaged.len() as u64,
+            future: job.future_revisions(now).len() as u64,
+        }
+    }
+}
+
+/// One configured job.
+struct JobFacts<'a> {
+    name: &'a str,
+    /// Whether `backy check` counts it within SLA.
+    sla_ok: bool,
+    /// 1.5 times the shortest interval of its schedule, in seconds.
+    sla_limit: Option<u64>,
+    /// `None`: the directory could not be read.
+    dir: Option<DirFacts>,
+}
+
+/// Seconds since the epoch, with microseconds.
+fn epoch_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
+}
+
+/// When the backup of `rev` finished: its timestamp (the start) plus its
+/// duration.
+pub fn finished_at(rev: &Revision) -> f64 {
+    epoch_seconds(rev.timestamp) + rev.duration().unwrap_or(0.0)
+}
+
+/// All metrics of `config`'s jobs at time `now`.
+pub fn exposition(config: &Config, now: SystemTime) -> Exposition {
+    let now_utc = DateTime::<Utc>::from(now);
+    let status = read_status(config, now);
+    let fresh_jobs = match &status {
+        StatusFile::Read { age, jobs, .. } if !is_stale(config, *age) => Some(jobs.as_slice()),
+        _ => None,
+    };
+    if let StatusFile::Unreadable(e) = &status {
+        tracing::warn!("{}", e.report());
+    }
+    let jobs: Vec<JobFacts> = config
+        .jobs
+        .iter()
+        .map(|(name, def)| JobFacts {
+            name,
+            sla_ok: fresh_jobs.is_some_and(|jobs| job_sla(jobs, name) == JobSla::Within),
+            sla_limit: config
+                .schedules
+                .get(&def.schedule)
+                .map(|s| sla_limit(s).as_secs()),
+            dir: match Job::open(&config.job_dir(name)) {
+                Ok(job) => Some(DirFacts::read(&job, now_utc)),
+                Err(e) => {
+                    tracing::warn!("Job {name}: {}", e.report());
+                    None
+                }
+            },
+        })
+        .collect();
+
+    let mut e = Exposition::new();
+    e.gauge(
+        "backy_metrics_generated_timestamp_seconds",
+        "When backy metrics wrote these metrics.",
+    )
+    .sample(
+        &[],
+        now.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64(),
+    );
+    if let StatusFile::Read { modified, .. } = &status {
+        e.gauge(
+            "backy_status_file_timestamp_seconds",
+            "When the scheduler last wrote its status file.",
+        )
+        .sample(&[], epoch_seconds(DateTime::<Utc>::from(*modified)));
+    }
+    e.gauge(
+        "backy_status_file_max_age_seconds",
+        "How old the status file may get before backy check calls the scheduler not running.",
+    )
+    .sample(&[], max_status_age(config).as_secs());
+    job_gauges(&mut e, &jobs);
+    e
+}
+
+/// The per-job families.
+fn job_gauges(e: &mut Exposition, jobs: &[JobFacts]) {
+    let readable = e.gauge(
+        "backy_job_readable",
+        "1 when the job directory could be read, 0 when it is missing or unreadable (its other per-directory metrics are then absent).",
+    );
+    for j in jobs {
+        readable.sample(&[(JOB_LABEL, j.name)], j.dir.is_some());
+    }
+    let sla = e.gauge(
+        "backy_sla_ok",
+        "1 when backy check counts the job within its SLA: the status file is recent and lists it as OK; 0 otherwise.",
+    );
+    for j in jobs {
+        sla.sample(&[(JOB_LABEL, j.name)], j.sla_ok);
+    }
+    let limit = e.gauge(
+        "backy_sla_limit_seconds",
+        "How old the newest complete revision may get: 1.5 times the shortest interval of the job's schedule.",
+    );
+    for j in jobs {
+        if let Some(s) = j.sla_limit {
+            limit.sample(&[(JOB_LABEL, j.name)], s);
+        }
+    }
+    let dirs = || jobs.iter().filter_map(|j| j.dir.as_ref().map(|d| (j, d)));
+    let newest = || dirs().filter_map(|(j, d)| d.newest.as_ref().map(|r| (j, r)));
+
+    let f = e.gauge(
+        "backy_last_success_timestamp_seconds",
+        "When the newest complete revision's backup finished: its timestamp (the start) plus its duration.",
+    );
+    for (j, rev) in newest() {
+        f.sample(&[(JOB_LABEL, j.name)], finished_at(rev));
+    }
+    let f = e.gauge(
+        "backy_last_backup_duration_seconds",
+        "How long the backup of the newest complete revision took.",
+    );
+    for (j, rev) in newest() {
+        f.sample(&[(JOB_LABEL, j.name)], rev.duration().unwrap_or(0.0));
+    }
+    let f = e.gauge(
+        "backy_last_backup_changed_bytes",
+        "Bytes the backup of the newest complete revision changed (stats.bytes_changed; absent for revisions of backy 2.x).",
+    );
+    for (j, rev) in newest() {
+        if let Some(n) = rev.stat_u64("bytes_changed") {
+            f.sample(&[(JOB_LABEL, j.name)], n);
+        }
+    }
+    let f = e.gauge(
+        "backy_revisions",
+        "Complete revisions of the job, by trust state.",
+    );
+    for (j, d) in dirs() {
+        for (trust, n) in TRUST_STATES.iter().zip(d.by_trust) {
+            f.sample(&[(JOB_LABEL, j.name), ("trust", trust.as_str())], n);
+        }
+    }
+    let f = e.gauge(
+        "backy_damaged_revisions",
+        "Revisions whose metadata cannot be read or whose image is missing (backy status lists them).",
+    );
+    for (j, d) in dirs() {
+        f.sample(&[(JOB_LABEL, j.name)], d.damaged);
+    }
+    let f = e.gauge(
+        "backy_future_revisions",
+        "Complete revisions dated in the future (made while the clock was ahead).",
+    );
+    for (j, d) in dirs() {
+        f.sample(&[(JOB_LABEL, j.name)], d.future);
+    }
+}
