@@ -235,3 +235,190 @@ fn job_gauges(e: &mut Exposition, jobs: &[JobFacts]) {
         f.sample(&[(JOB_LABEL, j.name)], d.future);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::status::{JobStatus, write_status_file};
+    use std::time::Duration;
+
+    fn status(job: &str, sla: &str) -> JobStatus {
+        JobStatus {
+            job: job.into(),
+            sla: sla.into(),
+            status: "finished".into(),
+            last_time: "-".into(),
+            last_tags: String::new(),
+            last_duration: "-".into(),
+            next_time: "-".into(),
+            next_tags: String::new(),
+            warnings: Vec::new(),
+            last_failure: String::new(),
+            last_failure_kind: String::new(),
+            consistency: None,
+            consistency_warning: None,
+        }
+    }
+
+    /// A revision written by hand: `<id>.rev` and an empty image.
+    fn revision(dir: &Path, id: &str, timestamp: &str, stats: &str, trust: &str) {
+        std::fs::write(dir.join(id), b"").unwrap();
+        std::fs::write(
+            dir.join(format!("{id}.rev")),
+            format!("uuid: {id}\ntimestamp: {timestamp}\nparent: null\ntags: [daily]\nstats: {stats}\ntrust: {trust}\n"),
+        )
+        .unwrap();
+    }
+
+    /// The value of the sample whose line starts with `series` (name and labels).
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_owned)
+    }
+
+    fn setup() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        let conf = format!(
+            "global: {{base-dir: {}}}\nschedules: {{s: {{daily: {{interval: 1d, keep: 3}}, hourly: {{interval: 1h, keep: 3}}}}}}\njobs:\n  a: {{schedule: s, source: {{type: file, filename: /a}}}}\n  b: {{schedule: s, source: {{type: file, filename: /b}}}}\n  c: {{schedule: s, source: {{type: file, filename: /c}}}}\n",
+            base.display()
+        );
+        let config = Config::parse(&conf).unwrap();
+        let a = base.join("a");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::write(a.join("config"), "{type: file, filename: /a}\n").unwrap();
+        revision(
+            &a,
+            "old",
+            "2026-01-01 00:00:00+00:00",
+            "{duration: 9.0}",
+            "distrusted",
+        );
+        revision(
+            &a,
+            "new",
+            "2026-01-02 00:00:00.25+00:00",
+            "{bytes_written: 100, bytes_changed: 4096, duration: 2.5}",
+            "verified",
+        );
+        // Incomplete (no duration): not counted, not the newest.
+        revision(&a, "running", "2026-01-03 00:00:00+00:00", "{}", "trusted");
+        std::fs::write(a.join("broken.rev"), "not: [yaml").unwrap();
+        // c's directory exists but is empty: readable, without revisions.
+        std::fs::create_dir_all(base.join("c")).unwrap();
+        write_status_file(
+            &config.status_file,
+            &[status("a", "OK"), status("c", "TOO OLD")],
+        )
+        .unwrap();
+        (dir, config)
+    }
+
+    #[test]
+    fn values_come_from_the_job_directories_and_the_status_file() {
+        let (_dir, config) = setup();
+        let now = SystemTime::now();
+        let text = exposition(&config, now).render();
+        let v = |series: &str| value(&text, series);
+        assert_eq!(
+            v(r#"backy_last_success_timestamp_seconds{backy_job="a"}"#).as_deref(),
+            // 2026-01-02 00:00:00.25 UTC + 2.5 s
+            Some("1767312002.75"),
+            "{text}"
+        );
+        assert_eq!(
+            v(r#"backy_last_backup_duration_seconds{backy_job="a"}"#).as_deref(),
+            Some("2.5")
+        );
+        assert_eq!(
+            v(r#"backy_last_backup_changed_bytes{backy_job="a"}"#).as_deref(),
+            Some("4096")
+        );
+        for (trust, n) in [("trusted", "0"), ("verified", "1"), ("distrusted", "1")] {
+            let series = format!(r#"backy_revisions{{backy_job="a",trust="{trust}"}}"#);
+            assert_eq!(v(&series).as_deref(), Some(n), "{series}\n{text}");
+        }
+        assert_eq!(
+            v(r#"backy_damaged_revisions{backy_job="a"}"#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            v(r#"backy_future_revisions{backy_job="a"}"#).as_deref(),
+            Some("0")
+        );
+        // 1.5 times the shortest interval (1 hour).
+        assert_eq!(
+            v(r#"backy_sla_limit_seconds{backy_job="b"}"#).as_deref(),
+            Some("5400")
+        );
+        for (job, readable, sla) in [("a", "1", "1"), ("b", "0", "0"), ("c", "1", "0")] {
+            let r = format!(r#"backy_job_readable{{backy_job="{job}"}}"#);
+            assert_eq!(v(&r).as_deref(), Some(readable), "{r}\n{text}");
+            let s = format!(r#"backy_sla_ok{{backy_job="{job}"}}"#);
+            assert_eq!(v(&s).as_deref(), Some(sla), "{s}\n{text}");
+        }
+        // Nothing per revision for the unreadable job and the empty one.
+        assert!(!text.contains(r#"backy_revisions{backy_job="b""#), "{text}");
+        assert!(!text.contains(r#"backy_last_backup_duration_seconds{backy_job="c""#));
+        assert_eq!(
+            v(r#"backy_revisions{backy_job="c",trust="trusted"}"#).as_deref(),
+            Some("0")
+        );
+        let generated: f64 = v("backy_metrics_generated_timestamp_seconds")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let expected = now.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(
+            (generated - expected).abs() < 1e-3,
+            "{generated} {expected}"
+        );
+        assert!(v("backy_status_file_timestamp_seconds").is_some());
+        assert_eq!(
+            v("backy_status_file_max_age_seconds").as_deref(),
+            Some("300")
+        );
+    }
+
+    /// A stale status file means the scheduler is not running: `check` is
+    /// CRITICAL, so no job counts as within SLA; without a status file neither.
+    #[test]
+    fn a_stale_or_missing_status_file_puts_every_job_out_of_sla() {
+        let (_dir, config) = setup();
+        let later = SystemTime::now() + Duration::from_secs(301);
+        let text = exposition(&config, later).render();
+        assert_eq!(
+            value(&text, r#"backy_sla_ok{backy_job="a"}"#).as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        std::fs::remove_file(&config.status_file).unwrap();
+        let text = exposition(&config, SystemTime::now()).render();
+        assert_eq!(
+            value(&text, r#"backy_sla_ok{backy_job="a"}"#).as_deref(),
+            Some("0")
+        );
+        assert!(
+            !text.contains("backy_status_file_timestamp_seconds"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_textfile_is_replaced_whole_with_mode_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backy.prom");
+        std::fs::write(&path, "old\n").unwrap();
+        write_textfile(&path, "# HELP x y\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# HELP x y\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["backy.prom"], "no temporary file is left");
+    }
+}
