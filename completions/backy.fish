@@ -38,6 +38,7 @@ complete -c backy -n "__fish_backy_needs_command" -f -a "verify" -d 'Check revis
 complete -c backy -n "__fish_backy_needs_command" -f -a "forget" -d 'Delete one revision'
 complete -c backy -n "__fish_backy_needs_command" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
 complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "metrics" -d 'Write the state of every job for Prometheus (node_exporter\'s textfile format)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "completions" -d 'Print a shell completion script'
@@ -98,6 +99,13 @@ complete -c backy -n "__fish_backy_using_subcommand check" -s b -l backupdir -d 
 complete -c backy -n "__fish_backy_using_subcommand check" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand check" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand check" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand metrics" -s c -l config -d 'The scheduler configuration' -r -F
+complete -c backy -n "__fish_backy_using_subcommand metrics" -l textfile -d 'Replace this file atomically (mode 0644) instead of printing to stdout, e.g. /var/lib/prometheus/node-exporter/backy.prom' -r -F
+complete -c backy -n "__fish_backy_using_subcommand metrics" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand metrics" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand metrics" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand metrics" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand metrics" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand expire" -s c -l config -d 'The scheduler configuration that holds the job\'s schedule' -r -F
 complete -c backy -n "__fish_backy_using_subcommand expire" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand expire" -s b -l backupdir -d 'The job directory' -r -F
@@ -120,16 +128,17 @@ complete -c backy -n "__fish_backy_using_subcommand completions" -s b -l backupd
 complete -c backy -n "__fish_backy_using_subcommand completions" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "metrics" -d 'Write the state of every job for Prometheus (node_exporter\'s textfile format)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
