@@ -561,6 +561,16 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// A revision's lifecycle was used wrongly (a bug in backy, not in the
+    /// job): beginning a revision that exists, or an update that changed a
+    /// revision's id or completeness.
+    #[error("internal error in revision {id}: {what}; please report this as a bug")]
+    Lifecycle {
+        /// The revision.
+        id: String,
+        /// What went wrong.
+        what: &'static str,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),

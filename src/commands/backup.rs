@@ -92,7 +92,7 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
         rev.parent.as_deref().unwrap_or("none"),
         rev.tags.iter().cloned().collect::<Vec<_>>().join(",")
     );
-    job.write_rev(&rev)?;
+    job.begin_revision(&rev, &lock)?;
     failpoint::hit("after-incomplete-rev");
 
     let plan = source::Plan {
@@ -102,7 +102,7 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
             .as_ref()
             .is_some_and(|p| p.trust == Trust::Distrusted),
         diffs_in_a_row: job
-            .revisions
+            .revisions()
             .iter()
             .rev()
             .filter(|r| r.is_complete())
@@ -135,14 +135,7 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
         }
     }
 
-    rev.set_stat(
-        "duration",
-        (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-    );
-    job.write_rev(&rev)?;
-    failpoint::hit("after-complete-rev");
-    job.add_revision(rev.clone());
-    job.update_last()?;
+    job.commit_revision(&mut rev, started.elapsed().as_secs_f64(), &lock)?;
     failpoint::hit("after-last");
     if let Err(e) = source.cleanup(&rev.id) {
         tracing::warn!(
@@ -150,7 +143,7 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
             rev.id
         );
     }
-    verify_newest_distrusted(&job);
+    verify_newest_distrusted(&mut job);
     tracing::info!(
         "Revision {} complete: {} bytes changed in {:.1} s",
         rev.id,
@@ -187,12 +180,7 @@ fn heal(
     allow_copy: bool,
     (detail, failure): (String, Error),
 ) -> Result<()> {
-    let mut damaged = parent.clone();
-    damaged.trust = Trust::Distrusted;
-    job.write_rev(&damaged)?;
-    if let Some(r) = job.revisions.iter_mut().find(|r| r.id == damaged.id) {
-        r.trust = Trust::Distrusted;
-    }
+    let damaged = job.update_rev(&parent.id, |r| r.trust = Trust::Distrusted)?;
     if !source.patch_again_distrusting_parent() {
         tracing::warn!(
             "Parent {} is damaged on disk: {detail}; marked it distrusted, so the next backup compares the whole source",
@@ -428,12 +416,13 @@ fn parent_manifest(
 
 /// As backy 2.5: after a backup, re-check the newest distrusted revision, so a
 /// false alarm clears itself and a real one stays on record. Never fails the backup.
-fn verify_newest_distrusted(job: &Job) {
+fn verify_newest_distrusted(job: &mut Job) {
     let Some(rev) = job
-        .revisions
+        .revisions()
         .iter()
         .rev()
         .find(|r| r.is_complete() && r.trust == Trust::Distrusted)
+        .cloned()
     else {
         return;
     };

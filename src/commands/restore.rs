@@ -54,7 +54,7 @@ enum Target {
 
 /// The revision being restored, with what is needed to check it.
 struct Restore<'a> {
-    job: &'a Job,
+    job: &'a mut Job,
     rev: Revision,
     src: File,
     src_path: PathBuf,
@@ -66,13 +66,13 @@ struct Restore<'a> {
 /// Copies a revision to `target`: `-` (stdout), a block device, a character
 /// device or FIFO, or a file.
 pub fn run(dir: &Path, spec: &str, target: &Path, opts: Options) -> Result<()> {
-    let job = Job::open(dir)?;
+    let mut job = Job::open(dir)?;
     let _lock = job.lock_read()?;
     let rev = job.resolve(spec)?.clone();
     let src_path = job.image_path(&rev.id);
     let src = File::open(&src_path).map_err(Error::io("cannot open revision image", &src_path))?;
     let size = image::file_size(&src, &src_path)?;
-    let manifest = load_manifest(&job, &rev, &src_path, size, opts)?;
+    let manifest = load_manifest(&mut job, &rev, &src_path, size, opts)?;
     warn_about_trust(&rev, manifest.is_some(), opts);
     let kind = classify(target)?;
     tracing::info!(
@@ -87,7 +87,7 @@ pub fn run(dir: &Path, spec: &str, target: &Path, opts: Options) -> Result<()> {
         }
     );
     let mut restore = Restore {
-        job: &job,
+        job: &mut job,
         rev,
         src,
         src_path,
@@ -106,7 +106,7 @@ pub fn run(dir: &Path, spec: &str, target: &Path, opts: Options) -> Result<()> {
 /// `None` when there is none (backy 2.1) or it is unusable, which `--verify`
 /// refuses.
 fn load_manifest(
-    job: &Job,
+    job: &mut Job,
     rev: &Revision,
     image_path: &Path,
     size: u64,
@@ -205,14 +205,12 @@ fn warn(opts: Options, msg: &str) {
 
 /// Marks a revision found damaged as distrusted (best effort: a read-only job
 /// directory still gets the restore's error).
-fn distrust(job: &Job, rev: &Revision) {
+fn distrust(job: &mut Job, rev: &Revision) {
     if rev.trust == Trust::Distrusted {
         return;
     }
-    let mut rev = rev.clone();
-    rev.trust = Trust::Distrusted;
-    match job.write_rev(&rev) {
-        Ok(()) => tracing::warn!("Revision {} is now distrusted", rev.id),
+    match job.update_rev(&rev.id, |r| r.trust = Trust::Distrusted) {
+        Ok(_) => tracing::warn!("Revision {} is now distrusted", rev.id),
         Err(e) => tracing::warn!("Could not mark revision {} distrusted: {e}", rev.id),
     }
 }
@@ -249,13 +247,18 @@ fn classify(target: &Path) -> Result<Target> {
 
 /// The revision a file name of the job directory belongs to.
 fn owner(job: &Job, name: &str) -> Option<String> {
-    ["", ".rev", ".sums", ".rev.tmp", ".sums.tmp"]
+    // Strip a temp file's tail (`.rev.tmp-<pid>-<n>`), then the suffix.
+    let base = name
+        .find(crate::job::TEMP_INFIX)
+        .map_or(name, |at| &name[..at]);
+    let base = base.strip_suffix(".tmp").unwrap_or(base);
+    ["", ".rev", ".sums"]
         .iter()
-        .filter_map(|suffix| name.strip_suffix(suffix))
+        .filter_map(|suffix| base.strip_suffix(suffix))
         .find(|stem| {
             !stem.is_empty()
                 && *stem != "last"
-                && (job.revisions.iter().any(|r| r.id == *stem)
+                && (job.revision(stem).is_some()
                     || job.rev_path(stem).exists()
                     || job.sums_path(stem).exists())
         })

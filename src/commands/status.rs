@@ -38,7 +38,7 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
     if json {
         return crate::output::stdout_line(&to_json(&job));
     }
-    let mut text = render_table(&job.revisions);
+    let mut text = render_table(job.revisions());
     let damaged = job.damaged.iter().map(Damaged::describe);
     let future = job
         .future_revisions(Utc::now())
@@ -120,7 +120,7 @@ pub fn consistency_reason(rev: &Revision) -> Option<&str> {
 fn to_json(job: &Job) -> String {
     let now = Utc::now();
     let mut revs: Vec<serde_json::Value> = job
-        .revisions
+        .revisions()
         .iter()
         .map(|r| {
             serde_json::json!({

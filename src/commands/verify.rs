@@ -7,12 +7,12 @@ use crate::job::{Job, VerifyOutcome};
 
 /// Verifies one revision or all complete ones, newest first.
 pub fn run(dir: &Path, spec: Option<&str>) -> Result<()> {
-    let job = Job::open(dir)?;
+    let mut job = Job::open(dir)?;
     let _lock = job.lock_read()?;
     let ids: Vec<String> = match spec {
         Some(s) => vec![job.resolve(s)?.id.clone()],
         None => job
-            .revisions
+            .revisions()
             .iter()
             .rev()
             .filter(|r| r.is_complete())
@@ -37,7 +37,7 @@ pub fn run(dir: &Path, spec: Option<&str>) -> Result<()> {
             VerifyOutcome::Bad => failed.push(id.clone()),
             VerifyOutcome::NoManifest => {
                 let ours = job
-                    .revisions
+                    .revisions()
                     .iter()
                     .find(|r| &r.id == id)
                     .is_some_and(|r| r.made_by_us());

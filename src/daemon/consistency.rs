@@ -26,7 +26,7 @@ pub fn summarize(dir: &Path, source: &SourceConfig, limit: u64) -> Summary {
         return Summary::default();
     }
     match Job::open(dir) {
-        Ok(job) => summarize_revisions(&job.revisions, source, limit),
+        Ok(job) => summarize_revisions(job.revisions(), source, limit),
         Err(_) => Summary::default(),
     }
 }

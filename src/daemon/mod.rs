@@ -651,7 +651,7 @@ fn load_history(dir: &Path, now: DateTime<Utc>) -> (History, Vec<String>) {
     }
     match Job::open(dir) {
         Ok(job) => (
-            job.revisions
+            job.revisions()
                 .iter()
                 .filter(|r| r.is_complete())
                 .map(|r| (r.timestamp, r.tags.clone(), r.duration()))

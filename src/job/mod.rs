@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::revision::{self, Revision};
 use crate::spec;
 use crate::sys;
@@ -27,8 +28,9 @@ use crate::sys;
 pub struct Job {
     dir: PathBuf,
     /// All revisions with a readable `.rev`, complete or not, oldest first
-    /// (in [`revision::order`]). Damaged ones are not among them.
-    pub revisions: Vec<Revision>,
+    /// (in [`revision::order`]). Damaged ones are not among them. Changed
+    /// only by the lifecycle methods (see [`Job::begin_revision`]).
+    revisions: Vec<Revision>,
     /// Revisions whose files cannot be used, by id.
     pub damaged: Vec<Damaged>,
 }
@@ -63,6 +65,10 @@ impl Damaged {
 
 /// The names of the links to the newest revision.
 const LINKS: [&str; 2] = ["last", "last.rev"];
+
+/// How long a `.rev` update waits for another process's update of the same
+/// job (each takes milliseconds; a longer wait means a stuck process).
+const META_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Held while a backup runs: `.backup` exclusive, `.purge` shared.
 pub struct BackupLock {
@@ -177,8 +183,19 @@ impl Job {
         Ok(())
     }
 
-    /// Adds a revision this process just completed, keeping the one order.
-    pub fn add_revision(&mut self, rev: Revision) {
+    /// All revisions with a readable `.rev`, complete or not, oldest first
+    /// (in [`revision::order`]); damaged ones are in [`Job::damaged`].
+    pub fn revisions(&self) -> &[Revision] {
+        &self.revisions
+    }
+
+    /// The revision (complete or not) with exactly this id, as last read.
+    pub fn revision(&self, id: &str) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.id == id)
+    }
+
+    /// Puts a revision into the list as last read, keeping the one order.
+    fn remember(&mut self, rev: Revision) {
         self.revisions.retain(|r| r.id != rev.id);
         let at = self.revisions.partition_point(|r| {
             revision::order((&r.timestamp, &r.id), (&rev.timestamp, &rev.id)).is_lt()
@@ -362,9 +379,106 @@ impl Job {
         })
     }
 
-    /// Writes a revision's `.rev` atomically (temp file, fsync, rename, fsync dir).
-    /// Complete revisions are written read-only (0440).
-    pub fn write_rev(&self, rev: &Revision) -> Result<()> {
+    // The lifecycle of a revision. Every `.rev` write goes through one of
+    // these: a backup begins a revision and commits it ([`Job::begin_revision`],
+    // [`Job::commit_revision`]); verify, distrust, protect, expiry's re-tagging
+    // and a backup's re-check change a complete one ([`Job::update_rev`]); the
+    // removals are in `remove.rs`. Each write holds the `.meta` lock, so two
+    // processes never interleave a read-modify-write of the same `.rev`.
+
+    /// Begins a revision: writes its incomplete `.rev` (no `duration`), which
+    /// must not exist yet. Until [`Job::commit_revision`] the revision is
+    /// invisible to SPECs, and the next backup removes it.
+    pub fn begin_revision(&mut self, rev: &Revision, _lock: &BackupLock) -> Result<()> {
+        if rev.is_complete() {
+            return Err(Error::Lifecycle {
+                id: rev.id.clone(),
+                what: "it was begun complete",
+            });
+        }
+        let _meta = self.lock_meta()?;
+        let path = self.rev_path(&rev.id);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::Lifecycle {
+                id: rev.id.clone(),
+                what: "it was begun although its .rev exists",
+            });
+        }
+        self.write_rev(rev)?;
+        self.remember(rev.clone());
+        Ok(())
+    }
+
+    /// Commits a revision whose image and manifest are written and synced:
+    /// records `duration` (the marker of completeness, written last), makes
+    /// the `.rev` read-only, and points `last` at the newest complete revision.
+    pub fn commit_revision(
+        &mut self,
+        rev: &mut Revision,
+        duration: f64,
+        _lock: &BackupLock,
+    ) -> Result<()> {
+        rev.set_stat("duration", (duration * 10.0).round() / 10.0);
+        {
+            let _meta = self.lock_meta()?;
+            self.write_rev(rev)?;
+        }
+        failpoint::hit("after-complete-rev");
+        self.remember(rev.clone());
+        self.update_last()
+    }
+
+    /// Changes a complete revision's metadata: under the `.meta` lock, reads
+    /// its `.rev` again from disk (another process may have changed it since
+    /// this one scanned), applies `change`, and when anything changed writes
+    /// it atomically (unique temp file, fsync, rename, fsync dir). Returns the
+    /// revision as now stored. The caller holds a lock that keeps the revision
+    /// from being deleted (read, backup or purge lock).
+    pub fn update_rev(&mut self, id: &str, change: impl FnOnce(&mut Revision)) -> Result<Revision> {
+        let rev = {
+            let _meta = self.lock_meta()?;
+            let path = self.rev_path(id);
+            if std::fs::symlink_metadata(&path).is_err() {
+                return Err(Error::NoSuchRevision { spec: id.into() });
+            }
+            let before = Revision::load(&path, id)?;
+            if !before.is_complete() {
+                return Err(Error::Incomplete { id: id.into() });
+            }
+            let mut rev = before.clone();
+            change(&mut rev);
+            if !rev.is_complete() || rev.id != before.id {
+                return Err(Error::Lifecycle {
+                    id: id.into(),
+                    what: "an update changed its id or completeness",
+                });
+            }
+            if rev.to_yaml() != before.to_yaml() {
+                self.write_rev(&rev)?;
+            }
+            rev
+        };
+        self.remember(rev.clone());
+        Ok(rev)
+    }
+
+    /// Takes the `.meta` lock (exclusive), held for the few milliseconds of
+    /// one `.rev` write. Waits up to [`META_LOCK_WAIT`] for another writer.
+    fn lock_meta(&self) -> Result<File> {
+        let deadline = std::time::Instant::now() + META_LOCK_WAIT;
+        loop {
+            match self.try_lock(".meta", true, "the revision metadata of job") {
+                Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes a revision's `.rev` atomically; complete revisions read-only
+    /// (0440). Only the lifecycle methods call this, holding the `.meta` lock.
+    fn write_rev(&self, rev: &Revision) -> Result<()> {
         let mode = if rev.is_complete() { 0o440 } else { 0o640 };
         write_atomic(&self.rev_path(&rev.id), rev.to_yaml().as_bytes(), mode)
     }
@@ -485,27 +599,207 @@ pub fn remove_stale_overlays(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Writes `path` atomically with `mode`: temp file beside it, fsync, rename, fsync dir.
+/// Writes `path` atomically with `mode`: a temp file of its own beside it
+/// (`<name>.tmp-<pid>-<n>`, flocked while written), fsync, rename, fsync dir.
+/// Two processes writing the same file at once each rename a whole file of
+/// their own; the last rename wins. Temp files a crash left (unlocked and
+/// older than a minute) are removed on the way.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        "{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let _ = std::fs::remove_file(&tmp);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    remove_stale_temps(dir, &name);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}{TEMP_INFIX}{}-{n}", std::process::id()));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o640)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&tmp)
         .map_err(Error::io("cannot create", &tmp))?;
-    file.write_all(contents)
-        .map_err(Error::io("cannot write", &tmp))?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(Error::io("cannot chmod", &tmp))?;
-    file.sync_all().map_err(Error::io("cannot sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io("cannot rename into place", path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let _ = file.try_lock();
+    let written = (|| {
+        file.write_all(contents)
+            .map_err(Error::io("cannot write", &tmp))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(Error::io("cannot chmod", &tmp))?;
+        file.sync_all().map_err(Error::io("cannot sync", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(Error::io("cannot rename into place", path))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     sys::fsync_dir(dir).map_err(Error::io("cannot sync", dir))
+}
+
+/// What [`write_atomic`] puts between a file's name and its temp file's
+/// pid and counter.
+pub const TEMP_INFIX: &str = ".tmp-";
+
+/// Whether `file_name` is a temp file [`write_atomic`] makes for `target`
+/// (or the fixed `<target>.tmp` of backy versions before 2026-12).
+pub fn is_temp_of(file_name: &str, target: &str) -> bool {
+    file_name
+        .strip_prefix(target)
+        .is_some_and(|rest| rest == ".tmp" || rest.starts_with(TEMP_INFIX))
+}
+
+/// Removes temp files of `target` in `dir` that no writer holds and that are
+/// older than a minute (a crash left them; a live writer holds its flock
+/// from a moment after creating it).
+fn remove_stale_temps(dir: &Path, target: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_temp_of(name, target) {
+            continue;
+        }
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if !old {
+            continue;
+        }
+        if let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            && file.try_lock().is_ok()
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// A job with one complete revision "r".
+    fn job_with_one_revision() -> (tempfile::TempDir, Job) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut job = Job::open(tmp.path()).unwrap();
+        std::fs::write(job.image_path("r"), b"image").unwrap();
+        let rev = Revision::new("r".into(), None, BTreeSet::new());
+        let lock = job.lock_backup().unwrap();
+        job.begin_revision(&rev, &lock).unwrap();
+        assert!(matches!(
+            job.begin_revision(&rev, &lock),
+            Err(Error::Lifecycle { .. })
+        ));
+        let mut rev = rev;
+        job.commit_revision(&mut rev, 1.04, &lock).unwrap();
+        assert_eq!(rev.duration(), Some(1.0));
+        (tmp, job)
+    }
+
+    /// Many writers, each with its own `Job` (its own lock file
+    /// descriptions, as separate processes have), add one tag each to the
+    /// same revision: every tag lands, and no temp file is left.
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let (tmp, job) = job_with_one_revision();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let dir = job.dir().to_owned();
+                std::thread::spawn(move || {
+                    let mut job = Job::open(&dir).unwrap();
+                    for i in 0..25 {
+                        job.update_rev("r", |rev| {
+                            rev.tags.insert(format!("t{t}-{i}"));
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let rev = Revision::load(&job.rev_path("r"), "r").unwrap();
+        assert_eq!(rev.tags.len(), 8 * 25);
+        assert!(rev.is_complete());
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(names.is_empty(), "left over: {names:?}");
+    }
+
+    /// An update re-reads the file: a change another process made after this
+    /// one scanned is kept, and the cached list shows the result.
+    #[test]
+    fn an_update_builds_on_what_is_on_disk() {
+        let (_tmp, mut job) = job_with_one_revision();
+        let mut other = Job::open(job.dir()).unwrap();
+        other
+            .update_rev("r", |rev| rev.trust = revision::Trust::Distrusted)
+            .unwrap();
+        let rev = job
+            .update_rev("r", |rev| {
+                rev.tags.insert("daily".into());
+            })
+            .unwrap();
+        assert_eq!(rev.trust, revision::Trust::Distrusted);
+        assert_eq!(
+            job.revision("r").unwrap().trust,
+            revision::Trust::Distrusted
+        );
+        assert!(matches!(
+            job.update_rev("nope", |_| {}),
+            Err(Error::NoSuchRevision { .. })
+        ));
+        assert!(matches!(
+            job.update_rev("r", |rev| {
+                rev.stats.remove("duration");
+            }),
+            Err(Error::Lifecycle { .. })
+        ));
+    }
+
+    /// Temp files: a crash's leftovers (unlocked, old) go on the next write;
+    /// a young or locked one stays (a writer may be busy with it).
+    #[test]
+    fn stale_temp_files_are_removed_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("status");
+        let old = tmp.path().join(format!("status{TEMP_INFIX}1-0"));
+        let young = tmp.path().join(format!("status{TEMP_INFIX}2-0"));
+        let legacy = tmp.path().join("status.tmp");
+        for p in [&old, &young, &legacy] {
+            std::fs::write(p, b"half").unwrap();
+        }
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        for p in [&old, &legacy] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+        }
+        write_atomic(&target, b"whole", 0o644).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+        assert!(!old.exists() && !legacy.exists());
+        assert!(young.exists());
+        assert!(is_temp_of("a.rev.tmp-12-3", "a.rev"));
+        assert!(is_temp_of("a.rev.tmp", "a.rev"));
+        assert!(!is_temp_of("a.rev", "a.rev"));
+        assert!(!is_temp_of("ab.rev.tmp-1-1", "a.rev"));
+    }
 }

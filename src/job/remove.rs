@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::{BackupLock, Job, PurgeLock, remove_stale_overlays};
+use super::{BackupLock, Job, PurgeLock, is_temp_of, remove_stale_overlays};
 use crate::error::{Error, Result};
 use crate::schedule::config::Schedule;
 use crate::schedule::retention::{self, RetentionPlan, RevisionInfo};
@@ -44,12 +44,25 @@ pub fn expire(
 }
 
 impl Job {
-    /// Every file name a revision may own, including temp files from a crash.
+    /// Every file a revision owns: its image, manifest and `.rev` (the
+    /// `.rev` last), and temp files of its `.rev` a crash left
+    /// ([`super::is_temp_of`]). Called with the `.meta` lock held, so no
+    /// writer's temp file is among them.
     fn owned_paths(&self, id: &str) -> Vec<PathBuf> {
-        ["", ".rev", ".sums", ".rev.tmp", ".sums.tmp"]
-            .iter()
-            .map(|suffix| self.dir.join(format!("{id}{suffix}")))
-            .collect()
+        let rev_name = format!("{id}.rev");
+        let sums_name = format!("{id}.sums");
+        let mut paths = vec![self.image_path(id), self.sums_path(id)];
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if is_temp_of(&name, &rev_name) || is_temp_of(&name, &sums_name) {
+                    paths.push(entry.path());
+                }
+            }
+        }
+        paths.push(self.rev_path(id));
+        paths
     }
 
     /// Deletes a revision's files by exact name, `.rev` last, so a crash leaves an
@@ -58,10 +71,8 @@ impl Job {
     /// damaged one), expiry and a backup's cleanup of incomplete revisions all
     /// come here.
     fn remove_files(&self, id: &str) -> Result<()> {
-        let mut paths = self.owned_paths(id);
-        let rev = paths.remove(1);
-        paths.push(rev);
-        for path in paths {
+        let _meta = self.lock_meta()?;
+        for path in self.owned_paths(id) {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -75,9 +86,10 @@ impl Job {
     pub fn remove_revision(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
         // Mark it incomplete first: a crash half-way must not leave a "complete"
         // revision without its image.
-        if let Some(rev) = self.revisions.iter().find(|r| r.id == id) {
+        if let Some(rev) = self.revision(id) {
             let mut rev = rev.clone();
             rev.stats.remove("duration");
+            let _meta = self.lock_meta()?;
             self.write_rev(&rev)?;
         }
         self.remove_files(id)?;
@@ -96,13 +108,13 @@ impl Job {
     /// ([`Job::remove_revision`]).
     pub fn apply_retention(&mut self, plan: &RetentionPlan, lock: &PurgeLock) -> Result<()> {
         for step in plan.retags() {
-            if let Some(rev) = self.revisions.iter().find(|r| r.id == step.id) {
-                let mut rev = rev.clone();
-                rev.tags = step.remaining_tags();
-                self.write_rev(&rev)?;
+            if self.revision(&step.id).is_some() {
+                self.update_rev(&step.id, |rev| {
+                    rev.tags.retain(|t| !step.expired.contains(t));
+                })?;
                 tracing::info!(
                     "Revision {}: removed expired tags {}",
-                    rev.id,
+                    step.id,
                     step.expired.join(",")
                 );
             }
@@ -132,16 +144,22 @@ impl Job {
         for id in &incomplete {
             self.remove_files(id)?;
         }
-        // Temp files of a `.rev` whose first write never landed.
+        // The files of a revision whose first `.rev` write never landed: an
+        // image and a temp file of its `.rev`, but no `.rev`.
+        let mut orphans = std::collections::BTreeSet::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_suffix(".rev.tmp")
-                    && !self.rev_path(id).exists()
-                {
-                    self.remove_files(id)?;
+                if let Some(at) = name.find(".rev.tmp") {
+                    let id = &name[..at];
+                    if is_temp_of(&name, &format!("{id}.rev")) && !self.rev_path(id).exists() {
+                        orphans.insert(id.to_string());
+                    }
                 }
             }
+        }
+        for id in orphans {
+            self.remove_files(&id)?;
         }
         self.revisions.retain(|r| r.is_complete());
         match remove_stale_overlays(&self.dir) {

@@ -24,7 +24,7 @@ pub enum VerifyOutcome {
 impl Job {
     /// Reads revision `id` against its manifest and records the verdict in its
     /// `.rev`. The caller holds a lock that keeps the revision from being deleted.
-    pub fn verify_revision(&self, id: &str) -> Result<VerifyOutcome> {
+    pub fn verify_revision(&mut self, id: &str) -> Result<VerifyOutcome> {
         let sums = self.sums_path(id);
         if !sums.exists() {
             return Ok(VerifyOutcome::NoManifest);
@@ -35,13 +35,9 @@ impl Job {
             let mut progress = Progress::new("verify", manifest.image_size());
             image::verify_against_manifest(&file, &path, &mut manifest, &mut |n| progress.inc(n))
         });
-        let Some(mut rev) = self.revisions.iter().find(|r| r.id == id).cloned() else {
-            return Err(Error::NoSuchRevision { spec: id.into() });
-        };
         let outcome = match report {
             Ok(r) if r.bad_offsets.is_empty() => {
                 tracing::info!("Revision {id}: {} blocks match their checksums", r.blocks);
-                rev.trust = Trust::Verified;
                 VerifyOutcome::Good
             }
             Ok(r) => {
@@ -50,16 +46,18 @@ impl Job {
                     "Revision {id}: blocks at offsets {} differ from their checksums",
                     offsets.join(", ")
                 );
-                rev.trust = Trust::Distrusted;
                 VerifyOutcome::Bad
             }
             Err(e) => {
                 tracing::error!("Revision {id}: {e}");
-                rev.trust = Trust::Distrusted;
                 VerifyOutcome::Bad
             }
         };
-        self.write_rev(&rev)?;
+        let trust = match outcome {
+            VerifyOutcome::Good => Trust::Verified,
+            _ => Trust::Distrusted,
+        };
+        self.update_rev(id, |rev| rev.trust = trust)?;
         Ok(outcome)
     }
 }
@@ -84,7 +82,7 @@ mod tests {
     fn a_revision_without_manifest_is_reported_as_such() {
         let dir = std::env::temp_dir().join(format!("backy-verify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let job = Job::open(&dir).unwrap();
+        let mut job = Job::open(&dir).unwrap();
         assert_eq!(
             job.verify_revision("nope").unwrap(),
             VerifyOutcome::NoManifest

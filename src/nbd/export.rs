@@ -397,7 +397,7 @@ impl Catalog for JobCatalog {
     fn list(&self) -> Result<Vec<(String, String)>, String> {
         let job = self.job()?;
         Ok(job
-            .revisions
+            .revisions()
             .iter()
             .rev()
             .filter(|r| r.is_complete())
