@@ -70,7 +70,7 @@ struct DirFacts {
 
 impl DirFacts {
     fn read(job: &Job, now: DateTime<Utc>) -> DirFacts {
-        let complete = || job.revisions.iter().filter(|r| r.is_complete());
+        let complete = || job.revisions().iter().filter(|r| r.is_complete());
         DirFacts {
             newest: job.newest_complete().cloned(),
             by_trust: TRUST_STATES.map(|t| complete().filter(|r| r.trust == t).count() as u64),
