@@ -19,14 +19,14 @@
 //! configuration is an error.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 
 use super::check::{JobSla, StatusFile, is_stale, job_sla, max_status_age, read_status};
 use crate::error::{Error, Result};
 use crate::job::{Job, write_atomic};
-use crate::metrics::Exposition;
+use crate::metrics::{Exposition, Value};
 use crate::revision::{Revision, Trust};
 use crate::schedule::config::Config;
 use crate::schedule::plan::sla_limit;
@@ -91,6 +91,13 @@ struct JobFacts<'a> {
     dir: Option<DirFacts>,
 }
 
+impl JobFacts<'_> {
+    /// The newest complete revision, if the directory could be read.
+    fn newest(&self) -> Option<&Revision> {
+        self.dir.as_ref()?.newest.as_ref()
+    }
+}
+
 /// Seconds since the epoch, with microseconds.
 fn epoch_seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
@@ -98,7 +105,7 @@ fn epoch_seconds(t: DateTime<Utc>) -> f64 {
 
 /// When the backup of `rev` finished: its timestamp (the start) plus its
 /// duration.
-pub fn finished_at(rev: &Revision) -> f64 {
+fn finished_at(rev: &Revision) -> f64 {
     epoch_seconds(rev.timestamp) + rev.duration().unwrap_or(0.0)
 }
 
@@ -138,12 +145,7 @@ pub fn exposition(config: &Config, now: SystemTime) -> Exposition {
         "backy_metrics_generated_timestamp_seconds",
         "When backy metrics wrote these metrics.",
     )
-    .sample(
-        &[],
-        now.duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64(),
-    );
+    .sample(&[], epoch_seconds(now_utc));
     if let StatusFile::Read { modified, .. } = &status {
         e.gauge(
             "backy_status_file_timestamp_seconds",
@@ -160,87 +162,97 @@ pub fn exposition(config: &Config, now: SystemTime) -> Exposition {
     e
 }
 
+/// A gauge with one sample per job that `value` gives one for.
+fn per_job<V: Into<Value>>(
+    e: &mut Exposition,
+    name: &'static str,
+    help: &'static str,
+    jobs: &[JobFacts],
+    value: impl Fn(&JobFacts) -> Option<V>,
+) {
+    let family = e.gauge(name, help);
+    for j in jobs {
+        if let Some(v) = value(j) {
+            family.sample(&[(JOB_LABEL, j.name)], v);
+        }
+    }
+}
+
 /// The per-job families.
 fn job_gauges(e: &mut Exposition, jobs: &[JobFacts]) {
-    let readable = e.gauge(
+    per_job(
+        e,
         "backy_job_readable",
         "1 when the job directory could be read, 0 when it is missing or unreadable (its other per-directory metrics are then absent).",
+        jobs,
+        |j| Some(j.dir.is_some()),
     );
-    for j in jobs {
-        readable.sample(&[(JOB_LABEL, j.name)], j.dir.is_some());
-    }
-    let sla = e.gauge(
+    per_job(
+        e,
         "backy_sla_ok",
         "1 when backy check counts the job within its SLA: the status file is recent and lists it as OK; 0 otherwise.",
+        jobs,
+        |j| Some(j.sla_ok),
     );
-    for j in jobs {
-        sla.sample(&[(JOB_LABEL, j.name)], j.sla_ok);
-    }
-    let limit = e.gauge(
+    per_job(
+        e,
         "backy_sla_limit_seconds",
         "How old the newest complete revision may get: 1.5 times the shortest interval of the job's schedule.",
+        jobs,
+        |j| j.sla_limit,
     );
-    for j in jobs {
-        if let Some(s) = j.sla_limit {
-            limit.sample(&[(JOB_LABEL, j.name)], s);
-        }
-    }
-    let dirs = || jobs.iter().filter_map(|j| j.dir.as_ref().map(|d| (j, d)));
-    let newest = || dirs().filter_map(|(j, d)| d.newest.as_ref().map(|r| (j, r)));
-
-    let f = e.gauge(
+    per_job(
+        e,
         "backy_last_success_timestamp_seconds",
         "When the newest complete revision's backup finished: its timestamp (the start) plus its duration.",
+        jobs,
+        |j| j.newest().map(finished_at),
     );
-    for (j, rev) in newest() {
-        f.sample(&[(JOB_LABEL, j.name)], finished_at(rev));
-    }
-    let f = e.gauge(
+    per_job(
+        e,
         "backy_last_backup_duration_seconds",
         "How long the backup of the newest complete revision took.",
+        jobs,
+        |j| j.newest()?.duration(),
     );
-    for (j, rev) in newest() {
-        f.sample(&[(JOB_LABEL, j.name)], rev.duration().unwrap_or(0.0));
-    }
-    let f = e.gauge(
+    per_job(
+        e,
         "backy_last_backup_changed_bytes",
         "Bytes the backup of the newest complete revision changed (stats.bytes_changed; absent for revisions of backy 2.x).",
+        jobs,
+        |j| j.newest()?.stat_u64("bytes_changed"),
     );
-    for (j, rev) in newest() {
-        if let Some(n) = rev.stat_u64("bytes_changed") {
-            f.sample(&[(JOB_LABEL, j.name)], n);
-        }
-    }
-    let f = e.gauge(
+    let revisions = e.gauge(
         "backy_revisions",
         "Complete revisions of the job, by trust state.",
     );
-    for (j, d) in dirs() {
+    for j in jobs {
+        let Some(d) = &j.dir else { continue };
         for (trust, n) in TRUST_STATES.iter().zip(d.by_trust) {
-            f.sample(&[(JOB_LABEL, j.name), ("trust", trust.as_str())], n);
+            revisions.sample(&[(JOB_LABEL, j.name), ("trust", trust.as_str())], n);
         }
     }
-    let f = e.gauge(
+    per_job(
+        e,
         "backy_damaged_revisions",
         "Revisions whose metadata cannot be read or whose image is missing (backy status lists them).",
+        jobs,
+        |j| j.dir.as_ref().map(|d| d.damaged),
     );
-    for (j, d) in dirs() {
-        f.sample(&[(JOB_LABEL, j.name)], d.damaged);
-    }
-    let f = e.gauge(
+    per_job(
+        e,
         "backy_future_revisions",
         "Complete revisions dated in the future (made while the clock was ahead).",
+        jobs,
+        |j| j.dir.as_ref().map(|d| d.future),
     );
-    for (j, d) in dirs() {
-        f.sample(&[(JOB_LABEL, j.name)], d.future);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::daemon::status::{JobStatus, write_status_file};
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn status(job: &str, sla: &str) -> JobStatus {
         JobStatus {
