@@ -9,6 +9,7 @@
 //!   <job>/
 //!     .backup                 backup lock (flock, exclusive while a backup runs)
 //!     .purge                  shared by backup/restore/verify, exclusive to delete
+//!     .meta                   held for each `.rev` write (a read-modify-write)
 //!     config                  YAML source mapping ({type: file, filename: ...})
 //!     <id>                    raw sparse image of revision <id>   (0440 once complete)
 //!     <id>.rev                YAML metadata (see [`revision`])    (0440 once complete)
@@ -51,7 +52,21 @@
 //! | expire, forget       | exclusive  | exclusive  |
 //! | nbd-server           | -          | -          |
 //!
-//! Always `.backup` before `.purge`.
+//! Always `.backup` before `.purge`. Each `.rev` write also takes `.meta`
+//! exclusively for its few milliseconds (waiting up to 30 s for another
+//! writer), after the others and never while waiting for one of them.
+//!
+//! # The lifecycle of a revision
+//!
+//! [`job::Job`] owns it; nothing else writes a `.rev`. A backup *begins* a
+//! revision ([`job::Job::begin_revision`]: the incomplete `.rev`) and *commits*
+//! it ([`job::Job::commit_revision`]: `duration`, then `last`). A complete
+//! revision's metadata changes only through [`job::Job::update_rev`]: under
+//! `.meta` it re-reads the `.rev` from disk, applies the change and writes the
+//! result with a temp file of its own (`<id>.rev.tmp-<pid>-<n>`, flocked), fsync
+//! and rename; so `verify`, `distrust`, `protect`, expiry's re-tagging and a
+//! backup's re-check, run at the same time on one job, never lose each other's
+//! change. Removal is in `src/job/remove.rs` (below).
 //!
 //! `nbd-server` takes no job lock, so it never stands in the way of a backup or
 //! an expiry: a complete revision's image never changes, and the file descriptor

@@ -217,7 +217,7 @@ fn no_reflink_case(kind: FsKind) {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, [".backup", ".purge", "config"]);
+    assert_eq!(names, [".backup", ".meta", ".purge", "config"]);
 
     run_ok(backy_job(&job).args(["backup", "daily", "--allow-copy"])).stderr_has("shares no data");
     write_at(&src, 5 * MIB, b"changed");

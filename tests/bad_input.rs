@@ -131,6 +131,7 @@ impl Fixture {
         let g = &self.good;
         let expected: BTreeSet<String> = [
             ".backup",
+            ".meta",
             ".purge",
             "config",
             "last",
@@ -838,7 +839,11 @@ fn restore_of_a_job_without_revisions() {
     assert!(status.is_empty(), "{status:?}");
     let files = job_files(&job);
     assert!(
-        files.is_subset(&[".backup", ".purge", "config"].map(String::from).into()),
+        files.is_subset(
+            &[".backup", ".meta", ".purge", "config"]
+                .map(String::from)
+                .into()
+        ),
         "{files:?}"
     );
 }

@@ -61,7 +61,7 @@ fn check_consistent(
             .map(String::from),
         Some(format!("{newest}.rev"))
     );
-    let mut allowed: Vec<String> = [".backup", ".purge", "config", "last", "last.rev"]
+    let mut allowed: Vec<String> = [".backup", ".meta", ".purge", "config", "last", "last.rev"]
         .map(String::from)
         .to_vec();
     for r in &revs {
