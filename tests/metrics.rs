@@ -8,7 +8,7 @@ mod util;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use util::*;
@@ -262,9 +262,11 @@ fn write_status(base: &Path, jobs: &[(&str, &str)]) {
     fs::write(base.join("status"), text).unwrap();
 }
 
-#[test]
-fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
-    let fs = require_fs!(FsKind::Btrfs, 256);
+/// Three jobs under `fs`: vm01 with two revisions made by `backy backup`, the
+/// older one distrusted and the newer verified by `backy verify`; `broken`,
+/// whose directory is a file; and one whose name needs escaping, with an
+/// empty directory. Returns the configuration and vm01's directory.
+fn three_jobs(fs: &TestFs) -> (PathBuf, PathBuf) {
     let base = fs.join("base");
     let source = fs.join("src.img");
     write_file(
@@ -278,15 +280,26 @@ fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
     fs::create_dir_all(&base).unwrap();
     run_ok(backy_job(&vm01).arg("init").arg("file").arg(&source));
     run_ok(backy_job(&vm01).args(["backup", "daily"]));
+    let oldest = run_ok(backy_job(&vm01).args(["find", "-r", "0"])).stdout;
     // 64 KiB changed in the second revision.
     write_at(&source, 3 * MIB, &pattern_bytes(2, 64 << 10));
     run_ok(backy_job(&vm01).args(["backup", "daily"]));
+    // Damage the first revision's image: verify distrusts it, verifies the other.
+    write_at(Path::new(oldest.trim()), 0, &pattern_bytes(3, 4096));
+    run(backy_job(&vm01).arg("verify")).code(1);
     // A file where the broken job's directory should be: it cannot be opened.
     fs::write(base.join("broken"), "not a directory").unwrap();
     // The oddly named job's directory exists, without revisions.
     fs::create_dir_all(base.join("odd \"name\" \\ x")).unwrap();
     write_status(&base, &[("vm01", "OK"), ("broken", "TOO OLD")]);
+    (conf, vm01)
+}
 
+#[test]
+fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
+    let fs = require_fs!(FsKind::Btrfs, 256);
+    let (conf, vm01) = three_jobs(&fs);
+    let base = vm01.parent().unwrap();
     let before = SystemTime::now();
     let r = run_ok(backy().arg("metrics").arg("-c").arg(&conf));
     let after = SystemTime::now();
@@ -321,7 +334,7 @@ fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
         get(&m, "backy_last_backup_changed_bytes", &vm),
         Some(65536.0)
     );
-    for (trust, n) in [("trusted", 2.0), ("verified", 0.0), ("distrusted", 0.0)] {
+    for (trust, n) in [("trusted", 0.0), ("verified", 1.0), ("distrusted", 1.0)] {
         assert_eq!(
             get(
                 &m,
@@ -498,4 +511,39 @@ fn textfile_is_replaced_atomically_with_mode_0644() {
         r.stderr
     );
     assert_eq!(r.stdout, "");
+}
+
+/// promtool, the linter of the Prometheus project, which parses with the same
+/// library as node_exporter's textfile collector, accepts the output and has
+/// nothing to remark.
+#[test]
+fn promtool_accepts_the_output_without_remarks() {
+    let Some(promtool) = find_tool("promtool").or_else(|| {
+        skip("`promtool` not found (the prometheus package; run scripts/setup-test-deps.sh)")
+    }) else {
+        return;
+    };
+    let fs = require_fs!(FsKind::Btrfs, 256);
+    let (conf, _) = three_jobs(&fs);
+    let prom = fs.join("backy.prom");
+    run_ok(
+        backy()
+            .arg("metrics")
+            .arg("-c")
+            .arg(&conf)
+            .arg("--textfile")
+            .arg(&prom),
+    );
+    // It reads stdin, which `run` closes: a shell redirects the file.
+    let r = run(std::process::Command::new("sh").arg("-c").arg(format!(
+        "exec '{}' check metrics < '{}'",
+        promtool.display(),
+        prom.display()
+    )));
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (Some(0), "", ""),
+        "{}",
+        fs::read_to_string(&prom).unwrap()
+    );
 }
