@@ -216,7 +216,12 @@ impl Revision {
 
     /// Reads `<dir>/<id>.rev`.
     pub fn load(path: &Path, id: &str) -> Result<Revision> {
-        let bytes = std::fs::read(path).map_err(Error::io("cannot read", path))?;
+        let bytes = crate::sys::open_regular(path, false)
+            .and_then(|mut f| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+            })
+            .map_err(Error::io("cannot read", path))?;
         let bad = |reason: String| Error::BadRevision {
             path: path.to_owned(),
             reason,

@@ -134,6 +134,37 @@ pub fn device_of(path: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.dev())
 }
 
+/// Opens a file of a job directory without following a symbolic link in its
+/// last component (`O_NOFOLLOW`) and refuses anything but a regular file, so
+/// a link planted in the job never makes backy read or write outside it.
+/// Errors say which: "it is a symbolic link" or "it is not a regular file".
+pub fn open_regular(path: &Path, write: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it is a symbolic link, and backy does not follow links in a job directory",
+                )
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    // O_NONBLOCK only kept a FIFO from blocking the open; regular files ignore it.
+    Ok(file)
+}
+
 /// Fsyncs a directory so that renames and unlinks in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -528,7 +528,7 @@ fn scheduler_sla_ignores_future_dates_and_check_names_damage() {
     assert!(r.stdout.starts_with("CRITICAL: 1 job"), "{}", r.stdout);
     for needle in [
         "\nbroken (last time: 2099-01-01 00:00:00 UTC)",
-        "; 2 of 2 jobs have damaged or future-dated revisions |",
+        "; 2 of 2 jobs have warnings (damaged or future-dated revisions, files open to other users) |",
         damaged.to_str().unwrap(),
         "broken: revision ",
         "in the future",
@@ -538,5 +538,110 @@ fn scheduler_sla_ignores_future_dates_and_check_names_damage() {
             "check lacks {needle:?}:\n{}",
             r.stdout
         );
+    }
+}
+
+/// Links planted in a job directory are never followed (issue 16): an image or
+/// a `.rev` that is a symlink makes its revision damaged, a manifest that is
+/// one is refused, and the files they point to are neither read into a
+/// restore nor written.
+fn links_are_never_followed(kind: FsKind) {
+    let fs = require_fs!(kind, 300);
+    let (src, job) = (fs.join("src.img"), fs.join("job"));
+    init_job(&src, &job, 4 * MIB, MIB as usize);
+    for n in 0..3u64 {
+        write_at(&src, n * MIB, &pattern_bytes(20 + n, MIB as usize));
+        backup(&job, "daily").success();
+    }
+    let ids = complete_ids(&job);
+    let outside = fs.join("outside");
+    fs::create_dir(&outside).unwrap();
+
+    // Revision 0: its image becomes a link to a secret outside the job.
+    let secret = outside.join("secret.img");
+    write_file(&secret, 4 * MIB, &[(0, &pattern_bytes(99, MIB as usize))]);
+    fs::remove_file(job.join(&ids[0])).unwrap();
+    std::os::unix::fs::symlink(&secret, job.join(&ids[0])).unwrap();
+    // Revision 1: its `.rev` becomes a link to a copy outside.
+    let rev_copy = outside.join("copy.rev");
+    fs::copy(job.join(format!("{}.rev", ids[1])), &rev_copy).unwrap();
+    fs::remove_file(job.join(format!("{}.rev", ids[1]))).unwrap();
+    std::os::unix::fs::symlink(&rev_copy, job.join(format!("{}.rev", ids[1]))).unwrap();
+    // Revision 2 (the newest): its manifest becomes a link to a copy outside.
+    let sums_copy = outside.join("copy.sums");
+    fs::copy(job.join(format!("{}.sums", ids[2])), &sums_copy).unwrap();
+    fs::remove_file(job.join(format!("{}.sums", ids[2]))).unwrap();
+    std::os::unix::fs::symlink(&sums_copy, job.join(format!("{}.sums", ids[2]))).unwrap();
+    let before = snapshot(&[secret.clone(), rev_copy.clone(), sums_copy.clone()]);
+
+    let r = run_ok(backy_job(&job).arg("status"));
+    for id in &ids[..2] {
+        assert!(
+            r.stdout.lines().any(|l| l.starts_with("Warning: revision ")
+                && l.contains(id.as_str())
+                && l.contains("symbolic link")),
+            "status does not name {id} as a link:\n{}",
+            r.stdout
+        );
+    }
+    let out = fs.join("restored");
+    run(backy_job(&job).args(["restore", "-r", &ids[0]]).arg(&out))
+        .failure()
+        .stderr_has("damaged");
+    assert!(!out.exists());
+    run(backy_job(&job).args(["verify", "-r", &ids[2]]))
+        .failure()
+        .stderr_has("symbolic link");
+    // The next backup does not trust the linked manifest, compares with the
+    // parent's image instead, and makes a good revision.
+    write_at(&src, 3 * MIB, &pattern_bytes(30, MIB as usize));
+    backup(&job, "daily").success();
+    let newest = complete_ids(&job).last().unwrap().clone();
+    run_ok(backy_job(&job).args(["verify", "-r", &newest]));
+    run_ok(backy_job(&job).args(["restore", "-r", &newest]).arg(&out));
+    assert_same_content(&out, &src);
+    assert_eq!(
+        snapshot(&[secret, rev_copy, sums_copy]),
+        before,
+        "a file outside the job changed"
+    );
+}
+
+#[test]
+fn links_are_never_followed_btrfs() {
+    links_are_never_followed(FsKind::Btrfs);
+}
+
+#[test]
+fn links_are_never_followed_xfs() {
+    links_are_never_followed(FsKind::Xfs);
+}
+
+/// A job directory or revision images that others may read are reported by
+/// `status` (and, through the same `Job::warnings`, by `check`, which
+/// `scheduler_sla_ignores_future_dates_and_check_names_damage` covers): VM
+/// disks hold secrets.
+#[test]
+fn files_open_to_other_users_are_reported() {
+    let fs = require_fs!(FsKind::Xfs, 300);
+    let (src, job) = (fs.join("src.img"), fs.join("job"));
+    init_job(&src, &job, 4 * MIB, MIB as usize);
+    backup(&job, "daily").success();
+    let r = run_ok(backy_job(&job).arg("status"));
+    assert!(!r.stdout.contains("other users"), "{}", r.stdout);
+
+    let id = complete_ids(&job)[0].clone();
+    fs::set_permissions(&job, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(job.join(&id), fs::Permissions::from_mode(0o444)).unwrap();
+    let r = run_ok(backy_job(&job).arg("status"));
+    for needle in [
+        "is open to other users (mode 0755)",
+        "chmod o-rwx",
+        &format!(
+            "1 revision image of job {} is readable by other users ({id})",
+            job.display()
+        ),
+    ] {
+        assert!(r.stdout.contains(needle), "no {needle:?} in:\n{}", r.stdout);
     }
 }

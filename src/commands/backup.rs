@@ -262,10 +262,7 @@ fn make_revision(
     failpoint::hit("after-clone");
     let phase = Instant::now();
     let (manifest, trusted) = parent_manifest(job, parent, &sums_path, allow_copy)?;
-    let image_file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&image_path)
+    let image_file = crate::sys::open_regular(&image_path, true)
         .map_err(Error::io("cannot open", &image_path))?;
     let mut writer = ImageWriter::new(image_file, &image_path, manifest, trusted);
     if source.verifies_while_patching() {

@@ -312,7 +312,7 @@ pub fn assess(
         findings.push(Finding::new(
             Severity::Warning,
             format!(
-                "{} of {} {} damaged or future-dated revisions",
+                "{} of {} {} warnings (damaged or future-dated revisions, files open to other users)",
                 damaged.len(),
                 count(config.jobs.len(), "job"),
                 if damaged.len() == 1 { "has" } else { "have" }

@@ -70,7 +70,7 @@ pub fn run(dir: &Path, spec: &str, target: &Path, opts: Options) -> Result<()> {
     let _lock = job.lock_read()?;
     let rev = job.resolve(spec)?.clone();
     let src_path = job.image_path(&rev.id);
-    let src = File::open(&src_path).map_err(Error::io("cannot open revision image", &src_path))?;
+    let src = job.open_image(&rev.id)?;
     let size = image::file_size(&src, &src_path)?;
     let manifest = load_manifest(&mut job, &rev, &src_path, size, opts)?;
     warn_about_trust(&rev, manifest.is_some(), opts);

@@ -44,7 +44,11 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         .future_revisions(Utc::now())
         .into_iter()
         .map(future_note);
-    for line in damaged.chain(future).chain(job.link_problems()) {
+    for line in damaged
+        .chain(future)
+        .chain(job.link_problems())
+        .chain(job.exposure())
+    {
         text.push_str(&format!("Warning: {line}\n"));
     }
     crate::output::stdout(&text)

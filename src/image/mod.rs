@@ -36,7 +36,7 @@ pub enum CloneKind {
 /// Creates `dest` (which must not exist) as a clone of `src`: a reflink where the
 /// filesystem can, otherwise a sparse copy if `allow_copy`, otherwise `NoReflink`.
 pub fn clone_or_copy_sparse(src: &Path, dest: &Path, allow_copy: bool) -> Result<CloneKind> {
-    let src_file = File::open(src).map_err(Error::io("cannot open", src))?;
+    let src_file = sys::open_regular(src, false).map_err(Error::io("cannot open", src))?;
     let dest_file = create_new(dest)?;
     reflink_or(&src_file, &dest_file, dest, || {
         if !allow_copy {

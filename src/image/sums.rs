@@ -96,10 +96,7 @@ impl Manifest {
 
     /// Opens an existing manifest for reading (and updating, if `writable`).
     pub fn open(path: &Path, writable: bool) -> Result<Manifest> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
+        let file = crate::sys::open_regular(path, writable)
             .map_err(Error::io("cannot open checksum manifest", path))?;
         let mut header = [0u8; 32];
         file.read_exact_at(&mut header, 0)

@@ -117,14 +117,24 @@ impl Job {
                 continue;
             };
             // `last.rev` is a link to a real one (or a copy of one, which
-            // `update_last` replaces); other symlinks are not revisions.
-            if LINKS.contains(&id)
-                || id.is_empty()
-                || entry.file_type().map(|t| t.is_symlink()).unwrap_or(true)
-            {
+            // `update_last` replaces).
+            if LINKS.contains(&id) || id.is_empty() {
                 continue;
             }
             let path = entry.path();
+            // Any other `.rev` that is a symlink is never followed: the
+            // revision is damaged.
+            if entry.file_type().map(|t| t.is_symlink()).unwrap_or(true) {
+                damaged.push(Damaged {
+                    id: id.to_string(),
+                    file: path,
+                    reason:
+                        "it is a symbolic link, and backy does not follow links in a job directory"
+                            .into(),
+                    rev: None,
+                });
+                continue;
+            }
             let rev = match Revision::load(&path, id) {
                 Ok(rev) => rev,
                 Err(Error::Io { source, .. })
@@ -158,6 +168,10 @@ impl Job {
                 let image = self.image_path(id);
                 let problem = match std::fs::symlink_metadata(&image) {
                     Ok(m) if m.is_file() => None,
+                    Ok(m) if m.file_type().is_symlink() => Some(
+                        "it is a symbolic link, and backy does not follow links in a job directory"
+                            .to_string(),
+                    ),
                     Ok(_) => Some("it is not a regular file".to_string()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         Some("the image is missing".to_string())
@@ -260,9 +274,11 @@ impl Job {
     }
 
     /// What `check` reports about the job: one line per damaged revision,
-    /// and one for the revisions dated after `now`, if any.
+    /// one for the revisions dated after `now`, if any, and the files others
+    /// may read ([`Job::exposure`]).
     pub fn warnings(&self, now: DateTime<Utc>) -> Vec<String> {
         let mut lines: Vec<String> = self.damaged.iter().map(Damaged::describe).collect();
+        lines.extend(self.exposure());
         let future = self.future_revisions(now);
         match future.as_slice() {
             [] => {}
@@ -272,6 +288,49 @@ impl Job {
                 future.len(),
                 future_note(newest)
             )),
+        }
+        lines
+    }
+
+    /// The job directory and revision images that users other than the
+    /// owner and group may read or enter: VM disks hold secrets (keys,
+    /// password hashes, databases). One line for the directory, one for the
+    /// images (naming up to three).
+    pub fn exposure(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut lines = Vec::new();
+        if let Ok(meta) = std::fs::metadata(&self.dir)
+            && meta.mode() & 0o007 != 0
+        {
+            lines.push(format!(
+                "job directory {} is open to other users (mode {:04o}); VM disks hold secrets: chmod o-rwx {}",
+                self.dir.display(),
+                meta.mode() & 0o7777,
+                self.dir.display()
+            ));
+        }
+        let open: Vec<String> = self
+            .revisions
+            .iter()
+            .filter(|r| r.is_complete())
+            .filter(|r| {
+                std::fs::symlink_metadata(self.image_path(&r.id))
+                    .is_ok_and(|m| m.is_file() && m.mode() & 0o004 != 0)
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        if !open.is_empty() {
+            let shown: Vec<&str> = open.iter().take(3).map(String::as_str).collect();
+            lines.push(format!(
+                "{} revision image{} of job {} {} readable by other users ({}{}); VM disks hold secrets: chmod o-r {}/*",
+                open.len(),
+                if open.len() == 1 { "" } else { "s" },
+                self.dir.display(),
+                if open.len() == 1 { "is" } else { "are" },
+                shown.join(", "),
+                if open.len() > 3 { ", ..." } else { "" },
+                self.dir.display()
+            ));
         }
         lines
     }
@@ -296,6 +355,13 @@ impl Job {
     /// Path of a revision's image.
     pub fn image_path(&self, id: &str) -> PathBuf {
         self.dir.join(id)
+    }
+
+    /// Opens a revision's image for reading, never through a symbolic link
+    /// and only when it is a regular file ([`sys::open_regular`]).
+    pub fn open_image(&self, id: &str) -> Result<File> {
+        let path = self.image_path(id);
+        sys::open_regular(&path, false).map_err(Error::io("cannot open revision image", &path))
     }
 
     /// Path of a revision's metadata.

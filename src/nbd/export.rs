@@ -314,20 +314,10 @@ impl JobCatalog {
     /// Opens a revision's image, refusing anything but a regular file.
     fn open_image(&self, job: &Job, rev: &Revision) -> Result<(File, u64), String> {
         let path = job.image_path(&rev.id);
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(|e| format!("cannot open revision image {}: {e}", path.display()))?;
+        let file = job.open_image(&rev.id).map_err(|e| e.to_string())?;
         let meta = file
             .metadata()
             .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-        if !meta.is_file() {
-            return Err(format!(
-                "revision image {} is not a regular file",
-                path.display()
-            ));
-        }
         // Clients mostly read whole images in order (nbdcopy, qemu-img convert).
         sys::advise_sequential(&file);
         Ok((file, meta.len()))
