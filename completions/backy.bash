@@ -25,6 +25,9 @@ _backy() {
             backy,completions)
                 cmd="backy__subcmd__completions"
                 ;;
+            backy,distrust)
+                cmd="backy__subcmd__distrust"
+                ;;
             backy,expire)
                 cmd="backy__subcmd__expire"
                 ;;
@@ -46,6 +49,9 @@ _backy() {
             backy,nbd-server)
                 cmd="backy__subcmd__nbd__subcmd__server"
                 ;;
+            backy,protect)
+                cmd="backy__subcmd__protect"
+                ;;
             backy,restore)
                 cmd="backy__subcmd__restore"
                 ;;
@@ -54,6 +60,9 @@ _backy() {
                 ;;
             backy,status)
                 cmd="backy__subcmd__status"
+                ;;
+            backy,unprotect)
+                cmd="backy__subcmd__unprotect"
                 ;;
             backy,verify)
                 cmd="backy__subcmd__verify"
@@ -66,6 +75,9 @@ _backy() {
                 ;;
             backy__subcmd__help,completions)
                 cmd="backy__subcmd__help__subcmd__completions"
+                ;;
+            backy__subcmd__help,distrust)
+                cmd="backy__subcmd__help__subcmd__distrust"
                 ;;
             backy__subcmd__help,expire)
                 cmd="backy__subcmd__help__subcmd__expire"
@@ -88,6 +100,9 @@ _backy() {
             backy__subcmd__help,nbd-server)
                 cmd="backy__subcmd__help__subcmd__nbd__subcmd__server"
                 ;;
+            backy__subcmd__help,protect)
+                cmd="backy__subcmd__help__subcmd__protect"
+                ;;
             backy__subcmd__help,restore)
                 cmd="backy__subcmd__help__subcmd__restore"
                 ;;
@@ -96,6 +111,9 @@ _backy() {
                 ;;
             backy__subcmd__help,status)
                 cmd="backy__subcmd__help__subcmd__status"
+                ;;
+            backy__subcmd__help,unprotect)
+                cmd="backy__subcmd__help__subcmd__unprotect"
                 ;;
             backy__subcmd__help,verify)
                 cmd="backy__subcmd__help__subcmd__verify"
@@ -107,7 +125,7 @@ _backy() {
 
     case "${cmd}" in
         backy)
-            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget scheduler check metrics expire nbd-server completions help"
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,6 +229,60 @@ _backy() {
                 return 0
             fi
             case "${prev}" in
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__distrust)
+            opts="-r -f -u -y -v -l -b -h -V --revision --from --until --yes --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --logfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -349,7 +421,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help)
-            opts="init backup restore find status verify forget scheduler check metrics expire nbd-server completions help"
+            opts="init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -391,6 +463,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__distrust)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -502,6 +588,20 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__help__subcmd__protect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -531,6 +631,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__unprotect)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -684,6 +798,48 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__protect)
+            opts="-r -v -l -b -h -V --revision --reason --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__restore)
             opts="-r -f -v -l -b -h -V --revision --force --verify --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -767,6 +923,44 @@ _backy() {
                 return 0
             fi
             case "${prev}" in
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__unprotect)
+            opts="-r -v -l -b -h -V --revision --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --logfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

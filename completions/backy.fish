@@ -36,6 +36,9 @@ complete -c backy -n "__fish_backy_needs_command" -f -a "find" -d 'Print the abs
 complete -c backy -n "__fish_backy_needs_command" -f -a "status" -d 'Show all revisions'
 complete -c backy -n "__fish_backy_needs_command" -f -a "verify" -d 'Check revisions against their checksum manifests'
 complete -c backy -n "__fish_backy_needs_command" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_needs_command" -f -a "distrust" -d 'Mark revisions distrusted: the next backup compares the whole source against such a parent instead of trusting its checksums'
+complete -c backy -n "__fish_backy_needs_command" -f -a "protect" -d 'Protect a revision: retention never deletes it, and forget refuses it without --force'
+complete -c backy -n "__fish_backy_needs_command" -f -a "unprotect" -d 'Hand a protected revision back to retention'
 complete -c backy -n "__fish_backy_needs_command" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
 complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "metrics" -d 'Write the state of every job for Prometheus (node_exporter\'s textfile format)'
@@ -83,10 +86,32 @@ complete -c backy -n "__fish_backy_using_subcommand verify" -s V -l version -d '
 complete -c backy -n "__fish_backy_using_subcommand forget" -s r -l revision -d 'The revision' -r
 complete -c backy -n "__fish_backy_using_subcommand forget" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand forget" -s b -l backupdir -d 'The job directory' -r -F
-complete -c backy -n "__fish_backy_using_subcommand forget" -l force -d 'Also delete a damaged revision (unreadable metadata or a missing image), named by its exact id; `status` lists them'
+complete -c backy -n "__fish_backy_using_subcommand forget" -l force -d 'Also delete a protected revision, the newest complete revision, or a damaged revision (unreadable metadata or a missing image, named by its exact id; `status` lists them)'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
-complete -c backy -n "__fish_backy_using_subcommand forget" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand forget" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s r -l revision -d 'Only this revision' -r
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s f -l from -d 'Only revisions made on or after this UTC day (YYYY-MM-DD) or time' -r
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s u -l until -d 'Only revisions made on or before this UTC day (YYYY-MM-DD) or time' -r
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s y -l yes -d 'Distrust all revisions without asking'
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand distrust" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand protect" -s r -l revision -d 'The revision' -r
+complete -c backy -n "__fish_backy_using_subcommand protect" -l reason -d 'Why (shown by status and expire --dry-run)' -r
+complete -c backy -n "__fish_backy_using_subcommand protect" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand protect" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand protect" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand protect" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand protect" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand unprotect" -s r -l revision -d 'The revision' -r
+complete -c backy -n "__fish_backy_using_subcommand unprotect" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand unprotect" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand unprotect" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand unprotect" -s h -l help -d 'Print help'
+complete -c backy -n "__fish_backy_using_subcommand unprotect" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s c -l config -d 'The scheduler configuration' -r -F
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s b -l backupdir -d 'The job directory' -r -F
@@ -128,17 +153,20 @@ complete -c backy -n "__fish_backy_using_subcommand completions" -s b -l backupd
 complete -c backy -n "__fish_backy_using_subcommand completions" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "metrics" -d 'Write the state of every job for Prometheus (node_exporter\'s textfile format)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget scheduler check metrics expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "distrust" -d 'Mark revisions distrusted: the next backup compares the whole source against such a parent instead of trusting its checksums'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "protect" -d 'Protect a revision: retention never deletes it, and forget refuses it without --force'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "unprotect" -d 'Hand a protected revision back to retention'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "metrics" -d 'Write the state of every job for Prometheus (node_exporter\'s textfile format)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check metrics expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -5,8 +5,14 @@
 # and keeps what earlier runs found). Exits non-zero on a crash, naming the input
 # that reproduces it.
 #
-#   diff_parser   the rbd export-diff parser and applier
-#   nbd_server    the NBD server's handshake and request handling
+#   diff_parser       the rbd export-diff parser and applier
+#   nbd_server        the NBD server's handshake and request handling
+#   job_config        a job's `config` (both layouts, every source type)
+#   scheduler_config  the scheduler configuration (/etc/backy.conf)
+#   rev_file          a revision's `.rev` (YAML, JSON, every timestamp form)
+#   spec              `-r SPEC` resolution over a history the input describes
+#   sums_header       a checksum manifest's header and digests
+#   console_line      the telnet console's line reader and commands
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 #

@@ -97,14 +97,60 @@ pub enum Command {
         revision: Option<String>,
     },
     /// Delete one revision.
+    ///
+    /// A protected revision and the newest complete revision are deleted only
+    /// with --force.
     Forget {
         /// The revision.
         #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: String,
-        /// Also delete a damaged revision (unreadable metadata or a missing
-        /// image), named by its exact id; `status` lists them.
+        /// Also delete a protected revision, the newest complete revision, or
+        /// a damaged revision (unreadable metadata or a missing image, named by
+        /// its exact id; `status` lists them).
         #[arg(long)]
         force: bool,
+    },
+    /// Mark revisions distrusted: the next backup compares the whole source
+    /// against such a parent instead of trusting its checksums.
+    ///
+    /// Without -r, -f or -u every complete revision is distrusted, after a
+    /// question when stdin is a terminal (--yes for scripts). Damaged
+    /// revisions are skipped with a note.
+    Distrust {
+        /// Only this revision.
+        #[arg(
+            short,
+            long,
+            value_name = "SPEC",
+            allow_negative_numbers = true,
+            conflicts_with_all = ["from", "until"]
+        )]
+        revision: Option<String>,
+        /// Only revisions made on or after this UTC day (YYYY-MM-DD) or time.
+        #[arg(short, long, value_name = "DATE", value_parser = crate::spec::DateBound::parse)]
+        from: Option<crate::spec::DateBound>,
+        /// Only revisions made on or before this UTC day (YYYY-MM-DD) or time.
+        #[arg(short, long, value_name = "DATE", value_parser = crate::spec::DateBound::parse)]
+        until: Option<crate::spec::DateBound>,
+        /// Distrust all revisions without asking.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Protect a revision: retention never deletes it, and forget refuses it
+    /// without --force.
+    Protect {
+        /// The revision.
+        #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
+        revision: String,
+        /// Why (shown by status and expire --dry-run).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Hand a protected revision back to retention.
+    Unprotect {
+        /// The revision.
+        #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
+        revision: String,
     },
     /// Run the scheduler daemon in the foreground.
     Scheduler {

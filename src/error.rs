@@ -571,6 +571,51 @@ pub enum Error {
         /// What went wrong.
         what: &'static str,
     },
+    /// `forget` of a protected revision without `--force`.
+    #[error(
+        "revision {id} is protected{}; unprotect it first ('backy unprotect -r {id}') or use --force",
+        reason.as_deref().map(|r| format!(" (reason: {r})")).unwrap_or_default()
+    )]
+    ForgetProtected {
+        /// The revision.
+        id: String,
+        /// Why it was protected, if given.
+        reason: Option<String>,
+    },
+    /// `forget` of the newest complete revision without `--force`.
+    #[error(
+        "revision {id} is the newest complete revision (what 'last' points to and the next backup's parent); use --force to delete it anyway"
+    )]
+    ForgetNewest {
+        /// The revision.
+        id: String,
+    },
+    /// `distrust` without a revision or a date range, not confirmed.
+    #[error(
+        "distrusting all {} of job {} needs confirmation and stdin is not a terminal; pass --yes, or choose revisions with -r or -f/-u",
+        crate::units::count(*count, "revision"),
+        dir.display()
+    )]
+    DistrustAllUnconfirmed {
+        /// How many complete revisions there are.
+        count: usize,
+        /// The job directory.
+        dir: PathBuf,
+    },
+    /// The operator answered no to `distrust`'s question.
+    #[error("not confirmed: no revision of job {} was distrusted", dir.display())]
+    DistrustDeclined {
+        /// The job directory.
+        dir: PathBuf,
+    },
+    /// `distrust -f FROM -u UNTIL` with FROM after UNTIL.
+    #[error("--from {from} is after --until {until}; give the earlier date with --from")]
+    EmptyDateRange {
+        /// The --from value as given.
+        from: String,
+        /// The --until value as given.
+        until: String,
+    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),

@@ -45,12 +45,13 @@
 //!
 //! Locks are `flock`s taken without waiting; a held lock is an error that names it.
 //!
-//! | operation            | `.backup`  | `.purge`   |
-//! |----------------------|------------|------------|
-//! | backup               | exclusive  | shared     |
-//! | restore, verify      | -          | shared     |
-//! | expire, forget       | exclusive  | exclusive  |
-//! | nbd-server           | -          | -          |
+//! | operation             | `.backup`  | `.purge`   |
+//! |-----------------------|------------|------------|
+//! | backup                | exclusive  | shared     |
+//! | restore, verify       | -          | shared     |
+//! | distrust, (un)protect | -          | shared     |
+//! | expire, forget        | exclusive  | exclusive  |
+//! | nbd-server            | -          | -          |
 //!
 //! Always `.backup` before `.purge`. Each `.rev` write also takes `.meta`
 //! exclusively for its few milliseconds (waiting up to 30 s for another

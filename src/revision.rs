@@ -17,11 +17,27 @@
 //!   reflink: true                                 # ours: false = a full copy
 //!   duration: 150.9                               # written last; present = complete
 //! trust: trusted                                  # 2.4+; missing means trusted
+//! protected:                                      # ours: `backy protect`
+//!   reason: before the upgrade                    # optional
+//!   since: 2015-11-05 08:00:00.000000+00:00       # optional; when it was protected
 //! ```
 //!
 //! Unknown keys (top level and in `stats`) are kept when we rewrite a file.
 //! Nothing essential lives only in extra keys: backy 2.1 rewrites `.rev` files on
 //! expiry with its five keys.
+//!
+//! # Protection
+//!
+//! `protected` is ours (backy 2.1 and 2.5 ignore unknown keys, so they still
+//! read the file). Retention never deletes a protected revision and `forget`
+//! refuses it without `--force`. We write the mapping above; we read it
+//! tolerantly and on the safe side: missing, `null`, `false` (or the strings
+//! `false`, `no`, `off`) mean not protected; anything else means protected: a
+//! mapping (its `reason` when it is a string, its `since` when it is a
+//! timestamp), `true`, or a string, which is taken as the reason. A value of
+//! another shape still protects the revision; it is rewritten in the form
+//! above on the next change. backy 2.1's own expiry, should it ever run on the
+//! job, would drop the key (and backy 2.1 knows no protection).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -76,6 +92,70 @@ impl Trust {
     }
 }
 
+/// Why and since when a revision is protected from retention and `forget`
+/// (the `protected` mapping of its `.rev`, see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Protection {
+    /// What the operator gave with `protect --reason`.
+    pub reason: Option<String>,
+    /// When it was protected.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Protection {
+    /// Reads the value of a `protected` key; `None` means not protected.
+    /// Anything present and not false protects (see the module docs).
+    fn from_value(value: Option<Value>) -> Option<Protection> {
+        match value? {
+            Value::Null | Value::Bool(false) => None,
+            Value::String(s)
+                if matches!(
+                    s.trim().to_ascii_lowercase().as_str(),
+                    "false" | "no" | "off"
+                ) =>
+            {
+                None
+            }
+            Value::String(s) => Some(Protection {
+                reason: Some(s).filter(|s| !s.trim().is_empty()),
+                since: None,
+            }),
+            Value::Mapping(m) => Some(Protection {
+                reason: m
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .filter(|s| !s.trim().is_empty()),
+                since: m.get("since").and_then(|v| parse_timestamp(v).ok()),
+            }),
+            _ => Some(Protection::default()),
+        }
+    }
+
+    /// The `protected:` lines of a `.rev`.
+    fn to_yaml(&self) -> String {
+        if self.reason.is_none() && self.since.is_none() {
+            return "protected: true\n".into();
+        }
+        let mut out = String::from("protected:\n");
+        if let Some(reason) = &self.reason {
+            out.push_str(&format!("  reason: {}\n", yaml_scalar(reason)));
+        }
+        if let Some(since) = self.since {
+            out.push_str(&format!("  since: {}\n", format_timestamp(since)));
+        }
+        out
+    }
+
+    /// ` (reason: ...)` for messages, empty without a reason.
+    pub fn reason_note(&self) -> String {
+        match &self.reason {
+            Some(r) => format!(" (reason: {r})"),
+            None => String::new(),
+        }
+    }
+}
+
 /// One revision's metadata, as stored in `<id>.rev`.
 #[derive(Debug, Clone)]
 pub struct Revision {
@@ -91,6 +171,8 @@ pub struct Revision {
     pub stats: Mapping,
     /// Trust state.
     pub trust: Trust,
+    /// Set when retention and `forget` must leave the revision alone.
+    pub protected: Option<Protection>,
     /// Top-level keys we do not know, kept on rewrite.
     pub extra: Mapping,
 }
@@ -105,6 +187,7 @@ impl Revision {
             tags,
             stats: Mapping::new(),
             trust: Trust::Trusted,
+            protected: None,
             extra: Mapping::new(),
         }
     }
@@ -203,6 +286,7 @@ impl Revision {
             Some(Value::String(s)) if s == "verified" => Trust::Verified,
             Some(other) => return Err(format!("unknown 'trust' value {other:?}")),
         };
+        let protected = Protection::from_value(map.remove("protected"));
         Ok(Revision {
             id: uuid,
             timestamp,
@@ -210,6 +294,7 @@ impl Revision {
             tags,
             stats,
             trust,
+            protected,
             extra: map,
         })
     }
@@ -237,7 +322,7 @@ impl Revision {
         out.push_str(&format!("uuid: {}\n", yaml_scalar(&self.id)));
         out.push_str(&format!(
             "timestamp: {}\n",
-            self.timestamp.format("%Y-%m-%d %H:%M:%S%.6f+00:00")
+            format_timestamp(self.timestamp)
         ));
         match &self.parent {
             Some(p) => out.push_str(&format!("parent: {}\n", yaml_scalar(p))),
@@ -267,13 +352,22 @@ impl Revision {
         if self.trust != Trust::Trusted || self.extra.contains_key("trust") {
             out.push_str(&format!("trust: {}\n", self.trust.as_str()));
         }
+        if let Some(protection) = &self.protected {
+            out.push_str(&protection.to_yaml());
+        }
         let mut extra = self.extra.clone();
         extra.remove("trust");
+        extra.remove("protected");
         if !extra.is_empty() {
             out.push_str(&dump_mapping(&extra));
         }
         out
     }
+}
+
+/// A timestamp as the `.rev` stores it: unquoted, microseconds, `+00:00`.
+fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00:00").to_string()
 }
 
 fn dump_mapping(map: &Mapping) -> String {
@@ -444,6 +538,83 @@ mod tests {
         assert_eq!(again.stats, r.stats);
         let y = again.to_yaml();
         assert!(y.contains("\nfoo:\n"), "{y}");
+    }
+
+    #[test]
+    fn protection_round_trips() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let mut r = Revision::new("a".into(), None, BTreeSet::new());
+        r.set_stat("duration", 1.0);
+        assert_eq!(Revision::parse(&r.to_yaml(), "a").unwrap().protected, None);
+        for protection in [
+            Protection::default(),
+            Protection {
+                reason: Some("before the upgrade: keep".into()),
+                since: Some(t("2026-11-30T08:00:00.25Z")),
+            },
+            Protection {
+                reason: Some("yes".into()),
+                since: None,
+            },
+        ] {
+            r.protected = Some(protection.clone());
+            let y = r.to_yaml();
+            let again = Revision::parse(&y, "a").unwrap();
+            assert_eq!(again.protected, Some(protection), "{y}");
+            assert!(again.extra.is_empty(), "{y}");
+            // What backy 2.1 needs stays first and unchanged.
+            assert!(y.starts_with("uuid: a\ntimestamp: "), "{y}");
+        }
+        r.trust = Trust::Distrusted;
+        let y = r.to_yaml();
+        assert!(
+            y.contains("trust: distrusted\nprotected:\n  reason: \"yes\"\n"),
+            "{y}"
+        );
+    }
+
+    /// Anything present and not false protects: a hand-edited or damaged
+    /// value errs on the side of keeping the revision.
+    #[test]
+    fn protection_is_read_on_the_safe_side() {
+        let read = |value: &str| {
+            let text = format!(
+                "uuid: a\ntimestamp: 2015-11-04 20:09:32+00:00\nparent: null\nstats: {{duration: 1.0}}\nprotected: {value}\n"
+            );
+            Revision::parse(&text, "a").unwrap().protected
+        };
+        for off in ["null", "~", "false", "False", "'no'", "off", ""] {
+            assert_eq!(read(off), None, "{off}");
+        }
+        let plain = Some(Protection::default());
+        for on in [
+            "true",
+            "yes",
+            "1",
+            "[a, b]",
+            "{}",
+            "{reason: 7, since: soon}",
+        ] {
+            let want = if on == "yes" {
+                Some(Protection {
+                    reason: Some("yes".into()),
+                    since: None,
+                })
+            } else {
+                plain.clone()
+            };
+            assert_eq!(read(on), want, "{on}");
+        }
+        assert_eq!(
+            read("keep for the audit"),
+            Some(Protection {
+                reason: Some("keep for the audit".into()),
+                since: None
+            })
+        );
+        let p = read("{reason: audit, since: 2026-11-30T08:00:00Z, by: ops}").unwrap();
+        assert_eq!(p.reason.as_deref(), Some("audit"));
+        assert_eq!(p.since.unwrap().to_rfc3339(), "2026-11-30T08:00:00+00:00");
     }
 
     #[test]

@@ -5,8 +5,88 @@
 //! (newest carrying it); a unique id prefix. Only complete revisions are chosen,
 //! except by an exact id, so that the caller can say *why* it cannot be used.
 
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+
 use crate::error::{Error, Result};
 use crate::revision::Revision;
+
+/// One end of a date range (`distrust -f/-u`): a whole UTC day, or an exact
+/// time in any form a `.rev` timestamp may take (naive means UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateBound {
+    /// `YYYY-MM-DD`: the whole day, UTC, included at either end.
+    Day(NaiveDate),
+    /// A full timestamp, included.
+    Instant(DateTime<Utc>),
+}
+
+impl DateBound {
+    /// Parses `YYYY-MM-DD` or a timestamp such as `2015-11-04T20:09:32Z`.
+    pub fn parse(text: &str) -> std::result::Result<DateBound, String> {
+        let t = text.trim();
+        if let Ok(day) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            return Ok(DateBound::Day(day));
+        }
+        crate::revision::parse_timestamp(&serde_norway::Value::String(t.to_string()))
+            .map(DateBound::Instant)
+            .map_err(|_| {
+                format!(
+                    "'{text}' is not a date; give YYYY-MM-DD (a UTC day) or a time such as 2015-11-04T20:09:32Z"
+                )
+            })
+    }
+
+    /// The first instant the bound includes.
+    pub fn first(self) -> DateTime<Utc> {
+        match self {
+            DateBound::Day(day) => day
+                .and_hms_opt(0, 0, 0)
+                .map_or(DateTime::<Utc>::MIN_UTC, |t| t.and_utc()),
+            DateBound::Instant(t) => t,
+        }
+    }
+
+    /// Whether `t` is at or before the end of this bound (the end of its day).
+    pub fn includes_up_to(self, t: DateTime<Utc>) -> bool {
+        match self {
+            DateBound::Day(day) => match day.checked_add_signed(TimeDelta::days(1)) {
+                Some(next) => t < DateBound::Day(next).first(),
+                None => true,
+            },
+            DateBound::Instant(end) => t <= end,
+        }
+    }
+}
+
+impl fmt::Display for DateBound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DateBound::Day(day) => write!(f, "{}", day.format("%Y-%m-%d")),
+            DateBound::Instant(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S%.f UTC")),
+        }
+    }
+}
+
+/// Checks that the range from `from` to `until` can hold any time: an
+/// earlier `--until` than `--from` is an operator's mistake, not "nothing".
+pub fn date_range_check(from: Option<DateBound>, until: Option<DateBound>) -> Result<()> {
+    if let (Some(f), Some(u)) = (from, until)
+        && !u.includes_up_to(f.first())
+    {
+        return Err(Error::EmptyDateRange {
+            from: f.to_string(),
+            until: u.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `t` lies between `from` and `until`, both included; `None` is open.
+pub fn in_date_range(t: DateTime<Utc>, from: Option<DateBound>, until: Option<DateBound>) -> bool {
+    from.is_none_or(|f| t >= f.first()) && until.is_none_or(|u| u.includes_up_to(t))
+}
 
 /// Why `-r TAG` could never select a revision by this tag, if so: `-r` reads a
 /// number (`0`, `1`, `-1`, `+2`) as a revision number and `last`/`latest` as
@@ -156,5 +236,47 @@ mod tests {
         h.sort_by_key(|r| r.timestamp);
         assert_eq!(resolve(&h, "12").unwrap().id, "77");
         assert_eq!(resolve(&h, "77").unwrap().id, "77");
+    }
+
+    #[test]
+    fn date_ranges_include_whole_days_and_exact_times() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let day = |s: &str| DateBound::parse(s).unwrap();
+        assert_eq!(
+            day("2015-11-04"),
+            DateBound::Day(NaiveDate::from_ymd_opt(2015, 11, 4).unwrap())
+        );
+        assert_eq!(
+            day("2015-11-04T20:09:32Z"),
+            DateBound::Instant(t("2015-11-04T20:09:32Z"))
+        );
+        assert_eq!(
+            day("2015-11-04 21:09:32+01:00"),
+            DateBound::Instant(t("2015-11-04T20:09:32Z"))
+        );
+        for bad in ["yesterday", "2015-13-01", "2015-11-31", ""] {
+            let e = DateBound::parse(bad).unwrap_err();
+            assert!(e.contains("YYYY-MM-DD"), "{bad}: {e}");
+        }
+        let (from, until) = (Some(day("2015-11-04")), Some(day("2015-11-05")));
+        for (at, inside) in [
+            ("2015-11-03T23:59:59.999999Z", false),
+            ("2015-11-04T00:00:00Z", true),
+            ("2015-11-05T23:59:59.999999Z", true),
+            ("2015-11-06T00:00:00Z", false),
+        ] {
+            assert_eq!(in_date_range(t(at), from, until), inside, "{at}");
+        }
+        assert!(in_date_range(t("1999-01-01T00:00:00Z"), None, until));
+        assert!(!in_date_range(t("2099-01-01T00:00:00Z"), None, until));
+        assert!(in_date_range(t("2099-01-01T00:00:00Z"), from, None));
+        let exact = Some(day("2015-11-04T12:00:00Z"));
+        assert!(in_date_range(t("2015-11-04T12:00:00Z"), exact, exact));
+        assert!(!in_date_range(t("2015-11-04T12:00:01Z"), None, exact));
+        // One day is a range; until before from is an error that names both.
+        date_range_check(from, from).unwrap();
+        date_range_check(exact, from).unwrap();
+        let e = date_range_check(until, from).unwrap_err().to_string();
+        assert!(e.contains("2015-11-05") && e.contains("2015-11-04"), "{e}");
     }
 }

@@ -672,7 +672,7 @@ fn malformed_rev_files() {
             before,
             "the backup changed {id}.rev"
         );
-        run_ok(fx.backy().args(["forget", "-r", "daily"]));
+        run_ok(fx.backy().args(["forget", "-r", "daily", "--force"]));
         fs::rename(&bad, fx.scratch.join(format!("{id}.rev"))).unwrap();
         fx.assert_untouched();
     }

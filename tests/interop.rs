@@ -7,7 +7,9 @@
 //! revisions, and its scheduler cannot run on this Python (see
 //! `scripts/setup-test-deps.sh`). That our `.rev` files survive such a rewrite
 //! is left to the rule that nothing essential lives only in keys backy 2.1 does
-//! not know (its rewrite keeps its five keys and drops the rest).
+//! not know (its rewrite keeps its five keys and drops the rest). That
+//! includes our `protected` mapping: backy 2.1 knows no protection, and its
+//! expiry would neither honour nor keep it.
 
 mod util;
 
@@ -334,4 +336,74 @@ fn we_use_a_job_backy_21_wrote() {
     let found = run_ok(py(&launcher, &job).args(["find", "-r", "0"])).stdout;
     assert_eq!(found.trim(), image.to_str().unwrap());
     assert_python_restores(&launcher, &job, "0", &src);
+}
+
+/// backy 2.1.5 still uses a job with a protected and a distrusted revision
+/// (issue 12): it ignores our `protected` mapping and the `trust` key, and its
+/// `status`, `find` and `restore` work on every revision.
+#[test]
+fn backy_21_reads_protected_and_distrusted_revisions() {
+    let launcher = require_python_backy!();
+    let fs = require_fs!(FsKind::Btrfs, 512);
+    let src = fs.join("src.img");
+    let job = fs.join("job");
+    make_source(&src, 16 * MIB);
+    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    let mut states = Vec::new();
+    for (n, tags) in ["daily,weekly", "daily", "daily"].into_iter().enumerate() {
+        change_source(&src, 4, 10 + n as u64);
+        run_ok(backy_job(&job).args(["backup", tags]));
+        states.push(save(&fs, &src, &format!("state{n}")));
+    }
+    let ours = ids(&status_json(&job));
+    run_ok(backy_job(&job).args([
+        "protect",
+        "-r",
+        &ours[0],
+        "--reason",
+        "audit: keep until 2027, \"really\"",
+    ]));
+    run_ok(backy_job(&job).args(["distrust", "-r", &ours[1]]));
+    run_ok(backy_job(&job).args(["protect", "-r", &ours[1]]));
+    let revs = status_json(&job);
+    assert_eq!(
+        revs[0]["protected_reason"],
+        "audit: keep until 2027, \"really\""
+    );
+    assert_eq!(revs[1]["trust"], "distrusted");
+    assert_eq!(revs[1]["protected"], true);
+    let rev1 = fs::read_to_string(job.join(format!("{}.rev", ours[1]))).unwrap();
+    assert!(rev1.contains("\ntrust: distrusted\nprotected:\n"), "{rev1}");
+
+    let (rows, summary) = python_status(&launcher, &job);
+    assert_eq!(
+        rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ours,
+        "{rows:?}"
+    );
+    assert_eq!(rows[0].tags, tag_set("daily,weekly"), "{rows:?}");
+    assert!(rows.iter().all(|r| r.size == "16.00 MiB"), "{rows:?}");
+    assert_eq!(summary, "3 revisions containing 48.00 MiB data (estimated)");
+    for (spec, id) in [("0", &ours[2]), ("1", &ours[1]), ("2", &ours[0])] {
+        let found = run_ok(py(&launcher, &job).args(["find", "-r", spec])).stdout;
+        assert_eq!(
+            found.trim(),
+            job.join(id).to_str().unwrap(),
+            "find -r {spec}"
+        );
+    }
+    assert_python_restores(&launcher, &job, "2", &states[0]);
+    assert_python_restores(&launcher, &job, "1", &states[1]);
+    assert_python_restores(&launcher, &job, "0", &states[2]);
+
+    // Its backup on top leaves our keys alone (it never rewrites old .rev files
+    // outside its expiry), and ours still sees both marks.
+    change_source(&src, 4, 20);
+    run_ok(py(&launcher, &job).args(["backup", "hourly"]));
+    let revs = status_json(&job);
+    assert_eq!(revs.len(), 4, "{revs:?}");
+    assert_eq!(revs[0]["protected"], true);
+    assert_eq!(revs[1]["trust"], "distrusted");
+    assert_eq!(revs[3]["parent"].as_str(), Some(ours[2].as_str()));
+    assert_we_restore(&job, "0", &src);
 }

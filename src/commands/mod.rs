@@ -3,12 +3,14 @@
 mod backup;
 mod check;
 mod completions;
+mod distrust;
 mod expire;
 mod find;
 mod forget;
 mod init;
 mod metrics;
 mod nbd_server;
+mod protect;
 mod restore;
 mod scheduler;
 mod status;
@@ -51,6 +53,22 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),
         Command::Forget { revision, force } => forget::run(dir, revision, *force),
+        Command::Distrust {
+            revision,
+            from,
+            until,
+            yes,
+        } => distrust::run(
+            dir,
+            &distrust::Selection {
+                revision: revision.clone(),
+                from: *from,
+                until: *until,
+            },
+            *yes,
+        ),
+        Command::Protect { revision, reason } => protect::protect(dir, revision, reason.as_deref()),
+        Command::Unprotect { revision } => protect::unprotect(dir, revision),
         Command::NbdServer {
             host,
             port,

@@ -63,11 +63,15 @@ pub fn render_table(revisions: &[Revision]) -> String {
     let any_trust = revisions
         .iter()
         .any(|r| r.trust != crate::revision::Trust::Trusted);
+    let any_protected = revisions.iter().any(|r| r.protected.is_some());
     // Ceph revisions record whether the guest was frozen (`stats.consistency`).
     let any_consistency = revisions.iter().any(|r| consistency(r).is_some());
     let mut header = vec!["Date (UTC)", "ID", "Size", "Durat", "Tags"];
     if any_trust {
         header.push("Trust");
+    }
+    if any_protected {
+        header.push("Protected");
     }
     if any_consistency {
         header.push("Consistency");
@@ -83,6 +87,9 @@ pub fn render_table(revisions: &[Revision]) -> String {
         ];
         if any_trust {
             row.push(format!("{:?}", rev.trust).to_lowercase());
+        }
+        if any_protected {
+            row.push(protected_cell(rev));
         }
         if any_consistency {
             row.push(consistency(rev).unwrap_or("-").to_string());
@@ -109,6 +116,14 @@ pub fn render_table(revisions: &[Revision]) -> String {
             n => format!("; {n} incomplete revisions not counted"),
         }
     )
+}
+
+/// The Protected column: `-`, `yes`, or the reason.
+fn protected_cell(rev: &Revision) -> String {
+    match &rev.protected {
+        None => "-".into(),
+        Some(p) => p.reason.clone().unwrap_or_else(|| "yes".into()),
+    }
 }
 
 /// `stats.consistency` of a Ceph revision: `frozen` or `crash`.
@@ -138,6 +153,9 @@ fn to_json(job: &Job) -> String {
                 "bytes_changed": r.stat_u64("bytes_changed"),
                 "reflink": r.stats.get("reflink").and_then(|v| v.as_bool()),
                 "trust": r.trust,
+                "protected": r.protected.is_some(),
+                "protected_reason": r.protected.as_ref().and_then(|p| p.reason.clone()),
+                "protected_since": r.protected.as_ref().and_then(|p| p.since).map(|t| t.to_rfc3339()),
                 "image": job.image_path(&r.id),
                 "future": r.timestamp > now,
                 "damaged": null,
@@ -160,6 +178,9 @@ fn to_json(job: &Job) -> String {
             "bytes_changed": r.and_then(|r| r.stat_u64("bytes_changed")),
             "reflink": r.and_then(|r| r.stats.get("reflink")).and_then(|v| v.as_bool()),
             "trust": r.map(|r| r.trust),
+            "protected": r.is_some_and(|r| r.protected.is_some()),
+            "protected_reason": r.and_then(|r| r.protected.as_ref()).and_then(|p| p.reason.clone()),
+            "protected_since": r.and_then(|r| r.protected.as_ref()).and_then(|p| p.since).map(|t| t.to_rfc3339()),
             "image": job.image_path(&d.id),
             "future": r.is_some_and(|r| r.timestamp > now),
             "damaged": {"file": d.file, "reason": d.reason},

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::status::{JobStatus, count, duration_text, jobs_table, status_counts};
 
 /// Longest accepted command line.
-const MAX_LINE: usize = 1024;
+pub const MAX_LINE: usize = 1024;
 /// Most clients served at once.
 const MAX_CLIENTS: usize = 32;
 
@@ -135,13 +135,18 @@ fn show_jobs(jobs: Vec<JobStatus>) -> String {
     format!("{text}\n{} shown", count(jobs.len(), "job"))
 }
 
-enum Line {
+/// One line a console client sent.
+pub enum Line {
+    /// The text, without telnet negotiation, CR and NUL bytes (invalid UTF-8
+    /// replaced).
     Text(String),
+    /// Longer than the longest accepted command ([`MAX_LINE`]); dropped.
     TooLong,
 }
 
-/// Reads lines from a telnet client, dropping IAC negotiation and NULs.
-struct LineReader<R> {
+/// Reads lines from a telnet client, dropping IAC negotiation and NULs. It
+/// never holds more than [`MAX_LINE`] bytes of a line.
+pub struct LineReader<R> {
     input: R,
     buf: [u8; 512],
     pos: usize,
@@ -152,7 +157,8 @@ struct LineReader<R> {
 }
 
 impl<R: Read> LineReader<R> {
-    fn new(input: R) -> Self {
+    /// A reader of the lines `input` sends.
+    pub fn new(input: R) -> Self {
         LineReader {
             input,
             buf: [0; 512],
@@ -174,7 +180,9 @@ impl<R: Read> LineReader<R> {
         Ok(Some(self.buf[self.pos - 1]))
     }
 
-    fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+    /// The next complete line; `None` at the end of the input (a fragment
+    /// without a newline is dropped).
+    pub fn next_line(&mut self) -> std::io::Result<Option<Line>> {
         let mut line = Vec::new();
         let mut too_long = false;
         while let Some(b) = self.byte()? {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::job::write_atomic;
 
 /// One job's line in the status file, in backy 2.x's key order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStatus {
     /// Job name.
     pub job: String,

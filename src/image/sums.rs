@@ -122,6 +122,15 @@ impl Manifest {
             return Err(bad(path, "its block size is invalid"));
         }
         let image_size = u64::from_le_bytes(header[24..32].try_into().unwrap());
+        // An image size whose digests would not fit in a file (a damaged or
+        // hostile header) is refused before anything is computed from it.
+        if block_count(image_size, block_size)
+            .checked_mul(DIGEST_LEN as u64)
+            .and_then(|n| n.checked_add(HEADER_LEN))
+            .is_none_or(|n| n > i64::MAX as u64)
+        {
+            return Err(bad(path, "its image size is impossibly large"));
+        }
         let m = Manifest::from_file(file, path, block_size, image_size);
         let len = m
             .file

@@ -9,6 +9,12 @@
 //! interval`. Then revisions left without tags are deleted. Incomplete
 //! revisions are neither counted nor touched. Tags the schedule does not name
 //! (manual ones, including 2.5's `manual:` convention) never expire.
+//!
+//! A protected revision (`backy protect`) is never deleted. Its tags expire
+//! like any other's, so the tags it still carries say which schedule slots it
+//! fills, and it never holds a slot a newer revision should: it simply stays,
+//! with the tags it has left (possibly none), until `backy unprotect` hands it
+//! back to retention, which deletes it on the next run if no tag is left.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,7 +22,7 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::config::Schedule;
-use crate::revision::Revision;
+use crate::revision::{Protection, Revision};
 
 /// What retention needs to know about a revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,8 @@ pub struct RevisionInfo {
     pub tags: BTreeSet<String>,
     /// Whether the revision is complete; incomplete ones are left alone.
     pub complete: bool,
+    /// Set when the revision is protected: it is never deleted.
+    pub protected: Option<Protection>,
 }
 
 impl From<&Revision> for RevisionInfo {
@@ -38,6 +46,7 @@ impl From<&Revision> for RevisionInfo {
             timestamp: rev.timestamp,
             tags: rev.tags.clone(),
             complete: rev.is_complete(),
+            protected: rev.protected.clone(),
         }
     }
 }
@@ -79,7 +88,9 @@ pub struct RevisionPlan {
     pub kept: Vec<(String, TagKept)>,
     /// Tags that expire, shortest interval first.
     pub expired: Vec<String>,
-    /// The revision is deleted (complete, and no tag stays).
+    /// Set when the revision is protected: it stays whatever its tags say.
+    pub protected: Option<Protection>,
+    /// The revision is deleted (complete, not protected, and no tag stays).
     pub delete: bool,
 }
 
@@ -193,7 +204,8 @@ fn revision_plan(
         id: rev.id.clone(),
         timestamp: rev.timestamp,
         complete: rev.complete,
-        delete: rev.complete && kept.is_empty(),
+        delete: rev.complete && kept.is_empty() && rev.protected.is_none(),
+        protected: rev.protected.clone(),
         kept,
         expired,
     }
@@ -236,13 +248,15 @@ impl fmt::Display for RevisionPlan {
         if !self.complete {
             return f.write_str("incomplete: not counted");
         }
-        let mut reasons: Vec<String> = self
-            .kept
+        let protected = self
+            .protected
             .iter()
-            .map(|(tag, why)| match why {
+            .map(|p| format!("protected{}", p.reason_note()));
+        let mut reasons: Vec<String> = protected
+            .chain(self.kept.iter().map(|(tag, why)| match why {
                 TagKept::Manual => format!("manual tag {tag}"),
                 other => format!("{tag}: {other}"),
-            })
+            }))
             .collect();
         if self.kept.is_empty() && self.expired.is_empty() {
             reasons.push("no tags".into());
@@ -317,6 +331,18 @@ mod tests {
             timestamp: now() - TimeDelta::hours(age_h),
             tags: tags(list),
             complete,
+            protected: None,
+        }
+    }
+
+    /// [`rev`], protected with `reason`.
+    fn protected(id: &str, age_h: i64, list: &str, reason: &str) -> RevisionInfo {
+        RevisionInfo {
+            protected: Some(Protection {
+                reason: Some(reason.to_string()).filter(|r| !r.is_empty()),
+                since: None,
+            }),
+            ..rev(id, age_h, list, true)
         }
     }
 
@@ -480,6 +506,40 @@ mod tests {
                 ],
                 expect: &[("a", "", true), ("b", "", true), ("d", "daily", false)],
             },
+            Case {
+                name: "a protected revision loses expired tags but stays",
+                rules: &[("daily", DAY, 1), ("weekly", 7 * DAY, 2)],
+                revisions: vec![
+                    protected("a", 300, "daily", "audit"),
+                    protected("b", 200, "daily,weekly", ""),
+                    protected("c", 150, "", ""),
+                    rev("d", 100, "daily", true),
+                    rev("e", 0, "daily", true),
+                ],
+                expect: &[
+                    ("a", "", false),
+                    ("b", "weekly", false),
+                    ("c", "", false),
+                    ("d", "", true),
+                    ("e", "daily", false),
+                ],
+            },
+            Case {
+                name: "a protected revision takes no slot from newer ones",
+                rules: &[("daily", DAY, 2)],
+                revisions: vec![
+                    rev("a", 300, "daily", true),
+                    protected("b", 200, "daily", ""),
+                    rev("c", 100, "daily", true),
+                    rev("d", 0, "daily", true),
+                ],
+                expect: &[
+                    ("a", "", true),
+                    ("b", "", false),
+                    ("c", "daily", false),
+                    ("d", "daily", false),
+                ],
+            },
         ];
         for case in cases {
             let plan = plan(&schedule(case.rules), &case.revisions, now());
@@ -519,11 +579,19 @@ mod tests {
             rev("h", 1, "daily,adhoc", true),
             rev("i", 0, "daily", false),
         ];
+        let mut revisions = revisions;
+        revisions.insert(
+            3,
+            protected("Kept1", 24 * 10, "daily", "before the upgrade"),
+        );
+        revisions.insert(4, protected("Kept2", 24 * 9, "", ""));
         let plan = plan(&default_schedule(), &revisions, now());
         let expected = "\
 2016-01-21 12:00:00  Q5N5Ng5kFzNFVv6FDDDCHi  keep    weekly: newest 2 of 5; monthly: newest 1 of 4; expires daily
 2016-02-18 12:00:00  FqZGAe6iG2hadwJoHdpigW  keep    manual tag manual:keep-me; expires daily
 2016-02-19 12:00:00  ENpdQfhQVgzoiWwT4KuQqP  delete  expires daily
+2016-02-20 12:00:00  Kept1                   keep    protected (reason: before the upgrade); expires daily
+2016-02-21 12:00:00  Kept2                   keep    protected; no tags
 2016-02-22 11:00:00  ojtLPmKfGNhJQbaJYo6a4C  keep    daily: newest 9 of 9; weekly: newest 1 of 5
 2016-02-23 12:00:00  a                       keep    daily: newest 8 of 9
 2016-02-24 12:00:00  b                       keep    daily: newest 7 of 9
@@ -541,7 +609,7 @@ mod tests {
         let retagged: Vec<&str> = plan.retags().map(|r| r.id.as_str()).collect();
         assert_eq!(
             retagged,
-            ["Q5N5Ng5kFzNFVv6FDDDCHi", "FqZGAe6iG2hadwJoHdpigW"]
+            ["Q5N5Ng5kFzNFVv6FDDDCHi", "FqZGAe6iG2hadwJoHdpigW", "Kept1"]
         );
         assert!(!plan.changes_nothing());
 
@@ -577,18 +645,35 @@ mod tests {
             .collect()
     }
 
-    /// Runs the scheduler's decisions from `start` to `end`: back up when
-    /// `next_run` says (taking `duration`), expire after each backup. The
-    /// scheduler is down during `outages` and re-plans when it comes back.
-    fn simulate(
-        schedule: &Schedule,
-        job: &str,
+    /// The scheduler's setting for [`simulate`].
+    struct Scenario<'a> {
+        schedule: &'a Schedule,
+        job: &'a str,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
+        /// How long each backup takes.
         duration: TimeDelta,
-        outages: &[(DateTime<Utc>, DateTime<Utc>)],
+        /// When the scheduler is down (it re-plans when it comes back).
+        outages: &'a [(DateTime<Utc>, DateTime<Utc>)],
+        /// The run whose revision is protected as soon as it is made.
+        protect: Option<DateTime<Utc>>,
+    }
+
+    /// Runs the scheduler's decisions from `start` to `end`: back up when
+    /// `next_run` says (taking `duration`), expire after each backup.
+    fn simulate(
+        scenario: &Scenario,
         mut check: impl FnMut(&[RevisionInfo], &RetentionPlan),
     ) -> (Vec<RevisionInfo>, Runs) {
+        let Scenario {
+            schedule,
+            job,
+            start,
+            end,
+            duration,
+            outages,
+            protect,
+        } = *scenario;
         let spread = spread(job, schedule.max_interval());
         let mut revisions: Vec<RevisionInfo> = Vec::new();
         let mut runs = Vec::new();
@@ -612,6 +697,10 @@ mod tests {
                 timestamp: time,
                 tags: run.tags,
                 complete: true,
+                protected: (protect == Some(time)).then(|| Protection {
+                    reason: Some("audit".into()),
+                    since: Some(time),
+                }),
             });
             now = time + duration;
             let plan = plan(schedule, &revisions, now);
@@ -628,12 +717,15 @@ mod tests {
     fn a_month_of_the_default_schedule() {
         let at = |mo, d, h, mi, s| Utc.with_ymd_and_hms(2015, mo, d, h, mi, s).unwrap();
         let (revisions, runs) = simulate(
-            &default_schedule(),
-            "test01",
-            at(11, 5, 12, 0, 0),
-            at(12, 5, 12, 0, 0),
-            TimeDelta::minutes(10),
-            &[(at(11, 19, 12, 0, 0), at(11, 22, 12, 0, 0))],
+            &Scenario {
+                schedule: &default_schedule(),
+                job: "test01",
+                start: at(11, 5, 12, 0, 0),
+                end: at(12, 5, 12, 0, 0),
+                duration: TimeDelta::minutes(10),
+                outages: &[(at(11, 19, 12, 0, 0), at(11, 22, 12, 0, 0))],
+                protect: None,
+            },
             |_, _| {},
         );
         // The first run is at once with every tag; the catch-up after the
@@ -681,6 +773,55 @@ mod tests {
         assert_eq!(survivors, expected);
     }
 
+    /// The same month with one protected daily revision (11-10): it survives
+    /// every expiry, losing its daily tag when that expires, and everything
+    /// else ends as without it.
+    #[test]
+    fn a_month_with_one_protected_revision() {
+        let at = |mo, d, h, mi, s| Utc.with_ymd_and_hms(2015, mo, d, h, mi, s).unwrap();
+        let schedule = default_schedule();
+        let outages = [(at(11, 19, 12, 0, 0), at(11, 22, 12, 0, 0))];
+        let scenario = |protect| Scenario {
+            schedule: &schedule,
+            job: "test01",
+            start: at(11, 5, 12, 0, 0),
+            end: at(12, 5, 12, 0, 0),
+            duration: TimeDelta::minutes(10),
+            outages: &outages,
+            protect,
+        };
+        let protected_at = at(11, 10, 9, 31, 32);
+        let mut plans = 0;
+        let (with, runs) = simulate(&scenario(Some(protected_at)), |revisions, plan| {
+            if revisions.iter().any(|r| r.timestamp == protected_at) {
+                plans += 1;
+                let kept = plan.revisions.iter().find(|r| r.timestamp == protected_at);
+                let kept = kept.expect("the protected revision is gone");
+                assert!(!kept.delete, "{plan}");
+                assert!(
+                    kept.to_string()
+                        .contains("keep    protected (reason: audit)"),
+                    "{kept}"
+                );
+            }
+        });
+        let (without, runs_without) = simulate(&scenario(None), |_, _| {});
+        assert_eq!(runs, runs_without);
+        assert_eq!(plans, 24);
+        let protected: Vec<&RevisionInfo> = with.iter().filter(|r| r.protected.is_some()).collect();
+        assert_eq!(protected.len(), 1);
+        assert_eq!(protected[0].timestamp, protected_at);
+        assert!(protected[0].tags.is_empty(), "{:?}", protected[0].tags);
+        // Without the protection the same revision is gone, and the rest is equal.
+        assert!(without.iter().all(|r| r.timestamp != protected_at));
+        let others: Vec<RevisionInfo> = with
+            .iter()
+            .filter(|r| r.protected.is_none())
+            .cloned()
+            .collect();
+        assert_eq!(others, without);
+    }
+
     /// The invariants every plan must hold.
     fn check_invariants(
         schedule: &Schedule,
@@ -702,7 +843,15 @@ mod tests {
             if !rev.complete {
                 prop_assert!(expired.is_empty() && !decision.delete);
             }
-            prop_assert_eq!(decision.delete, rev.complete && remaining.is_empty());
+            prop_assert_eq!(
+                decision.delete,
+                rev.complete && remaining.is_empty() && rev.protected.is_none()
+            );
+            // A protected revision is never deleted, and says so.
+            if rev.protected.is_some() && rev.complete {
+                prop_assert!(!decision.delete);
+                prop_assert!(decision.to_string().contains("keep    protected"));
+            }
             // No revision younger than keep*interval loses a schedule tag.
             for tag in &expired {
                 let rule = schedule.tags[tag];
@@ -759,7 +908,7 @@ mod tests {
             schedule in arb_schedule(),
             start in 0i64..(4 * 365 * 86_400),
             steps in prop::collection::vec(
-                (0i64..(10 * 86_400), prop::collection::vec(0usize..5, 0..4), any::<bool>(), 0u8..10),
+                (0i64..(10 * 86_400), prop::collection::vec(0usize..5, 0..4), any::<bool>(), 0u8..10, 0u8..8),
                 0..60,
             ),
             later in 0i64..(60 * 86_400),
@@ -767,7 +916,7 @@ mod tests {
             // From 2015-01-28, so month ends and 2016-02-29 come by.
             let mut time = Utc.with_ymd_and_hms(2015, 1, 28, 0, 0, 0).unwrap() + TimeDelta::seconds(start);
             let mut revisions = Vec::new();
-            for (n, (gap, picks, manual, incomplete)) in steps.into_iter().enumerate() {
+            for (n, (gap, picks, manual, incomplete, protect)) in steps.into_iter().enumerate() {
                 time += TimeDelta::seconds(gap);
                 let mut tags: BTreeSet<String> = picks.into_iter().map(|i| format!("t{i}")).collect();
                 if manual {
@@ -778,6 +927,7 @@ mod tests {
                     timestamp: time,
                     tags,
                     complete: incomplete != 0,
+                    protected: (protect == 0).then(Protection::default),
                 });
             }
             let now = time + TimeDelta::seconds(later);
@@ -812,12 +962,15 @@ mod tests {
                 .collect();
             let mut failure = None;
             let (revisions, runs) = simulate(
-                &schedule,
-                &job,
-                start,
-                end,
-                TimeDelta::minutes(duration_min),
-                &outages,
+                &Scenario {
+                    schedule: &schedule,
+                    job: &job,
+                    start,
+                    end,
+                    duration: TimeDelta::minutes(duration_min),
+                    outages: &outages,
+                    protect: None,
+                },
                 |revisions, plan| {
                     if failure.is_none() {
                         failure = check_invariants(&schedule, revisions, plan).err();
