@@ -66,7 +66,10 @@ fn concurrent_updates(kind: FsKind) {
                 "distrust",
                 spawn(backy_job(&job).args(["distrust", "-r", &target])),
             ),
-            ("verify", spawn(backy_job(&job).args(["verify", "-r", &target]))),
+            (
+                "verify",
+                spawn(backy_job(&job).args(["verify", "-r", &target])),
+            ),
         ];
         if round % 10 == 5 {
             write_at(&src, 5 * MIB, &pattern_bytes(10 + round as u64, 4096));

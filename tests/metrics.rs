@@ -263,7 +263,7 @@ fn write_status(base: &Path, jobs: &[(&str, &str)]) {
 }
 
 /// Three jobs under `fs`: vm01 with two revisions made by `backy backup`, the
-/// older one distrusted and the newer verified by `backy verify`; `broken`,
+/// older one distrusted and protected, the newer verified by `backy verify`; `broken`,
 /// whose directory is a file; and one whose name needs escaping, with an
 /// empty directory. Returns the configuration and vm01's directory.
 fn three_jobs(fs: &TestFs) -> (PathBuf, PathBuf) {
@@ -287,6 +287,7 @@ fn three_jobs(fs: &TestFs) -> (PathBuf, PathBuf) {
     // Damage the first revision's image: verify distrusts it, verifies the other.
     write_at(Path::new(oldest.trim()), 0, &pattern_bytes(3, 4096));
     run(backy_job(&vm01).arg("verify")).code(1);
+    run_ok(backy_job(&vm01).args(["protect", "-r", "1", "--reason", "kept for the audit"]));
     // A file where the broken job's directory should be: it cannot be opened.
     fs::write(base.join("broken"), "not a directory").unwrap();
     // The oddly named job's directory exists, without revisions.
@@ -347,6 +348,7 @@ fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
     }
     assert_eq!(get(&m, "backy_damaged_revisions", &vm), Some(0.0));
     assert_eq!(get(&m, "backy_future_revisions", &vm), Some(0.0));
+    assert_eq!(get(&m, "backy_protected_revisions", &vm), Some(1.0));
     assert_eq!(get(&m, "backy_sla_limit_seconds", &vm), Some(129600.0));
 
     let odd = [("backy_job", "odd \"name\" \\ x")];
@@ -399,6 +401,7 @@ fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
             "backy_last_backup_duration_seconds",
             "backy_last_success_timestamp_seconds",
             "backy_metrics_generated_timestamp_seconds",
+            "backy_protected_revisions",
             "backy_revisions",
             "backy_sla_limit_seconds",
             "backy_sla_ok",

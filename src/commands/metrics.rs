@@ -62,6 +62,8 @@ struct DirFacts {
     newest: Option<Revision>,
     /// Complete revisions per [`TRUST_STATES`].
     by_trust: [u64; 3],
+    /// Complete revisions protected from retention and `forget`.
+    protected: u64,
     /// Damaged revisions.
     damaged: u64,
     /// Complete revisions dated after now.
@@ -74,6 +76,7 @@ impl DirFacts {
         DirFacts {
             newest: job.newest_complete().cloned(),
             by_trust: TRUST_STATES.map(|t| complete().filter(|r| r.trust == t).count() as u64),
+            protected: complete().filter(|r| r.protected.is_some()).count() as u64,
             damaged: job.damaged.len() as u64,
             future: job.future_revisions(now).len() as u64,
         }
@@ -234,6 +237,13 @@ fn job_gauges(e: &mut Exposition, jobs: &[JobFacts]) {
     }
     per_job(
         e,
+        "backy_protected_revisions",
+        "Complete revisions protected from retention and forget (backy protect).",
+        jobs,
+        |j| j.dir.as_ref().map(|d| d.protected),
+    );
+    per_job(
+        e,
         "backy_damaged_revisions",
         "Revisions whose metadata cannot be read or whose image is missing (backy status lists them).",
         jobs,
@@ -304,7 +314,7 @@ mod tests {
             &a,
             "old",
             "2026-01-01 00:00:00+00:00",
-            "{duration: 9.0}",
+            "{duration: 9.0}\nprotected: {reason: audit}",
             "distrusted",
         );
         revision(
@@ -358,6 +368,10 @@ mod tests {
         assert_eq!(
             v(r#"backy_future_revisions{backy_job="a"}"#).as_deref(),
             Some("0")
+        );
+        assert_eq!(
+            v(r#"backy_protected_revisions{backy_job="a"}"#).as_deref(),
+            Some("1")
         );
         // 1.5 times the shortest interval (1 hour).
         assert_eq!(
