@@ -109,6 +109,12 @@ impl Job {
     pub fn scan(&mut self) -> Result<()> {
         let mut revisions = Vec::new();
         let mut damaged = Vec::new();
+        // A `.rev` renamed into place while the directory is listed can be
+        // missing from the listing (btrfs lists only the entries that existed
+        // when the listing began, and a rename makes a new entry), so the
+        // listing holds `.meta` shared, which each `.rev` write holds
+        // exclusively.
+        let _listing = self.lock_meta_shared()?;
         let entries = std::fs::read_dir(&self.dir).map_err(Error::io("cannot list", &self.dir))?;
         for entry in entries {
             let entry = entry.map_err(Error::io("cannot list", &self.dir))?;
@@ -538,6 +544,49 @@ impl Job {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Takes the `.meta` lock shared, for a consistent listing of the `.rev`
+    /// files. A job directory this user cannot write (a monitoring user's
+    /// `status`) is listed with `.meta` opened read-only, or without the lock
+    /// when `.meta` does not exist there.
+    fn lock_meta_shared(&self) -> Result<Option<File>> {
+        let path = self.dir.join(".meta");
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .or_else(|_| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&path)
+            });
+        let Ok(file) = opened else {
+            return Ok(None);
+        };
+        let deadline = std::time::Instant::now() + META_LOCK_WAIT;
+        loop {
+            match file.try_lock_shared() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Locked {
+                        what: format!("the revision metadata of job {}", self.dir.display()),
+                        path,
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("cannot lock", path)(e));
+                }
             }
         }
     }
