@@ -383,7 +383,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__forget)
-            opts="-r -v -l -b -h -V --revision --force --verbose --logfile --backupdir --help --version"
+            opts="-r -v -l -b -h -V --revision --force --dry-run --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

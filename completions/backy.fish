@@ -87,6 +87,7 @@ complete -c backy -n "__fish_backy_using_subcommand forget" -s r -l revision -d 
 complete -c backy -n "__fish_backy_using_subcommand forget" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand forget" -s b -l backupdir -d 'The job directory' -r -F
 complete -c backy -n "__fish_backy_using_subcommand forget" -l force -d 'Also delete a protected revision, the newest complete revision, or a damaged revision (unreadable metadata or a missing image, named by its exact id; `status` lists them)'
+complete -c backy -n "__fish_backy_using_subcommand forget" -l dry-run -d 'Say which revision would be deleted and how much space that frees; change nothing'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c backy -n "__fish_backy_using_subcommand forget" -s V -l version -d 'Print version'
@@ -134,7 +135,7 @@ complete -c backy -n "__fish_backy_using_subcommand metrics" -s V -l version -d 
 complete -c backy -n "__fish_backy_using_subcommand expire" -s c -l config -d 'The scheduler configuration that holds the job\'s schedule' -r -F
 complete -c backy -n "__fish_backy_using_subcommand expire" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand expire" -s b -l backupdir -d 'The job directory' -r -F
-complete -c backy -n "__fish_backy_using_subcommand expire" -l dry-run -d 'Show, per revision, which tag keeps it or why it goes; change nothing'
+complete -c backy -n "__fish_backy_using_subcommand expire" -l dry-run -d 'Show, per revision, which tag keeps it or why it goes, and how much space the deletions free; change nothing'
 complete -c backy -n "__fish_backy_using_subcommand expire" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand expire" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand expire" -s V -l version -d 'Print version'

@@ -109,6 +109,10 @@ pub enum Command {
         /// its exact id; `status` lists them).
         #[arg(long)]
         force: bool,
+        /// Say which revision would be deleted and how much space that frees;
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Mark revisions distrusted: the next backup compares the whole source
     /// against such a parent instead of trusting its checksums.
@@ -179,7 +183,8 @@ pub enum Command {
         /// The scheduler configuration that holds the job's schedule.
         #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
         config: PathBuf,
-        /// Show, per revision, which tag keeps it or why it goes; change nothing.
+        /// Show, per revision, which tag keeps it or why it goes, and how much
+        /// space the deletions free; change nothing.
         #[arg(long)]
         dry_run: bool,
     },

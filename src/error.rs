@@ -530,6 +530,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    // --- space accounting (src/space.rs) ---
+    /// The job's filesystem cannot say where a file's bytes are (no FIEMAP).
+    #[error(
+        "cannot measure the space of {}: its filesystem ({filesystem}) does not report extents (FIEMAP); space figures need btrfs, XFS or ext4",
+        dir.display()
+    )]
+    SpaceUnsupported {
+        /// The job directory.
+        dir: PathBuf,
+        /// The filesystem's name.
+        filesystem: String,
+    },
     // --- the NBD server (src/nbd/, src/commands/nbd_server.rs) ---
     /// `-H` is not an IP address.
     #[error("'{host}' is not an IP address; give one with -H, e.g. 127.0.0.1 or ::1")]

@@ -107,6 +107,9 @@
 //!   area, naming the file or revision and keeping the underlying error as its
 //!   `source`; `main` prints it with [`error::Error::report`], which adds the
 //!   causes its message does not already name.
+//! - What deleting revisions frees and how much they share: [`space::measure`]
+//!   (the physical extents of the job's files, one sweep in [`space::sweep`]),
+//!   for `status`, the dry runs of `forget` and `expire`, and metrics.
 //! - Whether a revision matches its manifest: [`job::Job::verify_revision`],
 //!   used by `verify` and by a backup for the newest distrusted revision.
 
@@ -128,6 +131,7 @@ pub mod progress;
 pub mod revision;
 pub mod schedule;
 pub mod source;
+pub mod space;
 pub mod spec;
 pub mod sys;
 pub mod units;

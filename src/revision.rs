@@ -241,7 +241,7 @@ impl Revision {
         let Value::Mapping(mut map) = value else {
             return Err("it is not a YAML mapping".into());
         };
-        let uuid = match map.remove("uuid") {
+        let uuid = match map.shift_remove("uuid") {
             Some(Value::String(s)) => s,
             Some(Value::Null) | None => id.to_string(),
             Some(other) => return Err(format!("'uuid' is not a string: {other:?}")),
@@ -249,16 +249,16 @@ impl Revision {
         if uuid != id {
             return Err(format!("its uuid '{uuid}' does not match the file name"));
         }
-        let timestamp = match map.remove("timestamp") {
+        let timestamp = match map.shift_remove("timestamp") {
             Some(v) => parse_timestamp(&v)?,
             None => return Err("'timestamp' is missing".into()),
         };
-        let parent = match map.remove("parent") {
+        let parent = match map.shift_remove("parent") {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
             Some(Value::Null) | Some(Value::String(_)) | None => None,
             Some(other) => return Err(format!("'parent' is not a revision id: {other:?}")),
         };
-        let tags = match map.remove("tags") {
+        let tags = match map.shift_remove("tags") {
             Some(Value::Sequence(seq)) => seq
                 .into_iter()
                 .map(|t| match t {
@@ -269,7 +269,7 @@ impl Revision {
             Some(Value::Null) | None => BTreeSet::new(),
             Some(other) => return Err(format!("'tags' is not a list: {other:?}")),
         };
-        let stats = match map.remove("stats") {
+        let stats = match map.shift_remove("stats") {
             Some(Value::Mapping(m)) => m,
             Some(Value::Null) | None => Mapping::new(),
             Some(other) => return Err(format!("'stats' is not a mapping: {other:?}")),
@@ -279,14 +279,14 @@ impl Revision {
         {
             return Err(format!("'stats.duration' is not a number: {d:?}"));
         }
-        let trust = match map.remove("trust") {
+        let trust = match map.shift_remove("trust") {
             None | Some(Value::Null) => Trust::Trusted,
             Some(Value::String(s)) if s == "trusted" => Trust::Trusted,
             Some(Value::String(s)) if s == "distrusted" => Trust::Distrusted,
             Some(Value::String(s)) if s == "verified" => Trust::Verified,
             Some(other) => return Err(format!("unknown 'trust' value {other:?}")),
         };
-        let protected = Protection::from_value(map.remove("protected"));
+        let protected = Protection::from_value(map.shift_remove("protected"));
         Ok(Revision {
             id: uuid,
             timestamp,
@@ -339,7 +339,7 @@ impl Revision {
         // duration goes last, so a reader of a torn file would see it incomplete
         // (we write atomically anyway).
         let mut stats = self.stats.clone();
-        let duration = stats.remove("duration");
+        let duration = stats.shift_remove("duration");
         if let Some(d) = duration {
             stats.insert("duration".into(), d);
         }
@@ -356,8 +356,8 @@ impl Revision {
             out.push_str(&protection.to_yaml());
         }
         let mut extra = self.extra.clone();
-        extra.remove("trust");
-        extra.remove("protected");
+        extra.shift_remove("trust");
+        extra.shift_remove("protected");
         if !extra.is_empty() {
             out.push_str(&dump_mapping(&extra));
         }
@@ -424,7 +424,16 @@ pub fn timestamp_after(now: DateTime<Utc>, parent: Option<DateTime<Utc>>) -> (Da
 
 /// Reads the timestamp forms backy versions wrote: `2015-11-04 20:09:32.123456+00:00`,
 /// ISO 8601 with `T`/`Z`, naive (meaning UTC), or a float epoch (pre-2.0).
+///
+/// The result has whole microseconds, as backy writes them, so a revision
+/// read and written again keeps exactly its timestamp (and its place in
+/// [`order`]).
 pub fn parse_timestamp(v: &Value) -> std::result::Result<DateTime<Utc>, String> {
+    use chrono::SubsecRound;
+    parse_timestamp_any(v).map(|t| t.trunc_subsecs(6))
+}
+
+fn parse_timestamp_any(v: &Value) -> std::result::Result<DateTime<Utc>, String> {
     match v {
         Value::Number(n) => {
             let secs = n.as_f64().ok_or("timestamp is not a number")?;
@@ -467,6 +476,26 @@ fn parse_timestamp_str(s: &str) -> std::result::Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/seeds/rev_file/): a `.rev` read and written
+    /// again is the same text, with unknown keys in their order and the
+    /// timestamp cut to the microseconds the file stores.
+    #[test]
+    fn a_rewritten_rev_is_stable() {
+        let text = "uuid: a\ntimestamp: 2015-11-04 20:09:32.1234526+00:00\nparent: null\nz_first: 1\ntags: []\nstats: {duration: 1.5}\na_second: 2\nbackend_type: cowfile\n";
+        let rev = Revision::parse(text, "a").unwrap();
+        let once = rev.to_yaml();
+        let again = Revision::parse(&once, "a").unwrap();
+        assert_eq!(again.to_yaml(), once);
+        assert_eq!(again.timestamp, rev.timestamp);
+        assert_eq!(rev.timestamp.timestamp_subsec_nanos(), 123_452_000);
+        let order: Vec<&str> = once
+            .lines()
+            .filter_map(|l| l.split(':').next())
+            .filter(|k| ["z_first", "a_second", "backend_type"].contains(k))
+            .collect();
+        assert_eq!(order, ["z_first", "a_second", "backend_type"]);
+    }
 
     #[test]
     fn shortuuid_matches_python_shortuuid_0_4() {

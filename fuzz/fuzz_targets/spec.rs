@@ -5,9 +5,11 @@
 //! Input: the first line is the SPEC; each further line is one revision:
 //! `ID TAG,TAG,... [i]` (`i` = incomplete), in order, oldest first.
 //!
-//! Per input: resolving never panics, and what it returns is a complete
-//! revision of the history; `0`, `last` and `latest` give the newest complete
-//! one.
+//! Per input: resolving never panics, and what it returns is a revision of
+//! the history, complete unless named by its exact id; `0`, `last` and
+//! `latest` give the newest complete one. The first line also goes through
+//! `distrust`'s date parser (`DateBound`), whose day bounds print back to
+//! themselves.
 
 #![no_main]
 
@@ -45,9 +47,23 @@ fuzz_target!(|data: &[u8]| {
         revisions.push(rev);
     }
     let newest = revisions.iter().rev().find(|r| r.is_complete());
+    if let Ok(bound) = spec::DateBound::parse(spec_text) {
+        let _ = bound.includes_up_to(bound.first());
+        if let spec::DateBound::Day(_) = bound {
+            let again = spec::DateBound::parse(&bound.to_string()).expect("a day prints back");
+            assert_eq!(again.to_string(), bound.to_string());
+        }
+    }
     match spec::resolve(&revisions, spec_text) {
         Ok(rev) => {
-            assert!(rev.is_complete(), "resolved to incomplete {}", rev.id);
+            // Only an exact id names an incomplete revision (`Job::resolve`
+            // then says it is incomplete); numbers, tags, `last` and
+            // prefixes see complete ones only.
+            assert!(
+                rev.is_complete() || rev.id == spec_text,
+                "{spec_text:?} resolved to incomplete {}",
+                rev.id
+            );
             assert!(revisions.iter().any(|r| std::ptr::eq(r, rev)));
             if ["0", "last", "latest"].contains(&spec_text)
                 && !revisions.iter().any(|r| r.id == spec_text)

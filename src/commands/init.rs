@@ -7,8 +7,7 @@ use crate::config::{JobConfig, SourceConfig, SourceKind};
 use crate::error::{Error, Result};
 use crate::job::write_atomic;
 
-/// Mode of a job directory `init` creates: the backups are the VM's data.
-const DIR_MODE: u32 = 0o750;
+use crate::job::DIR_MODE;
 
 /// Creates the job directory (if needed) and its `config`.
 pub fn run(dir: &Path, kind: SourceKind, source_arg: &str) -> Result<()> {

@@ -52,7 +52,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Find { revision } => find::run(dir, revision),
         Command::Status { json } => status::run(dir, *json),
         Command::Verify { revision } => verify::run(dir, revision.as_deref()),
-        Command::Forget { revision, force } => forget::run(dir, revision, *force),
+        Command::Forget {
+            revision,
+            force,
+            dry_run,
+        } => forget::run(dir, revision, *force, *dry_run),
         Command::Distrust {
             revision,
             from,

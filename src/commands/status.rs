@@ -8,6 +8,7 @@ use comfy_table::{CellAlignment, ContentArrangement, Table};
 use crate::error::Result;
 use crate::job::{Damaged, Job, future_note};
 use crate::revision::Revision;
+use crate::space::{self, JobSpace};
 use crate::units::{format_bytes, format_duration};
 
 /// Tag order when the schedule is unknown: common interval names by interval.
@@ -35,10 +36,15 @@ pub fn format_tags(rev: &Revision) -> String {
 /// damaged revisions, revisions dated in the future, `last` links to repair.
 pub fn run(dir: &Path, json: bool) -> Result<()> {
     let job = Job::open(dir)?;
+    let space = measure(&job);
     if json {
-        return crate::output::stdout_line(&to_json(&job));
+        return crate::output::stdout_line(&to_json(&job, &space));
     }
-    let mut text = render_table(job.revisions());
+    let mut text = render_table(
+        job.revisions(),
+        space.as_ref().ok().and_then(Option::as_ref),
+    );
+    text.push_str(&space_summary(&space));
     let damaged = job.damaged.iter().map(Damaged::describe);
     let future = job
         .future_revisions(Utc::now())
@@ -54,8 +60,42 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
     crate::output::stdout(&text)
 }
 
-/// The table backy 2.1 prints, with its summary line.
-pub fn render_table(revisions: &[Revision]) -> String {
+/// The job's space, `None` without complete revisions. A filesystem without
+/// FIEMAP or an unreadable image is an error to show, never one that stops
+/// `status`.
+fn measure(job: &Job) -> Result<Option<JobSpace>> {
+    if !job.revisions().iter().any(Revision::is_complete) {
+        return Ok(None);
+    }
+    space::measure(job).map(Some)
+}
+
+/// The lines after backy 2.1's summary: physical and logical bytes, the
+/// sharing factor, what the Freed column means and how exact it is.
+fn space_summary(space: &Result<Option<JobSpace>>) -> String {
+    let space = match space {
+        Ok(None) => return String::new(),
+        Ok(Some(s)) => s,
+        Err(e) => return format!("Space: not measured: {e}\n"),
+    };
+    let mut text = format!(
+        "Space: {} on disk for {} of revision data (sharing factor {:.1}x); manifests and .rev files {}\n",
+        format_bytes(space.physical),
+        format_bytes(space.logical),
+        space.sharing_factor(),
+        format_bytes(space.manifests_physical),
+    );
+    text.push_str("Freed: what deleting only that revision frees");
+    match space.caveat().as_str() {
+        "" => text.push_str(" (exact)\n"),
+        caveat => text.push_str(&format!(" (an estimate: {caveat})\n")),
+    }
+    text
+}
+
+/// The table backy 2.1 prints, with its summary line; with `space`, a Freed
+/// column after Tags.
+pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String {
     let mut table = Table::new();
     table
         .load_preset("||--+-++|    ++++++")
@@ -67,6 +107,9 @@ pub fn render_table(revisions: &[Revision]) -> String {
     // Ceph revisions record whether the guest was frozen (`stats.consistency`).
     let any_consistency = revisions.iter().any(|r| consistency(r).is_some());
     let mut header = vec!["Date (UTC)", "ID", "Size", "Durat", "Tags"];
+    if space.is_some() {
+        header.push("Freed");
+    }
     if any_trust {
         header.push("Trust");
     }
@@ -85,6 +128,13 @@ pub fn render_table(revisions: &[Revision]) -> String {
             format_duration(rev.duration()),
             format_tags(rev),
         ];
+        if let Some(space) = space {
+            row.push(
+                space
+                    .revision(&rev.id)
+                    .map_or("-".into(), |r| format_bytes(r.exclusive)),
+            );
+        }
         if any_trust {
             row.push(format!("{:?}", rev.trust).to_lowercase());
         }
@@ -96,7 +146,8 @@ pub fn render_table(revisions: &[Revision]) -> String {
         }
         table.add_row(row);
     }
-    for col in [2, 3] {
+    let freed_col = space.map(|_| 5);
+    for col in [2, 3].into_iter().chain(freed_col) {
         if let Some(c) = table.column_mut(col) {
             c.set_cell_alignment(CellAlignment::Right);
         }
@@ -136,8 +187,33 @@ pub fn consistency_reason(rev: &Revision) -> Option<&str> {
     rev.stats.get("consistency_reason").and_then(|v| v.as_str())
 }
 
-fn to_json(job: &Job) -> String {
+/// The job's space for `--json`: an object, `null` without complete
+/// revisions, `{"error": ...}` when it cannot be measured.
+fn space_json(space: &Result<Option<JobSpace>>) -> serde_json::Value {
+    match space {
+        Ok(None) => serde_json::Value::Null,
+        Ok(Some(s)) => serde_json::json!({
+            "filesystem": s.filesystem,
+            "physical": s.physical,
+            "logical": s.logical,
+            "sharing_factor": s.sharing_factor(),
+            "manifests_physical": s.manifests_physical,
+            "exact": s.accuracy.is_exact(),
+            "caveat": match s.caveat() {
+                c if c.is_empty() => None,
+                c => Some(c),
+            },
+        }),
+        Err(e) => serde_json::json!({"error": e.to_string()}),
+    }
+}
+
+fn to_json(job: &Job, space: &Result<Option<JobSpace>>) -> String {
     let now = Utc::now();
+    // The array stays one entry per revision (as consumers expect); the
+    // job's totals ride along in each as `job_space`.
+    let job_space = space_json(space);
+    let measured = space.as_ref().ok().and_then(Option::as_ref);
     let mut revs: Vec<serde_json::Value> = job
         .revisions()
         .iter()
@@ -161,6 +237,9 @@ fn to_json(job: &Job) -> String {
                 "damaged": null,
                 "consistency": consistency(r),
                 "consistency_reason": consistency_reason(r),
+                "freed": measured.and_then(|s| s.revision(&r.id)).map(|s| s.exclusive),
+                "shared_outside": measured.and_then(|s| s.revision(&r.id)).map(|s| s.shared_outside),
+                "job_space": job_space,
             })
         })
         .collect();
@@ -186,6 +265,9 @@ fn to_json(job: &Job) -> String {
             "damaged": {"file": d.file, "reason": d.reason},
             "consistency": r.and_then(consistency),
             "consistency_reason": r.and_then(consistency_reason),
+            "freed": null,
+            "shared_outside": null,
+            "job_space": job_space,
         }));
     }
     serde_json::to_string_pretty(&revs).unwrap_or_default()

@@ -294,7 +294,9 @@ fn forward_stderr(job: &str, stderr: impl std::io::Read, log_path: &Path) -> Opt
 
 /// Writes a job's `config` before its run, only when it changed.
 fn write_job_config(dir: &Path, def: &JobDef) -> Result<()> {
-    std::fs::create_dir(dir)
+    // 0750, as `init` makes it: VM disks hold secrets.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), crate::job::DIR_MODE)
+        .create(dir)
         .or_else(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Ok(())

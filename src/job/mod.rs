@@ -7,7 +7,7 @@
 mod remove;
 mod verify;
 
-pub use remove::expire;
+pub use remove::{expire, expire_logging_freed};
 pub use verify::VerifyOutcome;
 
 use std::fs::{File, OpenOptions};
@@ -62,6 +62,10 @@ impl Damaged {
         )
     }
 }
+
+/// Mode of a job directory backy creates (`init`, the scheduler): the
+/// backups are the VM's data, for the owner and the backup group only.
+pub const DIR_MODE: u32 = 0o750;
 
 /// The names of the links to the newest revision.
 const LINKS: [&str; 2] = ["last", "last.rev"];

@@ -21,12 +21,35 @@ use crate::schedule::retention::{self, RetentionPlan, RevisionInfo};
 use crate::sys;
 
 /// Plans retention for the job in `dir` at `now`, and unless `dry_run` carries
-/// it out ([`Job::apply_retention`]) under the job's purge lock.
+/// it out ([`Job::apply_retention`]) under the job's purge lock. The
+/// scheduler's expiry: it does not measure what the deletions freed, since
+/// `syncfs` on a busy backup server could stall the scheduler's loop.
 pub fn expire(
     dir: &Path,
     schedule: &Schedule,
     now: DateTime<Utc>,
     dry_run: bool,
+) -> Result<RetentionPlan> {
+    expire_with(dir, schedule, now, dry_run, false)
+}
+
+/// [`expire`], and logs the bytes the deletions freed as `statfs` counts
+/// them ([`Job::apply_retention_logging_freed`]): `backy expire`.
+pub fn expire_logging_freed(
+    dir: &Path,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<RetentionPlan> {
+    expire_with(dir, schedule, now, dry_run, true)
+}
+
+fn expire_with(
+    dir: &Path,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    log_freed: bool,
 ) -> Result<RetentionPlan> {
     let mut job = Job::open(dir)?;
     let lock = if dry_run {
@@ -38,7 +61,11 @@ pub fn expire(
     job.scan()?;
     let plan = job.retention_plan(schedule, now);
     if let Some(lock) = lock {
-        job.apply_retention(&plan, &lock)?;
+        if log_freed {
+            job.apply_retention_logging_freed(&plan, &lock)?;
+        } else {
+            job.apply_retention(&plan, &lock)?;
+        }
     }
     Ok(plan)
 }
@@ -82,13 +109,48 @@ impl Job {
         sys::fsync_dir(&self.dir).map_err(Error::io("cannot sync", &self.dir))
     }
 
-    /// Removes a complete or incomplete revision (needs the purge lock) and fixes `last`.
-    pub fn remove_revision(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
+    /// Removes a complete or incomplete revision (needs the purge lock) and
+    /// fixes `last`; logs the bytes the filesystem freed ([`Job::log_freed`]).
+    pub fn remove_revision(&mut self, id: &str, lock: &PurgeLock) -> Result<()> {
+        let before = self.available_bytes();
+        self.remove_revision_unmeasured(id, lock)?;
+        self.log_freed(before, &format!("Removing revision {id}"));
+        Ok(())
+    }
+
+    /// Free bytes of the job's filesystem, settled ([`sys::settled_available_bytes`]);
+    /// `None` (and a debug line) when `statfs` fails.
+    fn available_bytes(&self) -> Option<u64> {
+        sys::settled_available_bytes(&self.dir)
+            .inspect_err(|e| tracing::debug!("statfs of {}: {e}", self.dir.display()))
+            .ok()
+    }
+
+    /// Logs how much free space `what` gained since `before`, as `statfs`
+    /// counts it: the bytes actually freed, to compare with what `status`
+    /// predicted.
+    fn log_freed(&self, before: Option<u64>, what: &str) {
+        let (Some(before), Some(after)) = (before, self.available_bytes()) else {
+            return;
+        };
+        match after.checked_sub(before) {
+            Some(freed) => tracing::info!(
+                "{what} freed {} on the filesystem (statfs)",
+                crate::units::format_bytes(freed)
+            ),
+            None => tracing::info!(
+                "{what} freed nothing on the filesystem (statfs: {} less free space, written meanwhile)",
+                crate::units::format_bytes(before - after)
+            ),
+        }
+    }
+
+    fn remove_revision_unmeasured(&mut self, id: &str, _lock: &PurgeLock) -> Result<()> {
         // Mark it incomplete first: a crash half-way must not leave a "complete"
         // revision without its image.
         if let Some(rev) = self.revision(id) {
             let mut rev = rev.clone();
-            rev.stats.remove("duration");
+            rev.stats.shift_remove("duration");
             let _meta = self.lock_meta()?;
             self.write_rev(&rev)?;
         }
@@ -104,9 +166,27 @@ impl Job {
     }
 
     /// Carries out a retention plan (needs the purge lock): rewrites the
-    /// `.rev` of revisions that lose tags, and removes those left with none
-    /// ([`Job::remove_revision`]).
+    /// `.rev` of revisions that lose tags, and removes those left with none.
     pub fn apply_retention(&mut self, plan: &RetentionPlan, lock: &PurgeLock) -> Result<()> {
+        self.apply_retention_with(plan, lock, false)
+    }
+
+    /// [`Job::apply_retention`], and logs the bytes the deletions freed
+    /// ([`Job::log_freed`]).
+    pub fn apply_retention_logging_freed(
+        &mut self,
+        plan: &RetentionPlan,
+        lock: &PurgeLock,
+    ) -> Result<()> {
+        self.apply_retention_with(plan, lock, true)
+    }
+
+    fn apply_retention_with(
+        &mut self,
+        plan: &RetentionPlan,
+        lock: &PurgeLock,
+        log_freed: bool,
+    ) -> Result<()> {
         for step in plan.retags() {
             if self.revision(&step.id).is_some() {
                 self.update_rev(&step.id, |rev| {
@@ -119,9 +199,25 @@ impl Job {
                 );
             }
         }
-        for step in plan.deletions() {
-            self.remove_revision(&step.id, lock)?;
-            tracing::info!("Revision {} expired: no tags left", step.id);
+        let deletions: Vec<&str> = plan.deletions().map(|s| s.id.as_str()).collect();
+        if deletions.is_empty() {
+            return Ok(());
+        }
+        let before = if log_freed {
+            self.available_bytes()
+        } else {
+            None
+        };
+        for id in &deletions {
+            self.remove_revision_unmeasured(id, lock)?;
+            tracing::info!("Revision {id} expired: no tags left");
+        }
+        if log_freed {
+            let what = format!(
+                "Expiry of {}",
+                crate::units::count(deletions.len(), "revision")
+            );
+            self.log_freed(before, &what);
         }
         Ok(())
     }
