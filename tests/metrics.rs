@@ -349,6 +349,27 @@ fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
     assert_eq!(get(&m, "backy_damaged_revisions", &vm), Some(0.0));
     assert_eq!(get(&m, "backy_future_revisions", &vm), Some(0.0));
     assert_eq!(get(&m, "backy_protected_revisions", &vm), Some(1.0));
+    // Space as `status` measures it; the two revisions share their data.
+    let space = &newest["job_space"];
+    let physical = get(&m, "backy_physical_bytes", &vm).unwrap();
+    let logical = get(&m, "backy_logical_bytes", &vm).unwrap();
+    assert_eq!(
+        physical,
+        (space["physical"].as_u64().unwrap() + space["manifests_physical"].as_u64().unwrap())
+            as f64,
+        "{space}"
+    );
+    assert_eq!(logical, space["logical"].as_u64().unwrap() as f64);
+    assert!(
+        2.0 * MIB as f64 <= physical && physical < logical,
+        "physical {physical}, logical {logical}"
+    );
+    assert_eq!(
+        get(&m, "backy_space_exact", &vm),
+        Some(0.0),
+        "btrfs: an estimate"
+    );
+
     assert_eq!(get(&m, "backy_sla_limit_seconds", &vm), Some(129600.0));
 
     let odd = [("backy_job", "odd \"name\" \\ x")];
@@ -372,6 +393,7 @@ fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
         );
     }
     assert_eq!(get(&m, "backy_damaged_revisions", &odd), Some(0.0));
+    assert_eq!(get(&m, "backy_physical_bytes", &odd), Some(0.0));
     assert_eq!(get(&m, "backy_last_success_timestamp_seconds", &odd), None);
 
     let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
@@ -400,11 +422,14 @@ fn metrics_of_a_backed_up_a_broken_and_an_oddly_named_job() {
             "backy_last_backup_changed_bytes",
             "backy_last_backup_duration_seconds",
             "backy_last_success_timestamp_seconds",
+            "backy_logical_bytes",
             "backy_metrics_generated_timestamp_seconds",
+            "backy_physical_bytes",
             "backy_protected_revisions",
             "backy_revisions",
             "backy_sla_limit_seconds",
             "backy_sla_ok",
+            "backy_space_exact",
             "backy_status_file_max_age_seconds",
             "backy_status_file_timestamp_seconds",
         ])

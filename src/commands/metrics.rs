@@ -68,6 +68,18 @@ struct DirFacts {
     damaged: u64,
     /// Complete revisions dated after now.
     future: u64,
+    /// Its space, `None` when it could not be measured.
+    space: Option<Space>,
+}
+
+/// What [`crate::space::measure`] found, as far as the metrics need it.
+struct Space {
+    /// Distinct bytes on disk of images, manifests and `.rev` files.
+    physical: u64,
+    /// Bytes the images map, summed over the revisions.
+    logical: u64,
+    /// Whether the figures are exact (not a btrfs estimate).
+    exact: bool,
 }
 
 impl DirFacts {
@@ -79,6 +91,21 @@ impl DirFacts {
             protected: complete().filter(|r| r.protected.is_some()).count() as u64,
             damaged: job.damaged.len() as u64,
             future: job.future_revisions(now).len() as u64,
+            space: match crate::space::measure(job) {
+                Ok(s) => Some(Space {
+                    physical: s.physical + s.manifests_physical,
+                    logical: s.logical,
+                    exact: s.accuracy.is_exact(),
+                }),
+                Err(e) => {
+                    tracing::warn!(
+                        "Job {}: space not measured: {}",
+                        job.dir().display(),
+                        e.report()
+                    );
+                    None
+                }
+            },
         }
     }
 }
@@ -98,6 +125,11 @@ impl JobFacts<'_> {
     /// The newest complete revision, if the directory could be read.
     fn newest(&self) -> Option<&Revision> {
         self.dir.as_ref()?.newest.as_ref()
+    }
+
+    /// The measured space, if the directory could be read and measured.
+    fn space(&self) -> Option<&Space> {
+        self.dir.as_ref()?.space.as_ref()
     }
 }
 
@@ -241,6 +273,27 @@ fn job_gauges(e: &mut Exposition, jobs: &[JobFacts]) {
         "Complete revisions protected from retention and forget (backy protect).",
         jobs,
         |j| j.dir.as_ref().map(|d| d.protected),
+    );
+    per_job(
+        e,
+        "backy_physical_bytes",
+        "Distinct bytes on disk of the job's complete revisions: images, manifests and .rev files, each shared byte once.",
+        jobs,
+        |j| j.space().map(|s| s.physical),
+    );
+    per_job(
+        e,
+        "backy_logical_bytes",
+        "Bytes the complete revisions' images map, summed (what they would take without sharing).",
+        jobs,
+        |j| j.space().map(|s| s.logical),
+    );
+    per_job(
+        e,
+        "backy_space_exact",
+        "1 when the space figures are exact (XFS, ext4), 0 when they are an estimate (btrfs, compression; see SPACE in man backy).",
+        jobs,
+        |j| j.space().map(|s| s.exact),
     );
     per_job(
         e,
