@@ -8,8 +8,10 @@
 //!
 //! Where the values come from:
 //!
-//! - the job directories (read without locks, as `status` does): the newest
-//!   complete revision, the revisions by trust state, the damaged ones;
+//! - the job directories, read as `status` reads them (no backup or purge
+//!   lock, so a running backup is never in the way): the newest complete
+//!   revision, the revisions by trust state, the protected and damaged ones,
+//!   and the space ([`crate::space::measure`]);
 //! - the scheduler's status file, judged as `backy check` judges it
 //!   ([`super::check::read_status`], [`super::check::job_sla`]): `backy_sla_ok`
 //!   is 1 only when the file is recent enough and lists the job within SLA.
