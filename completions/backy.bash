@@ -985,7 +985,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__verify)
-            opts="-r -v -l -b -h -V --revision --verbose --logfile --backupdir --help --version"
+            opts="-r -v -l -b -h -V --revision --sample --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -996,6 +996,10 @@ _backy() {
                     return 0
                     ;;
                 -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sample)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -78,6 +78,7 @@ complete -c backy -n "__fish_backy_using_subcommand status" -s v -l verbose -d '
 complete -c backy -n "__fish_backy_using_subcommand status" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand status" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand verify" -s r -l revision -d 'Only this revision (default: every complete revision, newest first)' -r
+complete -c backy -n "__fish_backy_using_subcommand verify" -l sample -d 'Check only this percentage of each revision\'s blocks, chosen at random (at least one); the check is recorded as partial' -r
 complete -c backy -n "__fish_backy_using_subcommand verify" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand verify" -s b -l backupdir -d 'The job directory' -r -F
 complete -c backy -n "__fish_backy_using_subcommand verify" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'

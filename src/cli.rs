@@ -95,6 +95,10 @@ pub enum Command {
         /// Only this revision (default: every complete revision, newest first).
         #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: Option<String>,
+        /// Check only this percentage of each revision's blocks, chosen at
+        /// random (at least one); the check is recorded as partial.
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        sample: Option<f64>,
     },
     /// Delete one revision.
     ///
@@ -229,5 +233,20 @@ impl Command {
                 | Command::Metrics { .. }
                 | Command::Completions { .. }
         )
+    }
+}
+
+/// A percentage for `verify --sample`: more than 0, at most 100.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 =
+        text.trim_end_matches('%').trim().parse().map_err(|_| {
+            format!("'{text}' is not a number; give a percentage such as 10 or 0.5")
+        })?;
+    if value > 0.0 && value <= 100.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{text} is not a percentage above 0 and at most 100; give for example 10"
+        ))
     }
 }

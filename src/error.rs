@@ -464,6 +464,16 @@ pub enum Error {
         /// The revisions.
         ids: Vec<String>,
     },
+    /// `verify` of all revisions met revisions without a checksum manifest.
+    #[error(
+        "{} revision(s) have no checksum manifest and were not verified: {}; only their source could check them",
+        ids.len(),
+        ids.join(", ")
+    )]
+    RevisionsNotVerifiable {
+        /// The revisions.
+        ids: Vec<String>,
+    },
     // --- backup (src/commands/backup.rs) ---
     /// The tags argument names no tag.
     #[error("no tags given in '{text}'; name at least one, e.g. 'backy backup daily'")]

@@ -111,7 +111,11 @@
 //!   (the physical extents of the job's files, one sweep in [`space::sweep`]),
 //!   for `status`, the dry runs of `forget` and `expire`, and metrics.
 //! - Whether a revision matches its manifest: [`job::Job::verify_revision`],
-//!   used by `verify` and by a backup for the newest distrusted revision.
+//!   used by `verify` and by a backup for the newest distrusted revision; a
+//!   block is bad only after a second read past the page cache
+//!   ([`image::scrub`]). Which other revisions a bad block makes bad (the
+//!   same physical extent, by FIEMAP): [`job::Job::verify_revisions`], in
+//!   `src/job/damage.rs`.
 
 pub mod cli;
 pub mod commands;

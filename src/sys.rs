@@ -92,6 +92,18 @@ pub fn drop_page_cache(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
+/// Drops the cached pages of `len` bytes of `file` at `offset`, so the next read
+/// of them goes to the disk (`POSIX_FADV_DONTNEED`; clean pages only).
+pub fn drop_cached_range(file: &File, offset: u64, len: u64) {
+    // Advisory only; at worst the read comes from the cache.
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
 /// Asks the kernel to start reading `[offset, offset+len)` of `file` in the
 /// background (`POSIX_FADV_WILLNEED`).
 pub fn prefetch(file: &File, offset: u64, len: u64) {

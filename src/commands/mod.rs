@@ -51,7 +51,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         ),
         Command::Find { revision } => find::run(dir, revision),
         Command::Status { json } => status::run(dir, *json),
-        Command::Verify { revision } => verify::run(dir, revision.as_deref()),
+        Command::Verify { revision, sample } => verify::run(dir, revision.as_deref(), *sample),
         Command::Forget {
             revision,
             force,
