@@ -46,6 +46,9 @@ _backy() {
             backy,init)
                 cmd="backy__subcmd__init"
                 ;;
+            backy,metrics)
+                cmd="backy__subcmd__metrics"
+                ;;
             backy,nbd-server)
                 cmd="backy__subcmd__nbd__subcmd__server"
                 ;;
@@ -106,6 +109,9 @@ _backy() {
             backy__subcmd__help,init)
                 cmd="backy__subcmd__help__subcmd__init"
                 ;;
+            backy__subcmd__help,metrics)
+                cmd="backy__subcmd__help__subcmd__metrics"
+                ;;
             backy__subcmd__help,nbd-server)
                 cmd="backy__subcmd__help__subcmd__nbd__subcmd__server"
                 ;;
@@ -143,7 +149,7 @@ _backy() {
 
     case "${cmd}" in
         backy)
-            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help"
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check metrics expire nbd-server send receive completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -481,7 +487,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help)
-            opts="init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help"
+            opts="init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check metrics expire nbd-server send receive completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -621,6 +627,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__init)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__metrics)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -781,6 +801,48 @@ _backy() {
                 return 0
             fi
             case "${prev}" in
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__metrics)
+            opts="-c -v -l -b -h -V --config --textfile --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --textfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --logfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

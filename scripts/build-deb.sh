@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a Debian package of backy from a staged tree with dpkg-deb: the binary,
-# the man page, the shell completions, the systemd unit, the logrotate file and
-# the example scheduler configuration.
+# the man page, the shell completions, the systemd units (scheduler, metrics
+# timer), the logrotate file and the example scheduler configuration.
 #
 #   scripts/build-deb.sh                     release build, package in target/deb/
 #   scripts/build-deb.sh --binary PATH       package an already built binary
@@ -55,11 +55,13 @@ gzip -9n <"$repo/man/backy.1" >"$root/usr/share/man/man1/backy.1.gz"
 install -D -m 0644 "$repo/completions/backy.bash" "$root/usr/share/bash-completion/completions/backy"
 install -D -m 0644 "$repo/completions/_backy" "$root/usr/share/zsh/vendor-completions/_backy"
 install -D -m 0644 "$repo/completions/backy.fish" "$root/usr/share/fish/vendor_completions.d/backy.fish"
-# The unit as committed runs /usr/local/bin/backy (a hand install); the package's is in /usr/bin.
+# The units as committed run /usr/local/bin/backy (a hand install); the package's is in
+# /usr/bin. None is enabled: the operator enables the scheduler and the metrics timer.
 install -d -m 0755 "$root/lib/systemd/system"
-sed 's|/usr/local/bin/backy|/usr/bin/backy|g' "$repo/contrib/backy-scheduler.service" \
-    >"$root/lib/systemd/system/backy-scheduler.service"
-chmod 0644 "$root/lib/systemd/system/backy-scheduler.service"
+for unit in backy-scheduler.service backy-metrics.service backy-metrics.timer; do
+    sed 's|/usr/local/bin/backy|/usr/bin/backy|g' "$repo/contrib/$unit" >"$root/lib/systemd/system/$unit"
+    chmod 0644 "$root/lib/systemd/system/$unit"
+done
 for unit in btrfs-maintenance.service btrfs-maintenance.timer; do
     install -D -m 0644 "$repo/contrib/$unit" "$root/usr/share/doc/backy/examples/$unit"
 done

@@ -3,7 +3,8 @@
 #
 # - Debian packages for the test filesystems, NBD and image tools, and Ceph
 #   for the throw-away test clusters (scripts/ceph-cluster.sh; librbd1 for
-#   backy's librbd reads, python3-rbd for the harness's exact writes);
+#   backy's librbd reads, python3-rbd for the harness's exact writes), and
+#   prometheus for promtool, which lints `backy metrics` (tests/metrics.rs);
 # - the original Python backy 2.1.5 in a venv at target/backy21, with the
 #   launcher target/backy21/bin/backy21 that the tests run as the peer
 #   (tests/util/python.rs, python_backy()).
@@ -19,7 +20,7 @@ python=${PYTHON:-python3}
 
 packages=(btrfs-progs xfsprogs e2fsprogs util-linux nbdkit libnbd-bin qemu-utils python3-venv
     nbd-client python3-libnbd fuse3 dpkg binutils rsync
-    ceph-mon ceph-osd ceph-common librbd1 python3-rbd)
+    ceph-mon ceph-osd ceph-common librbd1 python3-rbd prometheus)
 
 say() { printf 'setup-test-deps: %s\n' "$*" >&2; }
 

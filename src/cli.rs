@@ -200,6 +200,16 @@ pub enum Command {
         #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
         config: PathBuf,
     },
+    /// Write the state of every job for Prometheus (node_exporter's textfile format).
+    Metrics {
+        /// The scheduler configuration.
+        #[arg(short, long, value_name = "CONFIG", default_value = "/etc/backy.conf")]
+        config: PathBuf,
+        /// Replace this file atomically (mode 0644) instead of printing to stdout,
+        /// e.g. /var/lib/prometheus/node-exporter/backy.prom.
+        #[arg(long, value_name = "PATH")]
+        textfile: Option<PathBuf>,
+    },
     /// Apply the job's retention rules now (the scheduler does this after each run).
     Expire {
         /// The scheduler configuration that holds the job's schedule.
@@ -282,6 +292,7 @@ impl Command {
             Command::Find { .. }
                 | Command::Status { .. }
                 | Command::Check { .. }
+                | Command::Metrics { .. }
                 | Command::Completions { .. }
                 | Command::Receive { have: true, .. }
         )

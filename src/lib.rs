@@ -133,6 +133,7 @@ pub mod interrupt;
 pub mod job;
 pub mod logging;
 pub mod manpage;
+pub mod metrics;
 pub mod nbd;
 pub mod output;
 pub mod progress;

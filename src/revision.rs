@@ -100,7 +100,8 @@ pub enum Trust {
 }
 
 impl Trust {
-    fn as_str(self) -> &'static str {
+    /// The word in the `.rev` file: `trusted`, `distrusted`, `verified`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Trust::Trusted => "trusted",
             Trust::Distrusted => "distrusted",

@@ -1,5 +1,5 @@
 //! The Debian package `scripts/build-deb.sh` builds holds what an operator
-//! installs (binary, man page, completions, systemd unit, logrotate, example
+//! installs (binary, man page, completions, systemd units, logrotate, example
 //! configuration), and the binary extracted from it runs.
 
 mod util;
@@ -19,6 +19,8 @@ const CONTENTS: &[&str] = &[
     "./usr/share/zsh/vendor-completions/_backy",
     "./usr/share/fish/vendor_completions.d/backy.fish",
     "./lib/systemd/system/backy-scheduler.service",
+    "./lib/systemd/system/backy-metrics.service",
+    "./lib/systemd/system/backy-metrics.timer",
     "./etc/logrotate.d/backy",
     "./usr/share/doc/backy/examples/backy.conf",
     "./usr/share/doc/backy/copyright",
@@ -130,6 +132,10 @@ fn debian_package_holds_what_an_operator_installs_and_runs() {
         ),
         ("etc/logrotate.d/backy", "contrib/logrotate.d/backy"),
         (
+            "lib/systemd/system/backy-metrics.timer",
+            "contrib/backy-metrics.timer",
+        ),
+        (
             "usr/share/doc/backy/examples/backy.conf",
             "contrib/backy.conf.example",
         ),
@@ -140,17 +146,16 @@ fn debian_package_holds_what_an_operator_installs_and_runs() {
             "{packaged} differs from {committed}"
         );
     }
-    let mut unit = String::new();
-    fs::File::open(
-        root.path()
-            .join("lib/systemd/system/backy-scheduler.service"),
-    )
-    .unwrap()
-    .read_to_string(&mut unit)
-    .unwrap();
-    assert!(
-        unit.contains("ExecStart=/usr/bin/backy "),
-        "the packaged unit must run the packaged binary:\n{unit}"
-    );
-    assert!(!unit.contains("/usr/local/bin/backy"), "{unit}");
+    for name in ["backy-scheduler.service", "backy-metrics.service"] {
+        let mut unit = String::new();
+        fs::File::open(root.path().join("lib/systemd/system").join(name))
+            .unwrap()
+            .read_to_string(&mut unit)
+            .unwrap();
+        assert!(
+            unit.contains("ExecStart=/usr/bin/backy "),
+            "the packaged {name} must run the packaged binary:\n{unit}"
+        );
+        assert!(!unit.contains("/usr/local/bin/backy"), "{unit}");
+    }
 }

@@ -93,31 +93,88 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// The check's output and exit code at time `now`.
-pub fn evaluate(config_path: &Path, now: SystemTime) -> (String, u8) {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => return (format!("UNKNOWN: {e}"), Severity::Unknown as u8),
-    };
+/// The scheduler's status file, as read at one moment.
+pub enum StatusFile {
+    /// There is none at the configured path.
+    Missing,
+    /// It exists but cannot be read or parsed; the error says why.
+    Unreadable(crate::error::Error),
+    /// Its jobs, and how long ago it was written.
+    Read {
+        /// When it was last written.
+        modified: SystemTime,
+        /// Its age at the moment of reading (0 when dated in the future).
+        age: Duration,
+        /// Its jobs.
+        jobs: Vec<JobStatus>,
+    },
+}
+
+/// Reads the status file that `config` names, at time `now`.
+pub fn read_status(config: &Config, now: SystemTime) -> StatusFile {
     let path = &config.status_file;
-    let modified = match std::fs::metadata(path).and_then(|m| m.modified()) {
-        Ok(t) => t,
-        Err(_) => {
-            return (
-                format!("UNKNOWN: No status file found at {}", path.display()),
-                Severity::Unknown as u8,
-            );
-        }
+    let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+        return StatusFile::Missing;
     };
     let jobs = match std::fs::read_to_string(path) {
         // An empty file is an empty list (the configured jobs are then missing).
         Ok(text) if text.trim().is_empty() => Vec::new(),
         _ => match read_status_file(path) {
             Ok(jobs) => jobs,
-            Err(e) => return (format!("UNKNOWN: {e}"), Severity::Unknown as u8),
+            Err(e) => return StatusFile::Unreadable(e),
         },
     };
-    let age = now.duration_since(modified).unwrap_or_default();
+    StatusFile::Read {
+        modified,
+        age: now.duration_since(modified).unwrap_or_default(),
+        jobs,
+    }
+}
+
+/// Whether a status file of age `age` is too old: the scheduler is not running.
+pub fn is_stale(config: &Config, age: Duration) -> bool {
+    age > max_status_age(config)
+}
+
+/// Where a configured job stands, by the status file's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSla {
+    /// Listed and within its SLA.
+    Within,
+    /// Listed and out of its SLA.
+    TooOld,
+    /// Not listed: the running scheduler does not back it up.
+    NotScheduled,
+}
+
+/// The SLA state of the job `name` in the status file's `jobs`.
+pub fn job_sla(jobs: &[JobStatus], name: &str) -> JobSla {
+    match jobs.iter().find(|j| j.job == name) {
+        None => JobSla::NotScheduled,
+        Some(j) if j.ok() => JobSla::Within,
+        Some(_) => JobSla::TooOld,
+    }
+}
+
+/// The check's output and exit code at time `now`.
+pub fn evaluate(config_path: &Path, now: SystemTime) -> (String, u8) {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return (format!("UNKNOWN: {e}"), Severity::Unknown as u8),
+    };
+    let (age, jobs) = match read_status(&config, now) {
+        StatusFile::Missing => {
+            return (
+                format!(
+                    "UNKNOWN: No status file found at {}",
+                    config.status_file.display()
+                ),
+                Severity::Unknown as u8,
+            );
+        }
+        StatusFile::Unreadable(e) => return (format!("UNKNOWN: {e}"), Severity::Unknown as u8),
+        StatusFile::Read { age, jobs, .. } => (age, jobs),
+    };
     let (findings, perf) = assess(&config, &jobs, age, DateTime::<Utc>::from(now));
     render(&findings, &count(config.jobs.len(), "job"), &perf)
 }
@@ -131,8 +188,8 @@ pub fn assess(
     now: DateTime<Utc>,
 ) -> (Vec<Finding>, String) {
     let mut findings = Vec::new();
-    let max_age = max_status_age(config);
-    if age > max_age {
+    if is_stale(config, age) {
+        let max_age = max_status_age(config);
         findings.push(Finding::new(
             Severity::Critical,
             format!(
@@ -146,8 +203,11 @@ pub fn assess(
         ));
     }
 
-    let listed = |name: &str| jobs.iter().any(|j| j.job == name);
-    let missing: Vec<&String> = config.jobs.keys().filter(|n| !listed(n)).collect();
+    let missing: Vec<&String> = config
+        .jobs
+        .keys()
+        .filter(|n| job_sla(jobs, n) == JobSla::NotScheduled)
+        .collect();
     if !missing.is_empty() {
         // Not in the status file means not scheduled: no backups are made, and
         // the check cannot tell their age. CRITICAL, since nothing heals it

@@ -9,6 +9,7 @@ mod export_diff;
 mod find;
 mod forget;
 mod init;
+mod metrics;
 mod nbd_server;
 mod protect;
 mod receive;
@@ -28,6 +29,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let dir = &cli.backupdir;
     let done = match &cli.command {
         Command::Check { config } => return check::run(config),
+        Command::Metrics { config, textfile } => metrics::run(config, textfile.as_deref()),
         Command::Scheduler { config } => scheduler::run(config, cli),
         Command::Expire { config, dry_run } => expire::run(dir, config, *dry_run),
         Command::Completions { shell } => completions::run(*shell),
