@@ -59,39 +59,8 @@ done
 [[ -x $BACKY21 ]] || die "no backy 2.1.5 launcher at $BACKY21; run scripts/setup-test-deps.sh first"
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive integer"
 
-echo "== building backy (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet)
-BACKY=$ROOT/target/release/backy
-[[ -x $BACKY ]] || die "cargo build produced no $BACKY"
-
-WORK=$(mktemp -d)
-LOOPS=()
-MOUNTS=()
-cleanup() {
-    local rc=$? m dev ok=1
-    set +e
-    cd /
-    for m in "${MOUNTS[@]}"; do
-        if mountpoint -q "$m"; then
-            umount "$m" 2>/dev/null || { sleep 1; umount "$m"; } || ok=0
-        fi
-    done
-    for dev in "${LOOPS[@]}"; do
-        losetup -d "$dev" 2>/dev/null
-    done
-    if [[ $ok -eq 1 ]]; then
-        rm -rf "$WORK"
-    else
-        echo "backup.sh: could not unmount everything; left $WORK in place" >&2
-    fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-attach() { # backing file -> loop device (direct I/O: no second copy in the page cache)
-    losetup --find --show --direct-io=on "$1" 2>/dev/null || losetup --find --show "$1"
-}
+# $BACKY, $WORK, the EXIT trap that unmounts what MOUNTS/LOOPS list, attach().
+source "$ROOT/benches/lib.sh"
 
 echo "== preparing filesystems in $WORK"
 # The source (2 GiB), two full backups and, per repetition, about 1.9 GiB of new

@@ -41,39 +41,8 @@ for tool in losetup mkfs.btrfs mkfs.xfs xfs_io python3 awk cargo mountpoint cmp;
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 
-echo "== building backy (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet)
-BACKY=$ROOT/target/release/backy
-[[ -x $BACKY ]] || die "cargo build produced no $BACKY"
-
-WORK=$(mktemp -d)
-LOOPS=()
-MOUNTS=()
-cleanup() {
-    local rc=$? m dev ok=1
-    set +e
-    cd /
-    for m in "${MOUNTS[@]}"; do
-        if mountpoint -q "$m"; then
-            umount "$m" 2>/dev/null || { sleep 1; umount "$m"; } || ok=0
-        fi
-    done
-    for dev in "${LOOPS[@]}"; do
-        losetup -d "$dev" 2>/dev/null
-    done
-    if [[ $ok -eq 1 ]]; then
-        rm -rf "$WORK"
-    else
-        echo "replication.sh: could not unmount everything; left $WORK in place" >&2
-    fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-attach() { # backing file -> loop device (direct I/O: no second copy in the page cache)
-    losetup --find --show --direct-io=on "$1" 2>/dev/null || losetup --find --show "$1"
-}
+# $BACKY, $WORK, the EXIT trap that unmounts what MOUNTS/LOOPS list, attach().
+source "$ROOT/benches/lib.sh"
 
 echo "== preparing filesystems in $WORK"
 truncate -s 12G "$WORK/btrfs.img" "$WORK/xfs.img"

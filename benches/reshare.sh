@@ -45,39 +45,8 @@ for tool in losetup "mkfs.$FS" rsync python3 sha256sum awk cargo mountpoint; do
 done
 [[ $REVISIONS =~ ^[1-9][0-9]*$ ]] || die "BENCH_REVISIONS must be a positive integer"
 
-echo "== building backy (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet)
-BACKY=$ROOT/target/release/backy
-[[ -x $BACKY ]] || die "cargo build produced no $BACKY"
-
-WORK=$(mktemp -d)
-LOOPS=()
-MOUNTS=()
-cleanup() {
-    local rc=$? m dev ok=1
-    set +e
-    cd /
-    for m in "${MOUNTS[@]}"; do
-        if mountpoint -q "$m"; then
-            umount "$m" 2>/dev/null || { sleep 1; umount "$m"; } || ok=0
-        fi
-    done
-    for dev in "${LOOPS[@]}"; do
-        losetup -d "$dev" 2>/dev/null
-    done
-    if [[ $ok -eq 1 ]]; then
-        rm -rf "$WORK"
-    else
-        echo "reshare.sh: could not unmount everything; left $WORK in place" >&2
-    fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-attach() { # backing file -> loop device (direct I/O: no second copy in the page cache)
-    losetup --find --show --direct-io=on "$1" 2>/dev/null || losetup --find --show "$1"
-}
+# $BACKY, $WORK, the EXIT trap that unmounts what MOUNTS/LOOPS list, attach().
+source "$ROOT/benches/lib.sh"
 
 mkfs_mount() { # name size_mib
     local dev
