@@ -1,0 +1,563 @@
+//! Crash soak: SIGKILL at random moments spread over every operation that
+//! writes to a job (backup, verify, distrust, protect/unprotect, forget,
+//! expire), and after each kill check that
+//! - every complete revision's image and `.sums` are byte for byte what they
+//!   were when it became complete, and a new complete revision holds what the
+//!   source held when its backup started;
+//! - no revision is damaged (`status --json`), no image lies without its
+//!   `.rev`, and no complete revision lacks its image or manifest;
+//! - only the revisions the killed operation meant to delete are gone or
+//!   left incomplete (and the next backup removes those leftovers);
+//! - the next operation of that kind succeeds.
+//!
+//! `BACKY_SOAK_POINTS` is the number of kills per filesystem (default: 20 per
+//! operation), `BACKY_SOAK_SEED` replays a run (the seed is printed).
+//! `scripts/crash-soak.sh N` runs this with N kills in total and sums up the
+//! `SOAK` lines it prints.
+//!
+//! An operation is one entry in [`OPS`]: a function that prepares the job
+//! (runs unkilled set-up commands if it needs any) and returns the command
+//! line to kill plus what that command may delete.
+
+mod util;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 8 * MIB;
+/// Above this many complete revisions the soak forgets the oldest (unkilled).
+const MAX_REVS: usize = 5;
+
+/// What an operation's run looks like.
+struct Planned {
+    args: Vec<String>,
+    /// Revisions this run may delete (so they may be gone or incomplete after a kill).
+    may_remove: BTreeSet<String>,
+}
+
+impl Planned {
+    fn new(args: &[&str]) -> Planned {
+        Planned {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            may_remove: BTreeSet::new(),
+        }
+    }
+}
+
+/// An operation of the soak: its name and how to prepare one run of it.
+struct Op {
+    name: &'static str,
+    prepare: fn(&mut Soak) -> Planned,
+}
+
+/// The operations, each a small function. Receive and reshare join here.
+const OPS: &[Op] = &[
+    Op {
+        name: "backup",
+        prepare: prep_backup,
+    },
+    Op {
+        name: "verify",
+        prepare: prep_verify,
+    },
+    Op {
+        name: "distrust",
+        prepare: prep_distrust,
+    },
+    Op {
+        name: "protect",
+        prepare: prep_protect,
+    },
+    Op {
+        name: "forget",
+        prepare: prep_forget,
+    },
+    Op {
+        name: "expire",
+        prepare: prep_expire,
+    },
+];
+
+fn prep_backup(s: &mut Soak) -> Planned {
+    s.change_source();
+    Planned::new(&["backup", "daily"])
+}
+
+fn prep_verify(s: &mut Soak) -> Planned {
+    match s.rnd() % 3 {
+        0 => {
+            let id = s.random_complete();
+            Planned::new(&["verify", "-r", &id])
+        }
+        _ => Planned::new(&["verify"]),
+    }
+}
+
+fn prep_distrust(s: &mut Soak) -> Planned {
+    match s.rnd() % 2 {
+        0 => {
+            let id = s.random_complete();
+            Planned::new(&["distrust", "-r", &id])
+        }
+        _ => Planned::new(&["distrust", "--yes"]),
+    }
+}
+
+fn prep_protect(s: &mut Soak) -> Planned {
+    let id = s.random_complete();
+    let protected = s
+        .seen
+        .iter()
+        .any(|r| r["id"] == id.as_str() && r["protected"] == true);
+    if protected {
+        Planned::new(&["unprotect", "-r", &id])
+    } else {
+        Planned::new(&["protect", "-r", &id, "--reason", "soak"])
+    }
+}
+
+fn prep_forget(s: &mut Soak) -> Planned {
+    // Something to forget besides the newest revision.
+    if s.complete_ids().len() < 3 {
+        s.backup_unkilled();
+    }
+    let ids = s.complete_ids();
+    let id = ids[s.rnd() as usize % (ids.len() - 1)].clone();
+    let mut p = Planned::new(&["forget", "-r", &id, "--force"]);
+    p.may_remove.insert(id);
+    p
+}
+
+fn prep_expire(s: &mut Soak) -> Planned {
+    if s.complete_ids().len() < 4 {
+        s.backup_unkilled();
+    }
+    let conf = s.conf.to_str().unwrap().to_string();
+    // What the plan deletes now; the kill may land before or after any of it.
+    let dry = run_ok(backy_job(&s.job).args(["expire", "--dry-run", "-c", &conf]));
+    let may_remove = dry
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 4 && w[3] == "delete").then(|| w[2].to_string())
+        })
+        .collect();
+    let mut p = Planned::new(&["expire", "-c", &conf]);
+    p.may_remove = may_remove;
+    p
+}
+
+#[derive(Default, Clone)]
+struct Tally {
+    time: Duration,
+    kills: u32,
+    mid: u32,
+    after: u32,
+    failures: u32,
+}
+
+struct Soak {
+    job: PathBuf,
+    src: PathBuf,
+    conf: PathBuf,
+    seed: u64,
+    /// id -> (sha256 of image, sha256 of `.sums`) when it became complete.
+    known: BTreeMap<String, (String, String)>,
+    /// sha256 of the source when the latest backup started.
+    source_hash: String,
+    /// Revisions a killed forget or expire may have left incomplete, until a
+    /// backup removes them.
+    doomed: BTreeSet<String>,
+    failures: Vec<String>,
+    /// `status --json` as the last check saw it.
+    seen: Vec<serde_json::Value>,
+}
+
+impl Soak {
+    fn rnd(&mut self) -> u64 {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.seed >> 33
+    }
+
+    fn status(&self) -> Vec<serde_json::Value> {
+        let r = run_ok(backy_job(&self.job).args(["status", "--json"]));
+        serde_json::from_str(&r.stdout).unwrap()
+    }
+
+    /// Complete revisions as the last check saw them, oldest first.
+    fn complete_ids(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|r| r["complete"] == true)
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn random_complete(&mut self) -> String {
+        let ids = self.complete_ids();
+        ids[self.rnd() as usize % ids.len()].clone()
+    }
+
+    /// Changes the source a little, as between two real backups.
+    fn change_source(&mut self) {
+        for _ in 0..4 {
+            let at = self.rnd() % (SIZE - 65536) / 4096 * 4096;
+            let seed = self.rnd();
+            write_at(&self.src, at, &pattern_bytes(seed, 65536));
+        }
+        self.source_hash = sha256(&self.src);
+    }
+
+    fn backup_unkilled(&mut self) {
+        self.change_source();
+        run_ok(backy_job(&self.job).args(["backup", "daily"]));
+        self.check("set-up backup", &BTreeSet::new());
+    }
+
+    fn fail(&mut self, what: String) {
+        eprintln!("SOAK FAILURE: {what}");
+        self.failures.push(what);
+    }
+
+    /// Checks the invariants; `may_remove` are the revisions the operation
+    /// just run may have deleted. Returns whether everything held.
+    fn check(&mut self, after: &str, may_remove: &BTreeSet<String>) -> bool {
+        let before = self.failures.len();
+        let revs = self.status();
+        let mut present = BTreeSet::new();
+        let mut complete = Vec::new();
+        for r in &revs {
+            let id = r["id"].as_str().unwrap().to_string();
+            if !r["damaged"].is_null() {
+                self.fail(format!(
+                    "{after}: revision {id} is damaged: {}",
+                    r["damaged"]
+                ));
+            }
+            if r["complete"] == true {
+                complete.push(id.clone());
+            } else if self.known.contains_key(&id)
+                && !may_remove.contains(&id)
+                && !self.doomed.contains(&id)
+            {
+                self.fail(format!("{after}: complete revision {id} became incomplete"));
+            }
+            present.insert(id);
+        }
+        // Files: no image or manifest without its `.rev`, and a complete
+        // revision has both.
+        for entry in fs::read_dir(&self.job).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.starts_with('.') || ["config", "last", "last.rev"].contains(&name.as_str()) {
+                continue;
+            }
+            let id = name.strip_suffix(".sums").unwrap_or(&name);
+            if !id.contains('.') && !self.job.join(format!("{id}.rev")).exists() {
+                self.fail(format!("{after}: {name} lies without {id}.rev"));
+            }
+        }
+        let mut paths = Vec::new();
+        for id in &complete {
+            paths.push(self.job.join(id));
+            paths.push(self.job.join(format!("{id}.sums")));
+        }
+        let hashes = sha256_many(&paths);
+        for (i, id) in complete.iter().enumerate() {
+            let (Some(image), Some(sums)) = (hashes[2 * i].clone(), hashes[2 * i + 1].clone())
+            else {
+                self.fail(format!(
+                    "{after}: complete revision {id} lacks its image or manifest"
+                ));
+                continue;
+            };
+            match self.known.get(id).cloned() {
+                Some((i0, s0)) => {
+                    if i0 != image {
+                        self.fail(format!("{after}: image of {id} changed"));
+                    }
+                    if s0 != sums {
+                        self.fail(format!("{after}: manifest of {id} changed"));
+                    }
+                }
+                None => {
+                    if image != self.source_hash {
+                        self.fail(format!(
+                            "{after}: new revision {id} does not hold what the source held"
+                        ));
+                    }
+                    // Its manifest matches its image.
+                    let r = run(backy_job(&self.job).args(["verify", "-r", id]));
+                    if !r.status.success() {
+                        self.fail(format!("{after}: new revision {id} does not verify: {r:?}"));
+                    }
+                    self.known.insert(id.clone(), (image, sums));
+                }
+            }
+        }
+        // What disappeared was meant to.
+        let gone: Vec<String> = self
+            .known
+            .keys()
+            .filter(|id| !present.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if !may_remove.contains(&id) && !self.doomed.contains(&id) {
+                self.fail(format!("{after}: revision {id} disappeared"));
+            }
+            self.known.remove(&id);
+        }
+        for id in &present {
+            if !complete.contains(id) && self.known.contains_key(id) {
+                // Left incomplete by a killed removal: the next backup removes it.
+                self.known.remove(id);
+                self.doomed.insert(id.clone());
+            }
+        }
+        self.doomed.retain(|id| present.contains(id));
+        self.seen = revs;
+        self.failures.len() == before
+    }
+
+    /// After a successful backup: nothing incomplete, `last` names the newest.
+    fn check_after_backup(&mut self) {
+        let revs = self.seen.clone();
+        if let Some(r) = revs.iter().find(|r| r["complete"] != true) {
+            self.fail(format!("backup left an incomplete revision: {}", r["id"]));
+        }
+        let newest = revs.last().unwrap()["id"].as_str().unwrap().to_string();
+        let last = fs::read_link(self.job.join("last")).ok();
+        if last.as_deref() != Some(Path::new(&newest)) {
+            self.fail(format!("last is {last:?}, the newest revision is {newest}"));
+        }
+        // Housekeeping: a bounded number of revisions keeps each check fast.
+        let ids = self.complete_ids();
+        if ids.len() > MAX_REVS {
+            run_ok(backy_job(&self.job).args(["forget", "-r", &ids[0], "--force"]));
+            self.known.remove(&ids[0]);
+            self.seen = self.status();
+        }
+    }
+}
+
+/// sha256 of each file (None where it is missing), in one `sha256sum` run.
+fn sha256_many(paths: &[PathBuf]) -> Vec<Option<String>> {
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new("sha256sum")
+        .arg("-b")
+        .args(paths)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut by_path = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((hash, path)) = line.split_once(" *") {
+            by_path.insert(PathBuf::from(path), hash.to_string());
+        }
+    }
+    paths.iter().map(|p| by_path.get(p).cloned()).collect()
+}
+
+/// Runs the job's command once unkilled; how long it took, or why it failed.
+fn timed(job: &Path, args: &[String]) -> Result<Duration, String> {
+    let start = Instant::now();
+    let r = run(backy_job(job).args(args));
+    if r.status.success() {
+        Ok(start.elapsed())
+    } else {
+        Err(format!("{r:?}"))
+    }
+}
+
+fn soak(kind: FsKind) {
+    let fs = require_fs!(kind, 1024);
+    let points: usize = std::env::var("BACKY_SOAK_POINTS")
+        .ok()
+        .map(|v| v.parse().expect("BACKY_SOAK_POINTS is a number"))
+        .unwrap_or(20 * OPS.len());
+    let seed: u64 = std::env::var("BACKY_SOAK_SEED")
+        .ok()
+        .map(|v| v.parse().expect("BACKY_SOAK_SEED is a number"))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000_007
+        });
+    eprintln!(
+        "crash soak on {}: {points} kills, BACKY_SOAK_SEED={seed}",
+        kind.name()
+    );
+    let src = fs.join("src.img");
+    let job = fs.join("job");
+    let conf = fs.join("backy.conf");
+    write_file(&src, SIZE, &[(0, &pattern_bytes(1, (SIZE / 2) as usize))]);
+    fs::write(
+        &conf,
+        format!(
+            "global: {{base-dir: {}}}\nschedules:\n  s:\n    daily: {{interval: 1s, keep: 2}}\njobs:\n  job: {{schedule: s, source: {{type: file, filename: {}}}}}\n",
+            fs.path().display(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    let mut s = Soak {
+        job: job.clone(),
+        src,
+        conf,
+        seed,
+        known: BTreeMap::new(),
+        source_hash: String::new(),
+        doomed: BTreeSet::new(),
+        failures: Vec::new(),
+        seen: Vec::new(),
+    };
+    for _ in 0..3 {
+        s.backup_unkilled();
+    }
+    // Each operation's typical duration, kept up to date with the unkilled runs.
+    let mut typical: Vec<Duration> = Vec::new();
+    for op in OPS {
+        let p = (op.prepare)(&mut s);
+        let d = timed(&job, &p.args).unwrap_or_else(|e| panic!("{}: {e}", op.name));
+        s.check(op.name, &p.may_remove);
+        typical.push(d.max(Duration::from_millis(2)));
+    }
+    let mut tally = vec![Tally::default(); OPS.len()];
+    let started = Instant::now();
+    let mut order: Vec<usize> = (0..OPS.len()).collect();
+    for n in 0..points {
+        // Equal shares, in random order within each round.
+        if n % OPS.len() == 0 {
+            for k in (1..order.len()).rev() {
+                let j = s.rnd() as usize % (k + 1);
+                order.swap(k, j);
+            }
+        }
+        let i = order[n % OPS.len()];
+        let op = &OPS[i];
+        let point_start = Instant::now();
+        let p = (op.prepare)(&mut s);
+        let window = typical[i].mul_f64(1.2);
+        let delay = Duration::from_micros(s.rnd() % (window.as_micros() as u64).max(1));
+        let mut child = backy_job(&job)
+            .args(&p.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        tally[i].kills += 1;
+        // SIGKILL, as an OOM killer or a power cut would: our own child only.
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            tally[i].mid += 1;
+        } else {
+            tally[i].after += 1;
+        }
+        child.wait().unwrap();
+        let what = format!("kill {n} in {} {:?} after {delay:?}", op.name, p.args);
+        let mut ok = s.check(&what, &p.may_remove);
+        // The next operation of that kind succeeds.
+        let next = (op.prepare)(&mut s);
+        match timed(&job, &next.args) {
+            Ok(d) => typical[i] = (typical[i] * 3 + d) / 4,
+            Err(e) => {
+                s.fail(format!("{what}: the next {} failed: {e}", op.name));
+                ok = false;
+            }
+        }
+        ok &= s.check(&format!("{what}, then {:?}", next.args), &next.may_remove);
+        if op.name == "backup" || !s.doomed.is_empty() {
+            // A backup removes what the kill left.
+            if op.name != "backup" {
+                s.change_source();
+                if let Err(e) = timed(&job, &["backup".into(), "daily".into()]) {
+                    s.fail(format!("{what}: the next backup failed: {e}"));
+                }
+                ok &= s.check(&format!("{what}, then a backup"), &BTreeSet::new());
+            }
+            let before = s.failures.len();
+            s.check_after_backup();
+            ok &= s.failures.len() == before;
+        }
+        if !ok {
+            tally[i].failures += 1;
+        }
+        tally[i].time += point_start.elapsed();
+    }
+    eprintln!(
+        "crash soak on {}: {points} kills in {:?}, BACKY_SOAK_SEED={seed}",
+        kind.name(),
+        started.elapsed()
+    );
+    eprintln!(
+        "{:<10} {:>6} {:>6} {:>6} {:>8}  {:>10}  time",
+        "operation", "kills", "mid", "after", "failures", "window"
+    );
+    for (i, op) in OPS.iter().enumerate() {
+        let t = &tally[i];
+        eprintln!(
+            "{:<10} {:>6} {:>6} {:>6} {:>8}  {:>10.1?}  {:.1?}",
+            op.name,
+            t.kills,
+            t.mid,
+            t.after,
+            t.failures,
+            typical[i].mul_f64(1.2),
+            t.time
+        );
+        // For scripts/crash-soak.sh.
+        eprintln!(
+            "SOAK {} {} {} {} {} {}",
+            kind.name(),
+            op.name,
+            t.kills,
+            t.mid,
+            t.after,
+            t.failures
+        );
+    }
+    assert!(
+        s.failures.is_empty(),
+        "{} failures (replay with BACKY_SOAK_SEED={seed}):\n{}",
+        s.failures.len(),
+        s.failures.join("\n")
+    );
+    // Kills must land mid-operation often, or the soak tests little.
+    for (i, op) in OPS.iter().enumerate() {
+        let t = &tally[i];
+        assert!(
+            t.kills == 0 || t.mid * 4 >= t.kills,
+            "only {} of {} kills landed inside {}",
+            t.mid,
+            t.kills,
+            op.name
+        );
+    }
+}
+
+#[test]
+fn crash_soak_btrfs() {
+    soak(FsKind::Btrfs);
+}
+
+#[test]
+fn crash_soak_xfs() {
+    soak(FsKind::Xfs);
+}
