@@ -31,6 +31,9 @@ _backy() {
             backy,expire)
                 cmd="backy__subcmd__expire"
                 ;;
+            backy,export-diff)
+                cmd="backy__subcmd__export__subcmd__diff"
+                ;;
             backy,find)
                 cmd="backy__subcmd__find"
                 ;;
@@ -49,11 +52,20 @@ _backy() {
             backy,protect)
                 cmd="backy__subcmd__protect"
                 ;;
+            backy,receive)
+                cmd="backy__subcmd__receive"
+                ;;
+            backy,reshare)
+                cmd="backy__subcmd__reshare"
+                ;;
             backy,restore)
                 cmd="backy__subcmd__restore"
                 ;;
             backy,scheduler)
                 cmd="backy__subcmd__scheduler"
+                ;;
+            backy,send)
+                cmd="backy__subcmd__send"
                 ;;
             backy,status)
                 cmd="backy__subcmd__status"
@@ -79,6 +91,9 @@ _backy() {
             backy__subcmd__help,expire)
                 cmd="backy__subcmd__help__subcmd__expire"
                 ;;
+            backy__subcmd__help,export-diff)
+                cmd="backy__subcmd__help__subcmd__export__subcmd__diff"
+                ;;
             backy__subcmd__help,find)
                 cmd="backy__subcmd__help__subcmd__find"
                 ;;
@@ -97,11 +112,20 @@ _backy() {
             backy__subcmd__help,protect)
                 cmd="backy__subcmd__help__subcmd__protect"
                 ;;
+            backy__subcmd__help,receive)
+                cmd="backy__subcmd__help__subcmd__receive"
+                ;;
+            backy__subcmd__help,reshare)
+                cmd="backy__subcmd__help__subcmd__reshare"
+                ;;
             backy__subcmd__help,restore)
                 cmd="backy__subcmd__help__subcmd__restore"
                 ;;
             backy__subcmd__help,scheduler)
                 cmd="backy__subcmd__help__subcmd__scheduler"
+                ;;
+            backy__subcmd__help,send)
+                cmd="backy__subcmd__help__subcmd__send"
                 ;;
             backy__subcmd__help,status)
                 cmd="backy__subcmd__help__subcmd__status"
@@ -119,7 +143,7 @@ _backy() {
 
     case "${cmd}" in
         backy)
-            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help"
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -338,6 +362,48 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__export__subcmd__diff)
+            opts="-r -v -l -b -h -V --revision --from --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__find)
             opts="-r -v -l -b -h -V --revision --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -415,7 +481,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help)
-            opts="init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help"
+            opts="init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -485,6 +551,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__expire)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__export__subcmd__diff)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -582,6 +662,34 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__help__subcmd__receive)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__reshare)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -597,6 +705,20 @@ _backy() {
             return 0
             ;;
         backy__subcmd__help__subcmd__scheduler)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__help__subcmd__send)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -778,6 +900,66 @@ _backy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        backy__subcmd__receive)
+            opts="-v -l -b -h -V --dry-run --have --newest --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__reshare)
+            opts="-v -l -b -h -V --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         backy__subcmd__restore)
             opts="-r -f -v -l -b -h -V --revision --force --verify --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -828,6 +1010,48 @@ _backy() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --logfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backupdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        backy__subcmd__send)
+            opts="-r -v -l -b -h -V --revision --base --verbose --logfile --backupdir --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -923,7 +1147,7 @@ _backy() {
             return 0
             ;;
         backy__subcmd__verify)
-            opts="-r -v -l -b -h -V --revision --verbose --logfile --backupdir --help --version"
+            opts="-r -v -l -b -h -V --revision --sample --verbose --logfile --backupdir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -934,6 +1158,10 @@ _backy() {
                     return 0
                     ;;
                 -r)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sample)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -39,10 +39,14 @@ complete -c backy -n "__fish_backy_needs_command" -f -a "forget" -d 'Delete one 
 complete -c backy -n "__fish_backy_needs_command" -f -a "distrust" -d 'Mark revisions distrusted: the next backup compares the whole source against such a parent instead of trusting its checksums'
 complete -c backy -n "__fish_backy_needs_command" -f -a "protect" -d 'Protect a revision: retention never deletes it, and forget refuses it without --force'
 complete -c backy -n "__fish_backy_needs_command" -f -a "unprotect" -d 'Hand a protected revision back to retention'
+complete -c backy -n "__fish_backy_needs_command" -f -a "reshare" -d 'After a plain copy of the job directory (cp, rsync): share each revision\'s unchanged blocks with its parent again'
+complete -c backy -n "__fish_backy_needs_command" -f -a "export-diff" -d 'Write an `rbd export-diff` (v1) stream that takes an RBD image from one revision to another, to stdout, for `rbd import-diff - POOL/IMAGE`'
 complete -c backy -n "__fish_backy_needs_command" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
 complete -c backy -n "__fish_backy_needs_command" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
+complete -c backy -n "__fish_backy_needs_command" -f -a "send" -d 'Write revisions to stdout as one stream of the blocks that changed, for `receive`'
+complete -c backy -n "__fish_backy_needs_command" -f -a "receive" -d 'Read a `send` stream from stdin into this job (created if missing)'
 complete -c backy -n "__fish_backy_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c backy -n "__fish_backy_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c backy -n "__fish_backy_using_subcommand init" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
@@ -77,6 +81,7 @@ complete -c backy -n "__fish_backy_using_subcommand status" -s v -l verbose -d '
 complete -c backy -n "__fish_backy_using_subcommand status" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand status" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand verify" -s r -l revision -d 'Only this revision (default: every complete revision, newest first)' -r
+complete -c backy -n "__fish_backy_using_subcommand verify" -l sample -d 'Check only this percentage of each revision\'s blocks, chosen at random (at least one); the check is recorded as partial' -r
 complete -c backy -n "__fish_backy_using_subcommand verify" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand verify" -s b -l backupdir -d 'The job directory' -r -F
 complete -c backy -n "__fish_backy_using_subcommand verify" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
@@ -112,6 +117,18 @@ complete -c backy -n "__fish_backy_using_subcommand unprotect" -s b -l backupdir
 complete -c backy -n "__fish_backy_using_subcommand unprotect" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand unprotect" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand unprotect" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand reshare" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s r -l revision -d 'The revision the image is to hold afterwards' -r
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -l from -d 'The revision the image holds now (its snapshot backy-<id> must exist)' -r
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand export-diff" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s c -l config -d 'The scheduler configuration' -r -F
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand scheduler" -s b -l backupdir -d 'The job directory' -r -F
@@ -141,24 +158,43 @@ complete -c backy -n "__fish_backy_using_subcommand nbd-server" -l overlay -d 'M
 complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c backy -n "__fish_backy_using_subcommand nbd-server" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand send" -s r -l revision -d 'The last revision to send (default: the newest)' -r
+complete -c backy -n "__fish_backy_using_subcommand send" -l base -d 'The revision the target holds already (the stream continues from it); default: none, the first revision is sent whole. Empty means none' -r
+complete -c backy -n "__fish_backy_using_subcommand send" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand send" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand send" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand send" -s V -l version -d 'Print version'
+complete -c backy -n "__fish_backy_using_subcommand receive" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
+complete -c backy -n "__fish_backy_using_subcommand receive" -s b -l backupdir -d 'The job directory' -r -F
+complete -c backy -n "__fish_backy_using_subcommand receive" -l dry-run -d 'Check the whole stream and say what would be received; change nothing'
+complete -c backy -n "__fish_backy_using_subcommand receive" -l have -d 'Print the complete revisions held (ids and manifest digests) as JSON and read no stream'
+complete -c backy -n "__fish_backy_using_subcommand receive" -l newest -d 'With --have: print only the newest revision\'s id (empty if none), for `send --base`'
+complete -c backy -n "__fish_backy_using_subcommand receive" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
+complete -c backy -n "__fish_backy_using_subcommand receive" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c backy -n "__fish_backy_using_subcommand receive" -s V -l version -d 'Print version'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s l -l logfile -d 'Append log lines to this file (reopened after logrotate); default: stderr' -r -F
 complete -c backy -n "__fish_backy_using_subcommand completions" -s b -l backupdir -d 'The job directory' -r -F
 complete -c backy -n "__fish_backy_using_subcommand completions" -s v -l verbose -d 'Include diagnostic (debug) messages in the log'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c backy -n "__fish_backy_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "backup" -d 'Make one new revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "status" -d 'Show all revisions'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "forget" -d 'Delete one revision'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "distrust" -d 'Mark revisions distrusted: the next backup compares the whole source against such a parent instead of trusting its checksums'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "protect" -d 'Protect a revision: retention never deletes it, and forget refuses it without --force'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "unprotect" -d 'Hand a protected revision back to retention'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect scheduler check expire nbd-server completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "init" -d 'Create a job directory and its config (refused if a config exists)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "backup" -d 'Make one new revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "restore" -d 'Copy a revision to a file, a block device, or - (stdout)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "find" -d 'Print the absolute path of a revision\'s image'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "status" -d 'Show all revisions'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "verify" -d 'Check revisions against their checksum manifests'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "forget" -d 'Delete one revision'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "distrust" -d 'Mark revisions distrusted: the next backup compares the whole source against such a parent instead of trusting its checksums'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "protect" -d 'Protect a revision: retention never deletes it, and forget refuses it without --force'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "unprotect" -d 'Hand a protected revision back to retention'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "reshare" -d 'After a plain copy of the job directory (cp, rsync): share each revision\'s unchanged blocks with its parent again'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "export-diff" -d 'Write an `rbd export-diff` (v1) stream that takes an RBD image from one revision to another, to stdout, for `rbd import-diff - POOL/IMAGE`'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "scheduler" -d 'Run the scheduler daemon in the foreground'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "check" -d 'Nagios check of all jobs (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "expire" -d 'Apply the job\'s retention rules now (the scheduler does this after each run)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "nbd-server" -d 'Serve the job\'s revisions to NBD clients (nbd-client, qemu-img, nbdcopy, nbdfuse)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "send" -d 'Write revisions to stdout as one stream of the blocks that changed, for `receive`'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "receive" -d 'Read a `send` stream from stdin into this job (created if missing)'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c backy -n "__fish_backy_using_subcommand help; and not __fish_seen_subcommand_from init backup restore find status verify forget distrust protect unprotect reshare export-diff scheduler check expire nbd-server send receive completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

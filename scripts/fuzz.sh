@@ -13,6 +13,7 @@
 #   spec              `-r SPEC` resolution over a history the input describes
 #   sums_header       a checksum manifest's header and digests
 #   console_line      the telnet console's line reader and commands
+#   send_stream       the send/receive stream reader and receive
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 #

@@ -18,7 +18,7 @@ launcher="$venv/bin/backy21"
 python=${PYTHON:-python3}
 
 packages=(btrfs-progs xfsprogs e2fsprogs util-linux nbdkit libnbd-bin qemu-utils python3-venv
-    nbd-client python3-libnbd fuse3 dpkg binutils
+    nbd-client python3-libnbd fuse3 dpkg binutils rsync
     ceph-mon ceph-osd ceph-common librbd1 python3-rbd)
 
 say() { printf 'setup-test-deps: %s\n' "$*" >&2; }

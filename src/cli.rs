@@ -95,6 +95,10 @@ pub enum Command {
         /// Only this revision (default: every complete revision, newest first).
         #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: Option<String>,
+        /// Check only this percentage of each revision's blocks, chosen at
+        /// random (at least one); the check is recorded as partial.
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        sample: Option<f64>,
     },
     /// Delete one revision.
     ///
@@ -156,6 +160,34 @@ pub enum Command {
         #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
         revision: String,
     },
+    /// After a plain copy of the job directory (cp, rsync): share each
+    /// revision's unchanged blocks with its parent again.
+    ///
+    /// The manifests say which blocks are equal; the kernel compares the bytes
+    /// before it shares them (FIDEDUPERANGE), so content never changes. Safe to
+    /// interrupt and to run again (a second run only checks).
+    Reshare,
+    /// Write an `rbd export-diff` (v1) stream that takes an RBD image from one
+    /// revision to another, to stdout, for `rbd import-diff - POOL/IMAGE`.
+    ///
+    /// Only the blocks whose checksums differ are sent, in either direction in
+    /// time. The image must hold revision FROM and a snapshot `backy-<FROM id>`;
+    /// the import creates the snapshot `backy-<SPEC id>`. Without --from, a full
+    /// diff for an empty image.
+    ExportDiff {
+        /// The revision the image is to hold afterwards.
+        #[arg(
+            short,
+            long,
+            value_name = "SPEC",
+            allow_negative_numbers = true,
+            default_value = "latest"
+        )]
+        revision: String,
+        /// The revision the image holds now (its snapshot backy-<id> must exist).
+        #[arg(long, value_name = "SPEC", allow_negative_numbers = true)]
+        from: Option<String>,
+    },
     /// Run the scheduler daemon in the foreground.
     Scheduler {
         /// The scheduler configuration.
@@ -201,6 +233,40 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 16)]
         max_connections: usize,
     },
+    /// Write revisions to stdout as one stream of the blocks that changed, for `receive`.
+    ///
+    /// The revisions after --base up to -r, oldest first; each carries only the
+    /// 4 KiB pages that differ from the one before it (found from the checksum
+    /// manifests and the shared extents, without reading unchanged data).
+    /// Intended use: `backy send | ssh HOST backy -b DIR receive`.
+    Send {
+        /// The last revision to send (default: the newest).
+        #[arg(short, long, value_name = "SPEC", allow_negative_numbers = true)]
+        revision: Option<String>,
+        /// The revision the target holds already (the stream continues from
+        /// it); default: none, the first revision is sent whole. Empty means none.
+        #[arg(long, value_name = "SPEC", allow_negative_numbers = true)]
+        base: Option<String>,
+    },
+    /// Read a `send` stream from stdin into this job (created if missing).
+    ///
+    /// Each revision is a reflink clone of its parent patched with the pages
+    /// sent, verified against the checksums that came with it, and completed
+    /// like a backup. Revisions held already are skipped after their manifest
+    /// is compared; a base held with another manifest, or distrusted, is refused.
+    Receive {
+        /// Check the whole stream and say what would be received; change nothing.
+        #[arg(long, conflicts_with = "have")]
+        dry_run: bool,
+        /// Print the complete revisions held (ids and manifest digests) as JSON
+        /// and read no stream.
+        #[arg(long)]
+        have: bool,
+        /// With --have: print only the newest revision's id (empty if none),
+        /// for `send --base`.
+        #[arg(long, requires = "have")]
+        newest: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -217,6 +283,22 @@ impl Command {
                 | Command::Status { .. }
                 | Command::Check { .. }
                 | Command::Completions { .. }
+                | Command::Receive { have: true, .. }
         )
+    }
+}
+
+/// A percentage for `verify --sample`: more than 0, at most 100.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 =
+        text.trim_end_matches('%').trim().parse().map_err(|_| {
+            format!("'{text}' is not a number; give a percentage such as 10 or 0.5")
+        })?;
+    if value > 0.0 && value <= 100.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{text} is not a percentage above 0 and at most 100; give for example 10"
+        ))
     }
 }

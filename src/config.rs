@@ -369,6 +369,18 @@ pub fn loggable_argv(argv: &[String]) -> Vec<String> {
 }
 
 impl JobConfig {
+    /// The mode its file is written with: 0640, or 0600 when it holds a
+    /// secret (the Consul token); backy 2.1 wrote 0440 for flyingcircus jobs.
+    pub fn file_mode(&self) -> u32 {
+        match &self.source {
+            SourceConfig::FlyingCircus {
+                consul_acl_token: Some(_),
+                ..
+            } => 0o600,
+            _ => 0o640,
+        }
+    }
+
     /// Reads a job's `config` file. A config holding a Consul token that
     /// others may read is used, with a warning.
     pub fn load(path: &Path) -> Result<JobConfig> {

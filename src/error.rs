@@ -464,6 +464,16 @@ pub enum Error {
         /// The revisions.
         ids: Vec<String>,
     },
+    /// `verify` of all revisions met revisions without a checksum manifest.
+    #[error(
+        "{} revision(s) have no checksum manifest and were not verified: {}; only their source could check them",
+        ids.len(),
+        ids.join(", ")
+    )]
+    RevisionsNotVerifiable {
+        /// The revisions.
+        ids: Vec<String>,
+    },
     // --- backup (src/commands/backup.rs) ---
     /// The tags argument names no tag.
     #[error("no tags given in '{text}'; name at least one, e.g. 'backy backup daily'")]
@@ -573,6 +583,110 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    // --- send and receive (src/replicate/) ---
+    /// `send --base` names a revision that is not older than `-r`.
+    #[error(
+        "base revision {base} is not older than revision {revision}; give a --base before -r (or leave --base out to send everything up to -r)"
+    )]
+    SendBaseNotOlder {
+        /// The base.
+        base: String,
+        /// The last revision to send.
+        revision: String,
+    },
+    /// A revision cannot be sent because its manifest cannot stand for it.
+    #[error(
+        "revision {id} cannot be sent: {reason}; run 'backy verify -r {id}' (a verified revision can be sent), or send from a later --base"
+    )]
+    SendUnusable {
+        /// The revision.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// `send` would write its binary stream to a terminal.
+    #[error(
+        "refusing to write the send stream to a terminal; pipe it, e.g. 'backy send | ssh HOST backy -b DIR receive'"
+    )]
+    SendToTerminal,
+    /// The send stream is damaged, cut off or not a stream.
+    #[error(
+        "the send stream is unusable: {source}; the revision in progress was not completed (revisions completed before it are intact); send again"
+    )]
+    ReceiveStream {
+        /// What is wrong.
+        #[source]
+        source: crate::replicate::stream::StreamError,
+    },
+    /// The stream continues from a revision the target does not hold.
+    #[error(
+        "the stream continues from revision {id}, which {} does not hold complete; send with --base set to a revision it holds ('backy -b {} receive --have --newest'), or without --base for everything",
+        dir.display(),
+        dir.display()
+    )]
+    ReceiveBaseMissing {
+        /// The base.
+        id: String,
+        /// The target job.
+        dir: PathBuf,
+    },
+    /// The stream's base is held with another manifest.
+    #[error(
+        "revision {id} in {} has a different checksum manifest than the sender's revision of that id, so the stream does not fit it; nothing was received; check that both sides are the same job, then send with another --base",
+        dir.display()
+    )]
+    ReceiveBaseMismatch {
+        /// The base.
+        id: String,
+        /// The target job.
+        dir: PathBuf,
+    },
+    /// The stream's base is distrusted on the target.
+    #[error(
+        "base revision {id} is distrusted in {}, so a stream built on it is not received; run 'backy -b {} verify -r {id}', or send with an older --base",
+        dir.display(),
+        dir.display()
+    )]
+    ReceiveBaseDistrusted {
+        /// The base.
+        id: String,
+        /// The target job.
+        dir: PathBuf,
+    },
+    /// A revision of the stream is held with another manifest.
+    #[error(
+        "revision {id} exists in {} with a different checksum manifest than the one sent; nothing more was received; check that both sides are the same job",
+        dir.display()
+    )]
+    ReceiveRevisionMismatch {
+        /// The revision.
+        id: String,
+        /// The target job.
+        dir: PathBuf,
+    },
+    /// A received revision does not match the digests that came with it.
+    #[error("received revision {id} failed verification: {detail}; it was removed; send again")]
+    ReceiveVerifyFailed {
+        /// The revision.
+        id: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The target filesystem filled up during a receive.
+    #[error(
+        "the filesystem of {} is full ({}); revision {id} was not completed and was removed, complete revisions are untouched; free space (or expire revisions), then send again with --base set to the newest revision held",
+        dir.display(),
+        plain_io(source)
+    )]
+    ReceiveFull {
+        /// The target job.
+        dir: PathBuf,
+        /// The revision in progress.
+        id: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// A revision's lifecycle was used wrongly (a bug in backy, not in the
     /// job): beginning a revision that exists, or an update that changed a
     /// revision's id or completeness.
@@ -627,6 +741,45 @@ pub enum Error {
         from: String,
         /// The --until value as given.
         until: String,
+    },
+    // --- issue 14, reshare and export-diff (keep together) ---
+    /// The job's filesystem cannot share extents of two files (`FIDEDUPERANGE`).
+    #[error(
+        "cannot share extents of {} with its base: {}; reshare needs btrfs or XFS with reflink=1, with the job on one filesystem",
+        path.display(),
+        plain_io(source)
+    )]
+    DedupeUnsupported {
+        /// The image being reshared.
+        path: PathBuf,
+        /// The OS error (EOPNOTSUPP, EINVAL, EXDEV).
+        #[source]
+        source: io::Error,
+    },
+    /// `export-diff` would write its binary stream to a terminal.
+    #[error(
+        "export-diff writes a binary rbd diff stream to stdout, which is a terminal; pipe it into 'rbd import-diff - POOL/IMAGE' or redirect it to a file"
+    )]
+    DiffToTerminal,
+    /// `export-diff` needs the manifests of both revisions.
+    #[error(
+        "revision {id} has no usable checksum manifest ({reason}), so export-diff cannot tell which blocks differ; restore it in full with 'backy restore -r {id} - | rbd import - POOL/IMAGE'"
+    )]
+    DiffNeedsManifest {
+        /// The revision.
+        id: String,
+        /// Why its manifest cannot be used.
+        reason: String,
+    },
+    /// A block `export-diff` read does not match the revision's manifest.
+    #[error(
+        "revision {id} does not match its checksum manifest at offset {offset}; the diff stream was cut off before its end record, so 'rbd import-diff' rejects it; run 'backy verify -r {id}'"
+    )]
+    DiffSourceDamaged {
+        /// The revision.
+        id: String,
+        /// The block's offset.
+        offset: u64,
     },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]

@@ -10,6 +10,7 @@
 //!     .backup                 backup lock (flock, exclusive while a backup runs)
 //!     .purge                  shared by backup/restore/verify, exclusive to delete
 //!     .meta                   held for each `.rev` write (a read-modify-write)
+//!     .reshare.<pid>          temporary file of a running `reshare` on btrfs
 //!     config                  YAML source mapping ({type: file, filename: ...})
 //!     <id>                    raw sparse image of revision <id>   (0440 once complete)
 //!     <id>.rev                YAML metadata (see [`revision`])    (0440 once complete)
@@ -45,13 +46,13 @@
 //!
 //! Locks are `flock`s taken without waiting; a held lock is an error that names it.
 //!
-//! | operation             | `.backup`  | `.purge`   |
-//! |-----------------------|------------|------------|
-//! | backup                | exclusive  | shared     |
-//! | restore, verify       | -          | shared     |
-//! | distrust, (un)protect | -          | shared     |
-//! | expire, forget        | exclusive  | exclusive  |
-//! | nbd-server            | -          | -          |
+//! | operation                          | `.backup`  | `.purge`   |
+//! |------------------------------------|------------|------------|
+//! | backup, receive, reshare           | exclusive  | shared     |
+//! | restore, verify, send, export-diff | -          | shared     |
+//! | distrust, (un)protect              | -          | shared     |
+//! | expire, forget                     | exclusive  | exclusive  |
+//! | nbd-server                         | -          | -          |
 //!
 //! Always `.backup` before `.purge`. Each `.rev` write also takes `.meta`
 //! exclusively for its few milliseconds (waiting up to 30 s for another
@@ -110,8 +111,16 @@
 //! - What deleting revisions frees and how much they share: [`space::measure`]
 //!   (the physical extents of the job's files, one sweep in [`space::sweep`]),
 //!   for `status`, the dry runs of `forget` and `expire`, and metrics.
+//! - What moves between two job directories: [`replicate`] (`send` diffs
+//!   revisions by their manifests and shared extents, `receive` applies the
+//!   stream through the same lifecycle a backup uses; the stream format is in
+//!   [`replicate::stream`]).
 //! - Whether a revision matches its manifest: [`job::Job::verify_revision`],
-//!   used by `verify` and by a backup for the newest distrusted revision.
+//!   used by `verify` and by a backup for the newest distrusted revision; a
+//!   block is bad only after a second read past the page cache
+//!   ([`image::scrub`]). Which other revisions a bad block makes bad (the
+//!   same physical extent, by FIEMAP): [`job::Job::verify_revisions`], in
+//!   `src/job/damage.rs`.
 
 pub mod cli;
 pub mod commands;
@@ -127,6 +136,7 @@ pub mod manpage;
 pub mod nbd;
 pub mod output;
 pub mod progress;
+pub mod replicate;
 pub mod revision;
 pub mod schedule;
 pub mod source;

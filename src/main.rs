@@ -32,6 +32,8 @@ fn main() -> ExitCode {
             | Command::Expire { .. }
             | Command::Forget { .. }
             | Command::Init { .. }
+            | Command::Send { .. }
+            | Command::Receive { .. }
     );
     if interruptible && let Err(e) = backy::interrupt::install() {
         tracing::warn!("{}", e.report());

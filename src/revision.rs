@@ -17,10 +17,25 @@
 //!   reflink: true                                 # ours: false = a full copy
 //!   duration: 150.9                               # written last; present = complete
 //! trust: trusted                                  # 2.4+; missing means trusted
+//! verification:                                  # ours: the last `backy verify`
+//!   time: 2026-12-01 22:40:00.123456+00:00
+//!   scope: full                                  # full | sample | blocks | shared
+//!   sample_percent: 10.0                         # with scope sample
+//!   blocks_checked: 163840
+//!   bad_blocks: 2                                # only when blocks were bad
+//!   bad_offsets: [655360, 720896]                # the first 100 of them
+//!   damage_from: Q5N5Ng5kFzNFVv6FDDDCHi           # scopes blocks and shared
+//!   error: ...                                   # the image could not be checked
 //! protected:                                      # ours: `backy protect`
 //!   reason: before the upgrade                    # optional
 //!   since: 2015-11-05 08:00:00.000000+00:00       # optional; when it was protected
 //! ```
+//!
+//! `verification` (see [`verification`]) says how far the `trust` a `verify` set
+//! rests on: `sample` read a random share of the blocks; `blocks` read only the
+//! blocks where damage found in `damage_from` was followed; `shared` read
+//! nothing because the revision's image maps the damaged blocks of
+//! `damage_from` to the same physical extents (it holds the same bad bytes).
 //!
 //! Unknown keys (top level and in `stats`) are kept when we rewrite a file.
 //! Nothing essential lives only in extra keys: backy 2.1 rewrites `.rev` files on
@@ -46,6 +61,9 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_norway::{Mapping, Value};
 
 use crate::error::{Error, Result};
+
+pub mod verification;
+pub use verification::{Scope, Verification};
 
 /// Alphabet of shortuuid 0.4 (backy 2.1's revision ids).
 const SHORTUUID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";

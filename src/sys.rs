@@ -3,8 +3,9 @@
 //! Everything here goes through rustix's safe API, so this module has no `unsafe`.
 //! The crate's only `unsafe` code is the librbd/librados FFI in
 //! [`crate::source::rbd::librbd`] (loaded at run time with `dlopen` so that backy
-//! builds without Ceph) and the one `FS_IOC_FIEMAP` ioctl in
-//! [`crate::image::fiemap`], which rustix does not wrap; each has its own SAFETY note. Errors keep their
+//! builds without Ceph) and the `FS_IOC_FIEMAP` and `FIDEDUPERANGE` ioctls in
+//! [`crate::image::fiemap`] and [`crate::image::dedupe`], which rustix does not
+//! wrap; each has its own SAFETY note. Errors keep their
 //! `io::ErrorKind` so callers can tell "not supported" (fall back) from a real
 //! failure (give up).
 
@@ -90,6 +91,18 @@ pub fn seek_hole(file: &File, offset: u64) -> io::Result<Option<u64>> {
 pub fn drop_page_cache(file: &File) {
     // Advisory only; a failure changes nothing but speed.
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+}
+
+/// Drops the cached pages of `len` bytes of `file` at `offset`, so the next read
+/// of them goes to the disk (`POSIX_FADV_DONTNEED`; clean pages only).
+pub fn drop_cached_range(file: &File, offset: u64, len: u64) {
+    // Advisory only; at worst the read comes from the cache.
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
 }
 
 /// Asks the kernel to start reading `[offset, offset+len)` of `file` in the

@@ -424,7 +424,7 @@ fn verify_newest_distrusted(job: &mut Job) {
         return;
     };
     tracing::info!("Verifying distrusted revision {}", rev.id);
-    match job.verify_revision(&rev.id) {
+    match job.verify_revision(&rev.id, None).map(|c| c.outcome) {
         Ok(VerifyOutcome::Good) => tracing::info!("Revision {} is now verified", rev.id),
         Ok(VerifyOutcome::Bad) => tracing::warn!("Revision {} stays distrusted", rev.id),
         Ok(VerifyOutcome::NoManifest) => {

@@ -41,7 +41,7 @@ pub fn run(dir: &Path, kind: SourceKind, source_arg: &str) -> Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
             .map_err(Error::io("cannot set the mode of", dir))?;
     }
-    write_atomic(&path, config.to_yaml().as_bytes(), config_mode(&config))?;
+    write_atomic(&path, config.to_yaml().as_bytes(), config.file_mode())?;
     // The Consul token stays out of the log (which is usually world-readable).
     let shown = match &config.source {
         SourceConfig::File { filename } => filename.display().to_string(),
@@ -56,16 +56,4 @@ pub fn run(dir: &Path, kind: SourceKind, source_arg: &str) -> Result<()> {
         kind.name()
     );
     Ok(())
-}
-
-/// 0640, or 0600 when the config holds a secret (the Consul token); backy 2.1
-/// wrote 0440 for flyingcircus jobs.
-fn config_mode(config: &JobConfig) -> u32 {
-    match &config.source {
-        SourceConfig::FlyingCircus {
-            consul_acl_token: Some(_),
-            ..
-        } => 0o600,
-        _ => 0o640,
-    }
 }

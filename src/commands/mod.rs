@@ -5,13 +5,17 @@ mod check;
 mod completions;
 mod distrust;
 mod expire;
+mod export_diff;
 mod find;
 mod forget;
 mod init;
 mod nbd_server;
 mod protect;
+mod receive;
+mod reshare;
 mod restore;
 mod scheduler;
+mod send;
 mod status;
 mod verify;
 
@@ -48,8 +52,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
             },
         ),
         Command::Find { revision } => find::run(dir, revision),
+        Command::Reshare => reshare::run(dir),
+        Command::ExportDiff { revision, from } => export_diff::run(dir, revision, from.as_deref()),
         Command::Status { json } => status::run(dir, *json),
-        Command::Verify { revision } => verify::run(dir, revision.as_deref()),
+        Command::Verify { revision, sample } => verify::run(dir, revision.as_deref(), *sample),
         Command::Forget {
             revision,
             force,
@@ -71,6 +77,20 @@ pub fn run(cli: &Cli) -> Result<u8> {
         ),
         Command::Protect { revision, reason } => protect::protect(dir, revision, reason.as_deref()),
         Command::Unprotect { revision } => protect::unprotect(dir, revision),
+        Command::Send { revision, base } => send::run(dir, revision.as_deref(), base.as_deref()),
+        Command::Receive {
+            dry_run,
+            have,
+            newest,
+        } => receive::run(
+            dir,
+            match (*have, *newest, *dry_run) {
+                (true, true, _) => receive::Mode::Newest,
+                (true, false, _) => receive::Mode::Have,
+                (false, _, true) => receive::Mode::DryRun,
+                (false, _, false) => receive::Mode::Receive,
+            },
+        ),
         Command::NbdServer {
             host,
             port,

@@ -136,7 +136,7 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
             );
         }
         if any_trust {
-            row.push(format!("{:?}", rev.trust).to_lowercase());
+            row.push(rev.trust_label());
         }
         if any_protected {
             row.push(protected_cell(rev));

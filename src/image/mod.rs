@@ -4,9 +4,12 @@
 //! sources see only [`writer::ImageWriter`].
 
 pub mod blockset;
+pub mod dedupe;
 pub mod fiemap;
 pub mod prefetch;
 pub mod reader;
+pub mod scrub;
+pub mod reshare;
 pub mod sums;
 pub mod verify;
 pub mod writer;
@@ -279,48 +282,22 @@ pub struct VerifyReport {
 }
 
 /// Reads `image` once and compares every block with `manifest`; sizes must agree.
+///
+/// This is [`scrub::scrub`] of every block: a block that cannot be read is bad
+/// (not an error that ends the check), and a block is bad only when a second
+/// read past the page cache fails too.
 pub fn verify_against_manifest(
     image: &File,
     path: &Path,
     manifest: &mut Manifest,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport> {
-    let size = file_size(image, path)?;
-    if size != manifest.image_size() {
-        return Err(Error::ManifestSizeMismatch {
-            path: path.to_owned(),
-            size,
-            expected: manifest.image_size(),
-        });
-    }
-    let bs = manifest.block_size();
-    let mut report = VerifyReport::default();
-    read_sequential(image, path, size, bs, |chunk| {
-        match chunk {
-            Chunk::Data { offset, buf } => {
-                for (i, block) in buf.chunks(bs as usize).enumerate() {
-                    let at = offset + i as u64 * bs;
-                    if manifest.get(at / bs)? != Digest::of(block) {
-                        report.bad_offsets.push(at);
-                    }
-                    report.blocks += 1;
-                }
-                report.bytes_read += buf.len() as u64;
-                progress(buf.len() as u64);
-            }
-            Chunk::Hole { offset, len } => {
-                for block in offset / bs..(offset + len).div_ceil(bs) {
-                    if !manifest.get(block)?.is_zero() {
-                        report.bad_offsets.push(block * bs);
-                    }
-                    report.blocks += 1;
-                }
-                progress(*len);
-            }
-        }
-        Ok(())
-    })?;
-    Ok(report)
+    let report = scrub::scrub(image, path, manifest, None, progress)?;
+    Ok(VerifyReport {
+        bad_offsets: report.bad_offsets(),
+        blocks: report.blocks_checked,
+        bytes_read: report.bytes_read,
+    })
 }
 
 #[cfg(test)]

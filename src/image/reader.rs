@@ -45,9 +45,22 @@ pub fn read_sequential(
     path: &Path,
     size: u64,
     align: u64,
+    consume: impl FnMut(&Chunk) -> Result<()>,
+) -> Result<()> {
+    read_sequential_from(file, path, 0, size, align, consume)
+}
+
+/// As [`read_sequential`], from `start` (a multiple of `align`) instead of 0:
+/// for a reader that resumes after a chunk it could not read.
+pub fn read_sequential_from(
+    file: &File,
+    path: &Path,
+    start: u64,
+    size: u64,
+    align: u64,
     mut consume: impl FnMut(&Chunk) -> Result<()>,
 ) -> Result<()> {
-    read_sequential_ahead(file, path, size, align, |stage, chunk| match stage {
+    read_ahead_from(file, path, start, size, align, |stage, chunk| match stage {
         Stage::Ahead => Ok(()),
         Stage::Consume => consume(chunk),
     })
@@ -71,6 +84,17 @@ pub fn read_sequential_ahead(
     path: &Path,
     size: u64,
     align: u64,
+    handle: impl FnMut(Stage, &Chunk) -> Result<()>,
+) -> Result<()> {
+    read_ahead_from(file, path, 0, size, align, handle)
+}
+
+fn read_ahead_from(
+    file: &File,
+    path: &Path,
+    start: u64,
+    size: u64,
+    align: u64,
     mut handle: impl FnMut(Stage, &Chunk) -> Result<()>,
 ) -> Result<()> {
     let file = file.try_clone().map_err(Error::io("cannot read", path))?;
@@ -79,7 +103,7 @@ pub fn read_sequential_ahead(
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
     let path_buf = path.to_owned();
     std::thread::scope(|scope| {
-        scope.spawn(move || produce(&file, &path_buf, size, align, &tx, &recycle_rx));
+        scope.spawn(move || produce(&file, &path_buf, start, size, align, &tx, &recycle_rx));
         // Owned here, so an early return drops it and the producer's next send
         // fails instead of blocking the scope's join forever.
         let rx = rx;
@@ -159,13 +183,14 @@ impl HoleMap<'_> {
 fn produce(
     file: &File,
     path: &PathBuf,
+    start: u64,
     size: u64,
     align: u64,
     tx: &SyncSender<Result<Chunk>>,
     recycle: &Receiver<Vec<u8>>,
 ) {
     let mut holes = HoleMap::new(file);
-    let mut pos = 0;
+    let mut pos = start;
     while pos < size {
         let (data_start, data_end) = match holes.next_data(pos, size, align) {
             Ok(Some(range)) => range,

@@ -21,6 +21,7 @@
 //! unshares the pages that hold changed digests.
 
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,23 @@ impl Digest {
         } else {
             Digest(*blake3::hash(data).as_bytes())
         }
+    }
+
+    /// Lowercase hex, for JSON and messages.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex digits (either case).
+    pub fn from_hex(text: &str) -> Option<Digest> {
+        if text.len() != DIGEST_LEN * 2 || !text.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; DIGEST_LEN];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Digest(out))
     }
 
     /// Whether this is the zero marker.
@@ -258,6 +276,28 @@ impl Manifest {
         Ok(())
     }
 
+    /// The digest of the whole manifest: BLAKE3 over its first `4096 + 32*n`
+    /// bytes (header and digests; anything past them is ignored), flushed
+    /// first. Two manifests with the same content digest describe the same
+    /// image size, block size and block digests; `send`/`receive` use it to
+    /// name a base revision, to check it and to skip a revision already held.
+    pub fn content_digest(&mut self) -> Result<Digest> {
+        self.flush()?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let end = self.expected_len();
+        let mut at = 0;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(Error::io("cannot read checksum manifest", &self.path))?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(Digest(*hasher.finalize().as_bytes()))
+    }
+
     /// Flushes and fsyncs.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
@@ -265,6 +305,50 @@ impl Manifest {
             .sync_all()
             .map_err(Error::io("cannot sync checksum manifest", &self.path))
     }
+}
+
+/// The blocks whose digests differ between `a` and `b`, as coalesced ranges of
+/// block numbers, in order, over the longer of the two.
+///
+/// A block beyond one manifest's end counts as the zero marker there (a grown
+/// image's new tail reads as zeros), so growing with zeros differs nowhere.
+/// Equal digests mean equal bytes of equal length: a short last block has a
+/// digest of its own, except when all zero. Both manifests must have the same
+/// block size.
+pub fn differing_blocks(a: &mut Manifest, b: &mut Manifest) -> Result<Vec<Range<u64>>> {
+    if a.block_size() != b.block_size() {
+        return Err(bad(
+            &b.path,
+            &format!(
+                "its block size {} differs from {}'s {}",
+                b.block_size(),
+                a.path.display(),
+                a.block_size()
+            ),
+        ));
+    }
+    let (a_blocks, b_blocks) = (a.blocks(), b.blocks());
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    for block in 0..a_blocks.max(b_blocks) {
+        let da = if block < a_blocks {
+            a.get(block)?
+        } else {
+            Digest::ZERO
+        };
+        let db = if block < b_blocks {
+            b.get(block)?
+        } else {
+            Digest::ZERO
+        };
+        if da == db {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(run) if run.end == block => run.end += 1,
+            _ => runs.push(block..block + 1),
+        }
+    }
+    Ok(runs)
 }
 
 fn bad(path: &Path, why: &str) -> Error {
@@ -319,6 +403,49 @@ mod tests {
         let m = Manifest::open(&p, false).unwrap();
         assert_eq!(m.image_size(), 400 * BLOCK_SIZE);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096 + 400 * 32);
+    }
+
+    #[test]
+    fn content_digests_follow_the_digests_and_hex_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Manifest::create(&dir.path().join("a.sums"), 3 * BLOCK_SIZE).unwrap();
+        let mut b = Manifest::create(&dir.path().join("b.sums"), 3 * BLOCK_SIZE).unwrap();
+        assert_eq!(a.content_digest().unwrap(), b.content_digest().unwrap());
+        a.set(2, Digest::of(b"x")).unwrap();
+        assert_ne!(a.content_digest().unwrap(), b.content_digest().unwrap());
+        b.set(2, Digest::of(b"x")).unwrap();
+        assert_eq!(a.content_digest().unwrap(), b.content_digest().unwrap());
+        b.resize(4 * BLOCK_SIZE).unwrap();
+        assert_ne!(a.content_digest().unwrap(), b.content_digest().unwrap());
+        let d = Digest::of(b"hex");
+        assert_eq!(Digest::from_hex(&d.to_hex()), Some(d));
+        assert_eq!(Digest::from_hex("00"), None);
+        assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn differing_blocks_are_coalesced_and_zero_growth_is_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("a.sums"), dir.path().join("b.sums"));
+        let mut a = Manifest::create(&pa, 10 * BLOCK_SIZE).unwrap();
+        let mut b = Manifest::create(&pb, 14 * BLOCK_SIZE + 100).unwrap();
+        let (x, y) = (Digest::of(b"x"), Digest::of(b"y"));
+        for block in 0..10 {
+            a.set(block, x).unwrap();
+            b.set(block, x).unwrap();
+        }
+        for block in [2, 3, 4, 7] {
+            b.set(block, y).unwrap();
+        }
+        b.set(9, Digest::ZERO).unwrap();
+        b.set(12, y).unwrap();
+        b.set(14, y).unwrap();
+        let runs = differing_blocks(&mut a, &mut b).unwrap();
+        assert_eq!(runs, vec![2..5, 7..8, 9..10, 12..13, 14..15]);
+        assert_eq!(differing_blocks(&mut b, &mut a).unwrap(), runs, "symmetric");
+        a.sync().unwrap();
+        let mut again = Manifest::open(&pa, false).unwrap();
+        assert!(differing_blocks(&mut a, &mut again).unwrap().is_empty());
     }
 
     #[test]

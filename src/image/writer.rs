@@ -400,9 +400,16 @@ impl ImageWriter {
             ),
             None => {
                 own.resize(data.len(), 0);
-                if let Err(e) = self.read_image(&mut own, offset) {
-                    self.old = own;
-                    return Err(e);
+                match self.read_image(&mut own, offset) {
+                    Ok(()) => {}
+                    Err(e) if is_unreadable_data(&e) => {
+                        self.old = own;
+                        return self.rewrite_unreadable(block, data, digest, &e);
+                    }
+                    Err(e) => {
+                        self.old = own;
+                        return Err(e);
+                    }
                 }
                 (&own[..], 0..data.len())
             }
@@ -423,6 +430,33 @@ impl ImageWriter {
         };
         self.old = own;
         result?;
+        self.manifest.set(block, digest)
+    }
+
+    /// The image's block `block` (the parent's bytes) cannot be read: the disk
+    /// under it is damaged (btrfs fails data whose checksum does not match with
+    /// `EIO`). Its old content does not matter, the source's does: write all of
+    /// it, so the new revision is good where the parent is not.
+    fn rewrite_unreadable(
+        &mut self,
+        block: u64,
+        data: &[u8],
+        digest: Digest,
+        error: &Error,
+    ) -> Result<()> {
+        let offset = block * self.block_size();
+        tracing::warn!(
+            "The block at offset {offset} of the parent's data is unreadable ({error}): writing it from the source"
+        );
+        self.stats.bytes_changed += data.len() as u64;
+        if digest.is_zero() {
+            self.zero_range(offset, data.len() as u64)?;
+        } else {
+            self.wrote(offset, data.len() as u64);
+            self.image
+                .write_all_at(data, offset)
+                .map_err(Error::io("cannot write image", &self.path))?;
+        }
         self.manifest.set(block, digest)
     }
 
@@ -512,6 +546,12 @@ impl ImageWriter {
         );
         Ok((self.image, self.manifest, self.stats))
     }
+}
+
+/// Whether reading the image failed because the data on disk is bad (`EIO`),
+/// not for a reason that writing cannot fix.
+fn is_unreadable_data(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()))
 }
 
 #[cfg(test)]

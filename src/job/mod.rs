@@ -4,11 +4,13 @@
 //! which a backup makes its files durable. Every removal of a revision's files
 //! is in `remove.rs`, expiry included ([`expire`]).
 
+mod damage;
 mod remove;
 mod verify;
 
+pub use damage::{SharedDamage, describe_shared};
 pub use remove::{expire, expire_logging_freed};
-pub use verify::VerifyOutcome;
+pub use verify::{Checked, VerifyOutcome, VerifyRun, describe_bad};
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

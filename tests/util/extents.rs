@@ -93,6 +93,53 @@ pub fn parse_fiemap_exclusive(out: &str) -> Option<u64> {
     Some(bytes)
 }
 
+/// Bytes on disk that the files under `path` use, each physical block
+/// counted once however many files (or places in one file) share it: the
+/// union of their FIEMAP extents (`xfs_io -c 'fiemap -v'`, any filesystem).
+pub fn physical_bytes(path: &Path) -> u64 {
+    sync_fs(path);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for file in walk_files(path) {
+        let r = run_ok(tool("xfs_io").args(["-r", "-c", "fiemap -v"]).arg(&file));
+        ranges.extend(
+            parse_fiemap_physical(&r.stdout)
+                .unwrap_or_else(|| r.fail("cannot parse `xfs_io -c 'fiemap -v'`")),
+        );
+    }
+    ranges.sort_unstable();
+    let (mut bytes, mut covered) = (0, 0);
+    for (start, end) in ranges {
+        let start = start.max(covered);
+        if end > start {
+            bytes += end - start;
+            covered = end;
+        }
+    }
+    bytes
+}
+
+/// The physical byte ranges `[start, end)` of the extents in
+/// `xfs_io -c 'fiemap -v'` output (see [`parse_fiemap_exclusive`]).
+pub fn parse_fiemap_physical(out: &str) -> Option<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    for line in out.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        match cols.as_slice() {
+            [] => {}
+            ["EXT:", ..] => {}
+            [ext, _, "hole", _] if ext.ends_with(':') => {}
+            [ext, _, blocks, _, _] if ext.ends_with(':') => {
+                let (first, last) = blocks.split_once("..")?;
+                let first: u64 = first.parse().ok()?;
+                let last: u64 = last.trim_end_matches(':').parse().ok()?;
+                ranges.push((first * 512, (last + 1) * 512));
+            }
+            _ => return None,
+        }
+    }
+    Some(ranges)
+}
+
 /// Flush the filesystem holding `path`, so delayed allocation is resolved
 /// before extents are counted.
 fn sync_fs(path: &Path) {

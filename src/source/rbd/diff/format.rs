@@ -2,7 +2,8 @@
 
 use std::io::{self, Read};
 
-const BANNER: &[u8; 12] = b"rbd diff v1\n";
+/// The banner a v1 stream starts with.
+pub(super) const BANNER: &[u8; 12] = b"rbd diff v1\n";
 /// Longest snapshot name we accept (Ceph's limit is far below).
 const MAX_NAME: u32 = 4096;
 

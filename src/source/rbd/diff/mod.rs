@@ -1,5 +1,6 @@
-//! The `rbd export-diff` v1 stream: a parser that never trusts its input, and an
-//! applier that streams records into an [`ImageWriter`] with bounded memory.
+//! The `rbd export-diff` v1 stream: a parser that never trusts its input, an
+//! applier that streams records into an [`ImageWriter`] with bounded memory, and
+//! a writer.
 //!
 //! # Format (all integers little-endian)
 //!
@@ -17,15 +18,18 @@
 //! in stream order, which is what Ceph means.
 //!
 //! The parts: [`format`] (the stream parser), [`apply`] (records into an
-//! [`ImageWriter`](crate::image::writer::ImageWriter)) and [`stream`] (the
-//! read-ahead thread and prefetching).
+//! [`ImageWriter`](crate::image::writer::ImageWriter)), [`stream`] (the
+//! read-ahead thread and prefetching) and [`write`] (a stream made from a
+//! revision, for `backy export-diff`).
 
 pub mod apply;
 pub mod format;
 pub mod stream;
 #[cfg(test)]
 mod tests;
+pub mod write;
 
 pub use apply::{Applied, Expect, MAX_IMAGE_SIZE, apply};
 pub use format::{DiffError, DiffReader, Record};
 pub use stream::{AHEAD_BATCHES, BATCH_BYTES, Prefetch, apply_streamed};
+pub use write::{DiffWriter, write_diff};
