@@ -39,6 +39,10 @@ struct Planned {
     args: Vec<String>,
     /// Revisions this run may delete (so they may be gone or incomplete after a kill).
     may_remove: BTreeSet<String>,
+    /// Run on the mirror job (which `receive` fills) instead of the soaked job.
+    on_mirror: bool,
+    /// A file for the command's stdin.
+    stdin: Option<PathBuf>,
 }
 
 impl Planned {
@@ -46,6 +50,8 @@ impl Planned {
         Planned {
             args: args.iter().map(|s| s.to_string()).collect(),
             may_remove: BTreeSet::new(),
+            on_mirror: false,
+            stdin: None,
         }
     }
 }
@@ -81,6 +87,14 @@ const OPS: &[Op] = &[
     Op {
         name: "expire",
         prepare: prep_expire,
+    },
+    Op {
+        name: "receive",
+        prepare: prep_receive,
+    },
+    Op {
+        name: "reshare",
+        prepare: prep_reshare,
     },
 ];
 
@@ -123,12 +137,12 @@ fn prep_protect(s: &mut Soak) -> Planned {
 }
 
 fn prep_forget(s: &mut Soak) -> Planned {
-    // Something to forget besides the newest revision.
+    // Any revision, the newest too (which moves `last`), with two left.
     if s.complete_ids().len() < 3 {
         s.backup_unkilled();
     }
     let ids = s.complete_ids();
-    let id = ids[s.rnd() as usize % (ids.len() - 1)].clone();
+    let id = ids[s.rnd() as usize % ids.len()].clone();
     let mut p = Planned::new(&["forget", "-r", &id, "--force"]);
     p.may_remove.insert(id);
     p
@@ -154,6 +168,53 @@ fn prep_expire(s: &mut Soak) -> Planned {
     p
 }
 
+/// `receive` into the mirror job of what it lacks, from a `send` stream
+/// written beforehand (unkilled) from the soaked job.
+fn prep_receive(s: &mut Soak) -> Planned {
+    // The base: the newest revision both hold (the soak may have forgotten
+    // the mirror's newest since), or none.
+    let base = s
+        .complete_ids()
+        .into_iter()
+        .rev()
+        .find(|id| s.mirror_known.contains_key(id))
+        .unwrap_or_default();
+    let base = format!("--base={base}");
+    let stream = s.job.with_file_name("stream");
+    let out = fs::File::create(&stream).unwrap();
+    let status = backy_job(&s.job)
+        .args(["send", &base])
+        .stdout(out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "send {base} failed");
+    let mut p = Planned::new(&["receive"]);
+    p.on_mirror = true;
+    p.stdin = Some(stream);
+    p
+}
+
+/// `reshare` after one revision's image was replaced by a plain copy (as
+/// `cp` or `rsync` to another server would leave it), so there is work to do.
+fn prep_reshare(s: &mut Soak) -> Planned {
+    let ids = s.complete_ids();
+    if ids.len() >= 2 {
+        let id = &ids[1 + s.rnd() as usize % (ids.len() - 1)];
+        let image = s.job.join(id);
+        let copy = s.job.with_file_name("plain-copy");
+        run_ok(
+            tool("cp")
+                .arg("--reflink=never")
+                .arg("-p")
+                .arg(&image)
+                .arg(&copy),
+        );
+        fs::rename(&copy, &image).unwrap();
+    }
+    Planned::new(&["reshare"])
+}
+
 #[derive(Default, Clone)]
 struct Tally {
     time: Duration,
@@ -165,6 +226,10 @@ struct Tally {
 
 struct Soak {
     job: PathBuf,
+    /// The job `receive` fills from the soaked job.
+    mirror: PathBuf,
+    /// id -> (image hash, `.sums` hash) of the mirror's complete revisions.
+    mirror_known: BTreeMap<String, (String, String)>,
     src: PathBuf,
     conf: PathBuf,
     seed: u64,
@@ -254,17 +319,8 @@ impl Soak {
             }
             present.insert(id);
         }
-        // Files: no image or manifest without its `.rev`, and a complete
-        // revision has both.
-        for entry in fs::read_dir(&self.job).unwrap() {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            if name.starts_with('.') || ["config", "last", "last.rev"].contains(&name.as_str()) {
-                continue;
-            }
-            let id = name.strip_suffix(".sums").unwrap_or(&name);
-            if !id.contains('.') && !self.job.join(format!("{id}.rev")).exists() {
-                self.fail(format!("{after}: {name} lies without {id}.rev"));
-            }
+        for orphan in orphans(&self.job) {
+            self.fail(format!("{after}: {orphan}"));
         }
         let mut paths = Vec::new();
         for id in &complete {
@@ -329,16 +385,118 @@ impl Soak {
         self.failures.len() == before
     }
 
-    /// After a successful backup: nothing incomplete, `last` names the newest.
+    /// The command for a planned run, stdout and stderr captured or discarded.
+    fn command(&self, p: &Planned) -> Command {
+        let mut cmd = backy_job(if p.on_mirror { &self.mirror } else { &self.job });
+        cmd.args(&p.args);
+        cmd.stdin(match &p.stdin {
+            Some(path) => Stdio::from(fs::File::open(path).unwrap()),
+            None => Stdio::null(),
+        });
+        cmd
+    }
+
+    /// The mirror after a (killed) receive: nothing damaged or orphaned,
+    /// its complete revisions unchanged and equal to the soaked job's of the
+    /// same id; with `settled` (after a successful receive) nothing incomplete.
+    fn check_mirror(&mut self, after: &str, settled: bool) -> bool {
+        let before = self.failures.len();
+        let r = run_ok(backy_job(&self.mirror).args(["status", "--json"]));
+        let revs: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+        for orphan in orphans(&self.mirror) {
+            self.fail(format!("{after}: mirror: {orphan}"));
+        }
+        let mut complete = Vec::new();
+        for r in &revs {
+            let id = r["id"].as_str().unwrap().to_string();
+            if !r["damaged"].is_null() {
+                self.fail(format!(
+                    "{after}: mirror revision {id} is damaged: {}",
+                    r["damaged"]
+                ));
+            } else if r["complete"] == true {
+                complete.push(id);
+            } else if self.mirror_known.contains_key(&id) {
+                self.fail(format!(
+                    "{after}: complete mirror revision {id} became incomplete"
+                ));
+            } else if settled {
+                self.fail(format!(
+                    "{after}: receive left mirror revision {id} incomplete"
+                ));
+            }
+        }
+        for id in self.mirror_known.keys().cloned().collect::<Vec<_>>() {
+            if !complete.contains(&id) {
+                self.fail(format!("{after}: mirror revision {id} disappeared"));
+                self.mirror_known.remove(&id);
+            }
+        }
+        let mut paths = Vec::new();
+        for id in &complete {
+            paths.push(self.mirror.join(id));
+            paths.push(self.mirror.join(format!("{id}.sums")));
+        }
+        let hashes = sha256_many(&paths);
+        for (i, id) in complete.iter().enumerate() {
+            let (Some(image), Some(sums)) = (hashes[2 * i].clone(), hashes[2 * i + 1].clone())
+            else {
+                self.fail(format!(
+                    "{after}: mirror revision {id} lacks its image or manifest"
+                ));
+                continue;
+            };
+            let expected = self
+                .mirror_known
+                .get(id)
+                .or_else(|| self.known.get(id))
+                .cloned();
+            match expected {
+                Some(e) if e == (image.clone(), sums.clone()) => {}
+                Some(_) => self.fail(format!(
+                    "{after}: mirror revision {id} differs from what was sent"
+                )),
+                None => self.fail(format!("{after}: mirror revision {id} was never sent")),
+            }
+            self.mirror_known.insert(id.clone(), (image, sums));
+        }
+        // Housekeeping, as for the soaked job.
+        if settled && complete.len() > MAX_REVS {
+            run_ok(backy_job(&self.mirror).args(["forget", "-r", &complete[0], "--force"]));
+            self.mirror_known.remove(&complete[0]);
+        }
+        self.failures.len() == before
+    }
+
+    /// After a successful run: `last` and `last.rev` name the newest
+    /// complete revision.
+    fn check_last(&mut self, after: &str) -> bool {
+        let Some(newest) = self
+            .seen
+            .iter()
+            .rfind(|r| r["complete"] == true)
+            .map(|r| r["id"].as_str().unwrap().to_string())
+        else {
+            return true;
+        };
+        let last = fs::read_link(self.job.join("last")).ok();
+        let last_rev = fs::read_link(self.job.join("last.rev")).ok();
+        if last.as_deref() != Some(Path::new(&newest))
+            || last_rev != Some(PathBuf::from(format!("{newest}.rev")))
+        {
+            self.fail(format!(
+                "{after}: last is {last:?} and last.rev {last_rev:?}, the newest revision is {newest}"
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// After a successful backup: nothing incomplete.
     fn check_after_backup(&mut self) {
         let revs = self.seen.clone();
         if let Some(r) = revs.iter().find(|r| r["complete"] != true) {
             self.fail(format!("backup left an incomplete revision: {}", r["id"]));
-        }
-        let newest = revs.last().unwrap()["id"].as_str().unwrap().to_string();
-        let last = fs::read_link(self.job.join("last")).ok();
-        if last.as_deref() != Some(Path::new(&newest)) {
-            self.fail(format!("last is {last:?}, the newest revision is {newest}"));
         }
         // Housekeeping: a bounded number of revisions keeps each check fast.
         let ids = self.complete_ids();
@@ -348,6 +506,25 @@ impl Soak {
             self.seen = self.status();
         }
     }
+}
+
+/// Images and manifests in `dir` without their `.rev`.
+fn orphans(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with('.') || ["config", "last", "last.rev"].contains(&name.as_str()) {
+            continue;
+        }
+        let id = name.strip_suffix(".sums").unwrap_or(&name);
+        if !id.contains('.') && !dir.join(format!("{id}.rev")).exists() {
+            found.push(format!("{name} lies without {id}.rev"));
+        }
+    }
+    found
 }
 
 /// sha256 of each file (None where it is missing), in one `sha256sum` run.
@@ -372,13 +549,18 @@ fn sha256_many(paths: &[PathBuf]) -> Vec<Option<String>> {
 }
 
 /// Runs the job's command once unkilled; how long it took, or why it failed.
-fn timed(job: &Path, args: &[String]) -> Result<Duration, String> {
+fn timed(s: &Soak, p: &Planned) -> Result<Duration, String> {
     let start = Instant::now();
-    let r = run(backy_job(job).args(args));
-    if r.status.success() {
+    let out = s.command(p).output().unwrap();
+    if out.status.success() {
         Ok(start.elapsed())
     } else {
-        Err(format!("{r:?}"))
+        Err(format!(
+            "{:?}: {}, stderr: {}",
+            p.args,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -418,6 +600,8 @@ fn soak(kind: FsKind) {
     run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
     let mut s = Soak {
         job: job.clone(),
+        mirror: fs.join("mirror"),
+        mirror_known: BTreeMap::new(),
         src,
         conf,
         seed,
@@ -434,8 +618,11 @@ fn soak(kind: FsKind) {
     let mut typical: Vec<Duration> = Vec::new();
     for op in OPS {
         let p = (op.prepare)(&mut s);
-        let d = timed(&job, &p.args).unwrap_or_else(|e| panic!("{}: {e}", op.name));
+        let d = timed(&s, &p).unwrap_or_else(|e| panic!("{}: {e}", op.name));
         s.check(op.name, &p.may_remove);
+        if p.on_mirror {
+            s.check_mirror(op.name, true);
+        }
         typical.push(d.max(Duration::from_millis(2)));
     }
     let mut tally = vec![Tally::default(); OPS.len()];
@@ -455,8 +642,8 @@ fn soak(kind: FsKind) {
         let p = (op.prepare)(&mut s);
         let window = typical[i].mul_f64(1.2);
         let delay = Duration::from_micros(s.rnd() % (window.as_micros() as u64).max(1));
-        let mut child = backy_job(&job)
-            .args(&p.args)
+        let mut child = s
+            .command(&p)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -473,9 +660,12 @@ fn soak(kind: FsKind) {
         child.wait().unwrap();
         let what = format!("kill {n} in {} {:?} after {delay:?}", op.name, p.args);
         let mut ok = s.check(&what, &p.may_remove);
+        if p.on_mirror {
+            ok &= s.check_mirror(&what, false);
+        }
         // The next operation of that kind succeeds.
         let next = (op.prepare)(&mut s);
-        match timed(&job, &next.args) {
+        match timed(&s, &next) {
             Ok(d) => typical[i] = (typical[i] * 3 + d) / 4,
             Err(e) => {
                 s.fail(format!("{what}: the next {} failed: {e}", op.name));
@@ -483,11 +673,14 @@ fn soak(kind: FsKind) {
             }
         }
         ok &= s.check(&format!("{what}, then {:?}", next.args), &next.may_remove);
+        if next.on_mirror {
+            ok &= s.check_mirror(&format!("{what}, then {:?}", next.args), true);
+        }
         if op.name == "backup" || !s.doomed.is_empty() {
             // A backup removes what the kill left.
             if op.name != "backup" {
                 s.change_source();
-                if let Err(e) = timed(&job, &["backup".into(), "daily".into()]) {
+                if let Err(e) = timed(&s, &Planned::new(&["backup", "daily"])) {
                     s.fail(format!("{what}: the next backup failed: {e}"));
                 }
                 ok &= s.check(&format!("{what}, then a backup"), &BTreeSet::new());
@@ -496,6 +689,7 @@ fn soak(kind: FsKind) {
             s.check_after_backup();
             ok &= s.failures.len() == before;
         }
+        ok &= s.check_last(&what);
         if !ok {
             tally[i].failures += 1;
         }
