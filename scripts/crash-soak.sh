@@ -1,10 +1,10 @@
 #!/bin/sh
 # Crash soak: `scripts/crash-soak.sh N` kills backy with SIGKILL at N random
 # moments in total, half on btrfs and half on XFS, spread evenly over backup,
-# verify, distrust, protect/unprotect, forget and expire (tests/crash_soak.rs),
-# checks the job after each, and prints a table per operation: kills, kills
-# that landed mid-operation, kills that came after it had finished, and
-# points where a check failed. Needs root (loop-mounted filesystems).
+# verify, distrust, protect/unprotect, forget, expire, receive and reshare
+# (tests/crash_soak.rs), checks the job after each, and prints a table per
+# operation: kills, kills that landed mid-operation, kills that came after it
+# had finished, and points where a check failed. Needs root (loop-mounted filesystems).
 #
 #   BACKY_SOAK_SEED=S   replay a run (each run prints its seeds)
 #
@@ -12,7 +12,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-n=${1:-240}
+n=${1:-320}
 case $n in
     '' | *[!0-9]*) echo "usage: $0 N (kills in total, >= 2)" >&2; exit 2 ;;
 esac
@@ -23,8 +23,9 @@ log=target/crash-soak.log
 echo "crash soak: $n kills ($per_fs per filesystem); full output in $log" >&2
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    BACKY_SOAK_POINTS=$per_fs cargo nextest run --test crash_soak --no-capture \
-        --no-fail-fast >"$log" 2>&1 || status=$?
+    # Not --no-capture, which would run the two filesystems one after the other.
+    BACKY_SOAK_POINTS=$per_fs cargo nextest run --test crash_soak --no-fail-fast \
+        --success-output final --failure-output final >"$log" 2>&1 || status=$?
 else
     BACKY_SOAK_POINTS=$per_fs cargo test --test crash_soak -- --nocapture \
         >"$log" 2>&1 || status=$?
