@@ -109,6 +109,7 @@ fn prep_verify(s: &mut Soak) -> Planned {
             let id = s.random_complete();
             Planned::new(&["verify", "-r", &id])
         }
+        1 => Planned::new(&["verify", "--sample", "25"]),
         _ => Planned::new(&["verify"]),
     }
 }
@@ -153,14 +154,16 @@ fn prep_expire(s: &mut Soak) -> Planned {
         s.backup_unkilled();
     }
     let conf = s.conf.to_str().unwrap().to_string();
-    // What the plan deletes now; the kill may land before or after any of it.
+    // What the plan deletes now, and what it keeps only for being young,
+    // since the run plans again a moment later, when that may have aged out.
     let dry = run_ok(backy_job(&s.job).args(["expire", "--dry-run", "-c", &conf]));
     let may_remove = dry
         .stdout
         .lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            (w.len() >= 4 && w[3] == "delete").then(|| w[2].to_string())
+            let young = l.contains("younger than") && !l.contains("protected");
+            (w.len() >= 4 && (w[3] == "delete" || young)).then(|| w[2].to_string())
         })
         .collect();
     let mut p = Planned::new(&["expire", "-c", &conf]);
