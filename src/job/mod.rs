@@ -770,6 +770,25 @@ pub fn is_temp_of(file_name: &str, target: &str) -> bool {
         .is_some_and(|rest| rest == ".tmp" || rest.starts_with(TEMP_INFIX))
 }
 
+/// Removes every temp file of [`write_atomic`] in `dir` that no writer
+/// holds and that is older than a minute, whatever file it was for: what
+/// killed metadata commands left (a backup's cleanup calls this).
+pub fn remove_all_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let targets: std::collections::BTreeSet<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.find(TEMP_INFIX).map(|at| name[..at].to_string())
+        })
+        .collect();
+    for target in targets {
+        remove_stale_temps(dir, &target);
+    }
+}
+
 /// Removes temp files of `target` in `dir` that no writer holds and that are
 /// older than a minute (a crash left them; a live writer holds its flock
 /// from a moment after creating it).
@@ -917,6 +936,18 @@ mod tests {
         write_atomic(&target, b"whole", 0o644).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
         assert!(!old.exists() && !legacy.exists());
+        assert!(young.exists());
+        // A backup's sweep takes old ones of any file, and keeps young ones.
+        let other = tmp.path().join(format!("x.rev{TEMP_INFIX}3-0"));
+        std::fs::write(&other, b"half").unwrap();
+        File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        remove_all_stale_temps(tmp.path());
+        assert!(!other.exists());
         assert!(young.exists());
         assert!(is_temp_of("a.rev.tmp-12-3", "a.rev"));
         assert!(is_temp_of("a.rev.tmp", "a.rev"));

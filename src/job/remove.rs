@@ -257,6 +257,10 @@ impl Job {
         for id in orphans {
             self.remove_files(&id)?;
         }
+        // Temp files of `.rev` updates that a killed verify, distrust or
+        // protect left (each is otherwise removed only when that `.rev` is
+        // written again).
+        super::remove_all_stale_temps(&self.dir);
         self.revisions.retain(|r| r.is_complete());
         match remove_stale_overlays(&self.dir) {
             Ok(paths) => {
