@@ -34,9 +34,9 @@ if [[ -f src/lib.rs ]]; then
 fi
 
 # A bounded run of every fuzz target (fuzz/, its own workspace; the list is in
-# scripts/fuzz.sh): every parser of backy's inputs, 15 s each here, so the
+# scripts/fuzz.sh): every parser of backy's inputs, 10 s each here, so the
 # whole suite stays within 20 minutes; `scripts/fuzz.sh 3600` runs longer.
-step "scripts/fuzz.sh 15"
-scripts/fuzz.sh 15
+step "scripts/fuzz.sh 10"
+scripts/fuzz.sh 10
 
 step "all tests passed"
