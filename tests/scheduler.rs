@@ -321,12 +321,15 @@ fn scheduler_backs_up_expires_reports_and_answers() {
                 .filter(|r| r["tags"].as_array().unwrap().iter().any(|t| t == tag))
                 .count()
         };
+        // The daemon still runs: a backup may have committed its revision
+        // just before this look and its expiry not yet run, so one more
+        // than retention keeps may be there.
         assert!(
-            count("often") >= 1 && count("often") <= 3,
+            count("often") >= 1 && count("often") <= 4,
             "job{n}: {revs:?}"
         );
         assert!(
-            count("rarely") >= 1 && count("rarely") <= 2,
+            count("rarely") >= 1 && count("rarely") <= 3,
             "job{n}: {revs:?}"
         );
         // The first run carried every tag, as a job without history does.
