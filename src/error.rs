@@ -65,6 +65,49 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A write failed because the filesystem holding `path` (or a quota on it)
+    /// is full.
+    #[error(
+        "{what} {}: {}: {}; free space there (on a job's filesystem: expire or 'backy forget' old revisions), then run again",
+        path.display(),
+        plain_io(source),
+        full_filesystem(mount.as_deref(), fs, source)
+    )]
+    NoSpace {
+        /// What we were doing ("cannot write image", ...).
+        what: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The mount point of the filesystem that is full.
+        mount: Option<PathBuf>,
+        /// The filesystem's type ("btrfs").
+        fs: String,
+        /// The OS error (ENOSPC or EDQUOT).
+        #[source]
+        source: io::Error,
+    },
+    /// A read failed at a known offset (a bad sector on the source, a damaged
+    /// extent of a revision image).
+    #[error(
+        "{what} {}: the {len} bytes at offset {offset} do not read ({}); {hint}",
+        path.display(),
+        plain_io(source)
+    )]
+    ReadFailed {
+        /// What we were doing ("cannot read source", ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The first offset that does not read.
+        offset: u64,
+        /// How many bytes from `offset` were asked for.
+        len: u64,
+        /// What the operator can do.
+        hint: &'static str,
+        /// The OS error (EIO).
+        #[source]
+        source: io::Error,
+    },
     /// The `ceph-rbd` source failed: an rbd command, the diff stream, librbd.
     #[error(transparent)]
     Rbd(Box<crate::source::rbd::error::RbdError>),
@@ -674,13 +717,18 @@ pub enum Error {
     },
     /// The target filesystem filled up during a receive.
     #[error(
-        "the filesystem of {} is full ({}); revision {id} was not completed and was removed, complete revisions are untouched; free space (or expire revisions), then send again with --base set to the newest revision held",
+        "the filesystem of {} is full ({}; {}); revision {id} was not completed and was removed, complete revisions are untouched; free space (or expire revisions), then send again with --base set to the newest revision held",
         dir.display(),
+        match mount { Some(m) => format!("mounted on {}, {fs}", m.display()), None => fs.clone() },
         plain_io(source)
     )]
     ReceiveFull {
         /// The target job.
         dir: PathBuf,
+        /// The mount point of its filesystem.
+        mount: Option<PathBuf>,
+        /// The filesystem's type.
+        fs: String,
         /// The revision in progress.
         id: String,
         /// The OS error.
@@ -805,7 +853,41 @@ impl Error {
     /// Wraps an I/O error with what we were doing and the file concerned.
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { what, path, source }
+        move |source| {
+            if crate::sys::is_no_space(&source) {
+                Error::no_space(what, path, source)
+            } else {
+                Error::Io { what, path, source }
+            }
+        }
+    }
+
+    /// [`Error::NoSpace`] for `path`, with the mount point and type of the
+    /// filesystem holding it (or its nearest existing parent).
+    pub fn no_space(what: &'static str, path: PathBuf, source: io::Error) -> Error {
+        let probe = path
+            .ancestors()
+            .find(|p| !p.as_os_str().is_empty() && p.exists())
+            .unwrap_or(std::path::Path::new("."))
+            .to_owned();
+        Error::NoSpace {
+            what,
+            mount: crate::sys::mount_point_of(&probe),
+            fs: crate::sys::filesystem_name(&probe),
+            path,
+            source,
+        }
+    }
+
+    /// The OS error of an I/O failure ([`Error::Io`], [`Error::NoSpace`],
+    /// [`Error::ReadFailed`]).
+    pub fn io_source(&self) -> Option<&io::Error> {
+        match self {
+            Error::Io { source, .. }
+            | Error::NoSpace { source, .. }
+            | Error::ReadFailed { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }
 
@@ -861,6 +943,19 @@ impl Error {
     /// Whether the error is a closed output pipe, which ends a command quietly.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Output { source } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// "the filesystem is full (mounted on /srv, btrfs)", or the quota's wording.
+fn full_filesystem(mount: Option<&std::path::Path>, fs: &str, err: &io::Error) -> String {
+    let at = match mount {
+        Some(m) => format!("mounted on {}, {fs}", m.display()),
+        None => fs.to_string(),
+    };
+    if err.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error()) {
+        format!("the quota on the filesystem ({at}) is used up")
+    } else {
+        format!("the filesystem is full ({at})")
     }
 }
 

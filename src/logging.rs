@@ -82,11 +82,22 @@ impl ReopeningFile {
             // to stderr (the scheduler reads a child's stderr), noting why once.
             let mut stderr = io::stderr().lock();
             if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let why = match e.raw_os_error() {
+                    Some(code) if crate::sys::is_no_space(e) => Error::no_space(
+                        "cannot write to log file",
+                        self.path.clone(),
+                        io::Error::from_raw_os_error(code),
+                    )
+                    .to_string(),
+                    _ => format!(
+                        "cannot write to log file {}: {}",
+                        self.path.display(),
+                        crate::error::plain_io(e)
+                    ),
+                };
                 let _ = writeln!(
                     stderr,
-                    "backy: cannot write to log file {}: {}; logging to stderr",
-                    self.path.display(),
-                    crate::error::plain_io(e)
+                    "backy: {why}; logging to stderr until it can be written again"
                 );
             }
             let _ = stderr.write_all(buf);

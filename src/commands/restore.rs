@@ -311,7 +311,7 @@ fn refuse_new_in_job(job: &Job, target: &Path) -> Result<()> {
 /// names the target's filesystem; other errors pass.
 fn full_target(e: Error, target: &Path, real: Option<&Path>, note: &str) -> Error {
     match e {
-        Error::Io { source, .. } if sys::is_no_space(&source) => {
+        Error::NoSpace { source, .. } => {
             let probe = real
                 .and_then(Path::parent)
                 .or_else(|| target.parent())
@@ -437,7 +437,7 @@ impl Restore<'_> {
             "the target got only part of the image",
         )
         .map_err(|e| match e {
-            Error::Io { source, .. } if sys::is_no_space(&source) => Error::StreamFull {
+            Error::NoSpace { source, .. } => Error::StreamFull {
                 path: target.to_owned(),
                 source,
             },

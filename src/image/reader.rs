@@ -226,13 +226,44 @@ fn produce(
                     at: pos + n as u64,
                     expected: size,
                 })),
-                Err(e) => tx.send(Err(Error::io("cannot read", path)(e))),
+                Err(e) => tx.send(Err(unreadable(file, path, pos, len as u64, e))),
             };
             if sent.is_err() {
                 return;
             }
             pos += len as u64;
         }
+    }
+}
+
+/// What a read of `len` bytes at `pos` that failed with `err` becomes: for an
+/// `EIO`, [`Error::ReadFailed`] naming the first 4 KiB block in the range that
+/// does not read (found by reading it block by block), else [`Error::io`].
+pub fn unreadable(file: &File, path: &Path, pos: u64, len: u64, err: std::io::Error) -> Error {
+    const BLOCK: u64 = 4096;
+    if err.raw_os_error() != Some(rustix::io::Errno::IO.raw_os_error()) {
+        return Error::io("cannot read", path)(err);
+    }
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut at = pos / BLOCK * BLOCK;
+    let end = pos + len;
+    let offset = loop {
+        if at >= end {
+            break pos;
+        }
+        let n = (end - at).min(BLOCK) as usize;
+        if read_full_at(file, &mut buf[..n], at).is_err() {
+            break at.max(pos);
+        }
+        at += BLOCK;
+    };
+    Error::ReadFailed {
+        what: "cannot read",
+        path: path.to_owned(),
+        offset,
+        len: BLOCK.min(end - offset),
+        hint: "the disk under it reports a read error there (see the kernel log, dmesg)",
+        source: err,
     }
 }
 

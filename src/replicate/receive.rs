@@ -664,8 +664,12 @@ fn skip_revision<R: Read>(reader: &mut StreamReader<R>) -> Result<(u64, u64)> {
 /// An error of a full filesystem, as one clear message.
 fn full_disk(e: Error, dir: &Path, id: &str) -> Error {
     match e {
-        Error::Io { source, .. } if sys::is_no_space(&source) => Error::ReceiveFull {
+        Error::NoSpace {
+            source, mount, fs, ..
+        } => Error::ReceiveFull {
             dir: dir.to_owned(),
+            mount,
+            fs,
             id: id.to_string(),
             source,
         },

@@ -319,7 +319,23 @@ impl Source for FileSource {
         if let Err(e) = read {
             // A source that shrank ends early: say that it was written.
             self.stamp_now()?;
-            return Err(e);
+            return Err(match e {
+                Error::ReadFailed {
+                    path,
+                    offset,
+                    len,
+                    source,
+                    ..
+                } => Error::ReadFailed {
+                    what: "cannot read source",
+                    path,
+                    offset,
+                    len,
+                    hint: "the disk under it reports a read error there (see the kernel log, dmesg); the backup stopped and kept no revision; repair or replace the source, then run the backup again",
+                    source,
+                },
+                other => other,
+            });
         }
         self.check_unchanged(writer)?;
         Ok(SourceReport {

@@ -37,6 +37,8 @@ mod content;
 #[allow(dead_code)]
 mod extents;
 #[allow(dead_code)]
+pub mod faulty;
+#[allow(dead_code)]
 mod python;
 #[allow(dead_code)]
 mod testfs;

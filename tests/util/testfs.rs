@@ -251,6 +251,22 @@ impl LoopDevice {
         }
     }
 
+    /// Attach `backing` with direct I/O (`--direct-io=on`), so the device's
+    /// reads reach the file's own read path instead of its page cache.
+    pub fn attach_direct(backing: &Path) -> LoopDevice {
+        let mut losetup = tool("losetup");
+        losetup
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(backing);
+        let r = retry(10, || run(&mut losetup));
+        if !r.status.success() {
+            r.fail("cannot attach a loop device");
+        }
+        LoopDevice {
+            path: PathBuf::from(r.stdout.trim()),
+        }
+    }
+
     /// The device node, e.g. `/dev/loop3`.
     pub fn path(&self) -> &Path {
         &self.path

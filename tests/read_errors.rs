@@ -1,0 +1,240 @@
+//! Issue 16: read errors from real failing devices. `nbdkit` serves a file
+//! whose reads fail (EIO) in a chosen byte range, mounted as a file through
+//! `nbdfuse` (tests/util/faulty.rs). A source with a bad sector fails the
+//! backup naming the offset and leaves no revision; a revision whose extent
+//! fails (a btrfs or XFS job filesystem on a loop device over such a file,
+//! failing only the device range FIEMAP shows for the image's data) makes
+//! `restore`, `verify` and the NBD server name the offset, and `verify`
+//! distrusts the revision.
+
+mod util;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use util::faulty::{FaultyDevice, FaultyFs};
+use util::*;
+
+const MIB: u64 = 1 << 20;
+
+fn revisions(job: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(job)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".rev")
+                .filter(|id| *id != "last")
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The job directory's file names, sorted.
+fn listing(job: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(job)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A source whose sectors at 3 MiB + 8 KiB fail: the backup fails naming the
+/// source and that offset, keeps no revision and no partial file; the
+/// backup after the device reads again succeeds.
+#[test]
+fn a_source_read_error_fails_the_backup_naming_the_offset() {
+    let fs = require_fs!(FsKind::Btrfs, 128);
+    let data = pattern_bytes(16, 8 * MIB as usize);
+    let Some(dev) = FaultyDevice::new(8 * MIB, &data) else {
+        return;
+    };
+    let bad = 3 * MIB + 8192;
+    dev.fail_range(bad, bad + 4096);
+    let job = fs.join("job");
+    run_ok(backy_job(&job).args(["init", "file"]).arg(dev.path()));
+    let before = listing(&job);
+    let r = run_timeout(
+        backy_job(&job).args(["backup", "daily"]),
+        Duration::from_secs(60),
+    )
+    .failure()
+    .stderr_has("cannot read source")
+    .stderr_has(&format!("at offset {bad}"))
+    .stderr_has("Input/output error")
+    .stderr_has("kept no revision");
+    assert!(revisions(&job).is_empty(), "{}", r.stderr);
+    let after: Vec<String> = listing(&job)
+        .into_iter()
+        .filter(|n| !n.ends_with(".log") && !n.starts_with('.'))
+        .collect();
+    let before: Vec<String> = before
+        .into_iter()
+        .filter(|n| !n.ends_with(".log") && !n.starts_with('.'))
+        .collect();
+    assert_eq!(after, before, "the failed backup left files");
+
+    dev.heal();
+    run_ok(backy_job(&job).args(["backup", "daily"]));
+    let ids = revisions(&job);
+    assert_eq!(ids.len(), 1, "{:?}", listing(&job));
+    let out = fs.join("restored");
+    run_ok(backy_job(&job).args(["restore", "-r", &ids[0]]).arg(&out));
+    assert_eq!(fs::read(&out).unwrap(), data);
+}
+
+/// A running `backy nbd-server` on a free port.
+struct Server {
+    child: Background,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(job: &Path, log: PathBuf, args: &[&str]) -> Server {
+        let child = backy_job(job)
+            .arg("-l")
+            .arg(&log)
+            .args(["nbd-server", "-p", "0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child: Background { child },
+            port: 0,
+            log,
+        };
+        let needle = "over NBD on 127.0.0.1:";
+        let start = Instant::now();
+        let line = loop {
+            let text = fs::read_to_string(&server.log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+                break l.to_string();
+            }
+            if let Some(status) = server.child.child.try_wait().unwrap() {
+                let mut err = String::new();
+                let _ = server
+                    .child
+                    .child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
+                panic!("nbd-server exited with {status}:\n{text}\n{err}");
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        server.port = line
+            .split(needle)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        server
+    }
+
+    fn uri(&self, name: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// A revision whose image has an unreadable extent (the device under the
+/// job's filesystem fails reads there): restore, verify and an NBD client's
+/// read name the offset; verify distrusts the revision; the server keeps
+/// serving the rest.
+fn unreadable_revision(kind: FsKind) {
+    let Some(fs) = FaultyFs::new(kind, if kind == FsKind::Xfs { 300 } else { 128 }) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.img");
+    let data = pattern_bytes(61, 8 * MIB as usize);
+    fs::write(&src, &data).unwrap();
+    let job = fs.join("job");
+    run_ok(backy_job(&job).args(["init", "file"]).arg(&src));
+    run_ok(backy_job(&job).args(["backup", "daily"]));
+    let ids = revisions(&job);
+    let id = &ids[0];
+    let image = job.join(id);
+    let bad = 5 * MIB;
+    let at = fs.device_offset(&image, bad);
+    let rev_before = fs::read_to_string(job.join(format!("{id}.rev"))).unwrap();
+    fs.remount();
+    fs.device.fail_range(at, at + 4096);
+
+    let out = tmp.path().join("restored");
+    run_timeout(
+        backy_job(&job).args(["restore", "-r", id]).arg(&out),
+        Duration::from_secs(60),
+    )
+    .failure()
+    .stderr_has(&format!("at offset {bad}"))
+    .stderr_has("Input/output error");
+
+    let log = tmp.path().join("nbd.log");
+    let mut server = Server::start(&job, log.clone(), &[]);
+    let read = |offset: u64| {
+        let r = run_timeout(
+            tool("qemu-io")
+                .args(["-r", "-f", "raw", "-c"])
+                .arg(format!("read {offset} 4096"))
+                .arg(server.uri(id)),
+            Duration::from_secs(30),
+        );
+        format!("{}{}", r.stdout, r.stderr)
+    };
+    let failed = read(bad);
+    assert!(
+        failed.contains("read failed: Input/output error"),
+        "{failed}"
+    );
+    let fine = read(0);
+    assert!(fine.contains("read 4096/4096 bytes"), "{fine}");
+    assert!(server.running(), "the NBD server ended after a read error");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("at {bad}+")), "{text}");
+    drop(server);
+
+    let r = run_timeout(
+        backy_job(&job).args(["verify", "-r", id]),
+        Duration::from_secs(60),
+    )
+    .failure();
+    assert!(
+        r.stdout.contains(&bad.to_string()) || r.stderr.contains(&bad.to_string()),
+        "verify does not name offset {bad}:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let rev = fs::read_to_string(job.join(format!("{id}.rev"))).unwrap();
+    assert_ne!(rev, rev_before);
+    assert!(rev.contains("trust: distrusted"), "{rev}");
+}
+
+#[test]
+fn an_unreadable_revision_extent_is_reported_by_offset_xfs() {
+    unreadable_revision(FsKind::Xfs);
+}
+
+#[test]
+fn an_unreadable_revision_extent_is_reported_by_offset_btrfs() {
+    unreadable_revision(FsKind::Btrfs);
+}
