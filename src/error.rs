@@ -103,7 +103,7 @@ pub enum Error {
         /// How many bytes from `offset` were asked for.
         len: u64,
         /// What the operator can do.
-        hint: &'static str,
+        hint: String,
         /// The OS error (EIO).
         #[source]
         source: io::Error,

@@ -187,7 +187,9 @@ fn unreadable_revision(kind: FsKind) {
     )
     .failure()
     .stderr_has(&format!("at offset {bad}"))
-    .stderr_has("Input/output error");
+    .stderr_has("Input/output error")
+    .stderr_has(&format!("backy verify -r {id}"));
+    assert!(!out.exists(), "the failed restore left its partial target");
 
     let log = tmp.path().join("nbd.log");
     let mut server = Server::start(&job, log.clone(), &[]);
@@ -219,7 +221,9 @@ fn unreadable_revision(kind: FsKind) {
     )
     .failure();
     assert!(
-        r.stdout.contains(&bad.to_string()) || r.stderr.contains(&bad.to_string()),
+        r.stdout.contains(&format!(
+            "{id} distrusted: blocks at offsets {bad} cannot be read"
+        )),
         "verify does not name offset {bad}:\n{}\n{}",
         r.stdout,
         r.stderr

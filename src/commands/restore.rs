@@ -336,6 +336,26 @@ impl Restore<'_> {
         let mut progress = Progress::new("restore", self.size);
         let mismatch = image::copy_checked(file, path, self.check.as_mut(), sink, &mut |n| {
             progress.inc(n)
+        })
+        .map_err(|e| match e {
+            Error::ReadFailed {
+                path,
+                offset,
+                len,
+                source,
+                ..
+            } => Error::ReadFailed {
+                what: "cannot read revision image",
+                path,
+                offset,
+                len,
+                hint: format!(
+                    "the disk under the job reports a read error there (see the kernel log, dmesg); the restore stopped, {note}; run 'backy verify -r {id}' (it marks the revision distrusted) and restore another revision ('backy status' lists them)",
+                    id = self.rev.id
+                ),
+                source,
+            },
+            other => other,
         })?;
         progress.finish();
         match mismatch {

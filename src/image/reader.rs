@@ -262,7 +262,7 @@ pub fn unreadable(file: &File, path: &Path, pos: u64, len: u64, err: std::io::Er
         path: path.to_owned(),
         offset,
         len: BLOCK.min(end - offset),
-        hint: "the disk under it reports a read error there (see the kernel log, dmesg)",
+        hint: "the disk under it reports a read error there (see the kernel log, dmesg)".into(),
         source: err,
     }
 }

@@ -224,7 +224,7 @@ fn read_all(
         match read {
             Ok(()) => return Ok(()),
             // The chunk at `done` did not read: take it block by block.
-            Err(Error::Io { .. }) if done < size => {
+            Err(Error::Io { .. } | Error::ReadFailed { .. }) if done < size => {
                 let end = ((done / CHUNK + 1) * CHUNK).min(size);
                 let list: Vec<u64> = (done / bs..end.div_ceil(bs)).collect();
                 read_list(image, manifest, &list, report, suspects, progress)?;

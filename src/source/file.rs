@@ -331,7 +331,7 @@ impl Source for FileSource {
                     path,
                     offset,
                     len,
-                    hint: "the disk under it reports a read error there (see the kernel log, dmesg); the backup stopped and kept no revision; repair or replace the source, then run the backup again",
+                    hint: "the disk under it reports a read error there (see the kernel log, dmesg); the backup stopped and kept no revision; repair or replace the source, then run the backup again".into(),
                     source,
                 },
                 other => other,
