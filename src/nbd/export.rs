@@ -120,6 +120,20 @@ impl Export {
         self.file.read_exact_at(buf, offset)
     }
 
+    /// What the log says about a failed request: for a full filesystem under
+    /// the overlay, which filesystem it is.
+    pub fn describe(&self, e: &io::Error) -> String {
+        match (&self.overlay, e.raw_os_error()) {
+            (Some(path), Some(code)) if sys::is_no_space(e) => crate::error::Error::no_space(
+                "cannot write overlay",
+                path.clone(),
+                io::Error::from_raw_os_error(code),
+            )
+            .to_string(),
+            _ => e.to_string(),
+        }
+    }
+
     /// Writes `buf` at `offset` (overlays only).
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
@@ -343,7 +357,15 @@ impl JobCatalog {
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("cannot create overlay {}: {e}", path.display()))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if sys::is_no_space(&e) => crate::error::Error::no_space(
+                    "cannot create overlay",
+                    path.clone(),
+                    io::Error::from_raw_os_error(code),
+                )
+                .to_string(),
+                _ => format!("cannot create overlay {}: {e}", path.display()),
+            })?;
         let cleanup = |msg: String| {
             let _ = std::fs::remove_file(&path);
             msg

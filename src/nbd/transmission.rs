@@ -28,9 +28,10 @@ const HEADROOM: usize = 28;
 
 /// An error to report for one request.
 fn errno_of(e: &io::Error) -> u32 {
-    match e.raw_os_error() {
-        Some(28) => errno::ENOSPC,
-        _ => errno::EIO,
+    if crate::sys::is_no_space(e) {
+        errno::ENOSPC
+    } else {
+        errno::EIO
     }
 }
 
@@ -204,10 +205,11 @@ fn handle<S: Write>(
         Ok(()) => s.write_all(&proto::simple_reply(0, req.cookie)),
         Err(e) => {
             tracing::warn!(
-                "NBD {} at {}+{} failed: {e}",
+                "NBD {} at {}+{} failed: {}",
                 export.name,
                 req.offset,
-                req.length
+                req.length,
+                export.describe(&e)
             );
             fail(s, errno_of(&e), &e.to_string())
         }
