@@ -463,7 +463,6 @@ fn nbd_overlay_writes_on_a_full_job_filesystem() {
         s.fill();
         expect("write -P 0xcd 0 8M", "No space left on device");
         expect("read -P 0xab 0 4096", "read 4096/4096 bytes");
-        drop(expect);
         drop(stdin);
         let _ = client.wait();
         let io = |cmds: &[&str]| {
