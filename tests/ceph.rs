@@ -252,7 +252,10 @@ fn a_full_job_filesystem_fails_the_backup_without_hanging() {
     )
     .code(1)
     .stderr_has("No space left on device")
-    .stderr_has("the filesystem is full");
+    .stderr_has(&format!(
+        "the filesystem is full (mounted on {}, btrfs)",
+        s.fs.path().display()
+    ));
     assert!(s.revisions().is_empty());
     assert!(s.backy_snaps().is_empty(), "{:?}", s.backy_snaps());
 }

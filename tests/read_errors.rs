@@ -47,48 +47,82 @@ fn listing(job: &Path) -> Vec<String> {
     names
 }
 
-/// A source whose sectors at 3 MiB + 8 KiB fail: the backup fails naming the
-/// source and that offset, keeps no revision and no partial file; the
-/// backup after the device reads again succeeds.
-#[test]
-fn a_source_read_error_fails_the_backup_naming_the_offset() {
+/// The job directory's files that are not logs or locks, with their hashes.
+fn contents(job: &Path) -> Vec<(String, String)> {
+    listing(job)
+        .into_iter()
+        .filter(|n| !n.ends_with(".log") && !n.starts_with('.'))
+        .map(|n| {
+            let path = job.join(&n);
+            let hash = if path.is_file() {
+                sha256(&path)
+            } else {
+                String::new()
+            };
+            (n, hash)
+        })
+        .collect()
+}
+
+/// A source (`block`: read as a block device, a loop device over the file)
+/// whose sectors at 3 MiB + 8 KiB fail: the first backup and one after a
+/// good revision both fail naming the source and that offset, and leave the
+/// job directory as it was (no revision, no partial file); the backup after
+/// the device reads again succeeds.
+fn source_read_error(block: bool) {
     let fs = require_fs!(FsKind::Btrfs, 128);
-    let data = pattern_bytes(16, 8 * MIB as usize);
-    let Some(dev) = FaultyDevice::new(8 * MIB, &data) else {
+    let data = pattern_bytes(16, 4 * MIB as usize);
+    let Some(dev) = FaultyDevice::new(4 * MIB, &data) else {
         return;
     };
+    let loop_device = block.then(|| LoopDevice::attach_direct(&dev.path()));
+    let source = match &loop_device {
+        Some(l) => l.path().to_owned(),
+        None => dev.path(),
+    };
     let bad = 3 * MIB + 8192;
-    dev.fail_range(bad, bad + 4096);
     let job = fs.join("job");
-    run_ok(backy_job(&job).args(["init", "file"]).arg(dev.path()));
-    let before = listing(&job);
-    let r = run_timeout(
-        backy_job(&job).args(["backup", "daily"]),
-        Duration::from_secs(60),
-    )
-    .failure()
-    .stderr_has("cannot read source")
-    .stderr_has(&format!("at offset {bad}"))
-    .stderr_has("Input/output error")
-    .stderr_has("kept no revision");
-    assert!(revisions(&job).is_empty(), "{}", r.stderr);
-    let after: Vec<String> = listing(&job)
-        .into_iter()
-        .filter(|n| !n.ends_with(".log") && !n.starts_with('.'))
-        .collect();
-    let before: Vec<String> = before
-        .into_iter()
-        .filter(|n| !n.ends_with(".log") && !n.starts_with('.'))
-        .collect();
-    assert_eq!(after, before, "the failed backup left files");
+    run_ok(backy_job(&job).args(["init", "file"]).arg(&source));
+    for round in 0..2 {
+        dev.fail_range(bad, bad + 4096);
+        let before = contents(&job);
+        let ids = revisions(&job);
+        let r = run_timeout(
+            backy_job(&job).args(["backup", "daily"]),
+            Duration::from_secs(120),
+        )
+        .failure()
+        .stderr_has(&format!("cannot read source {}", source.display()))
+        .stderr_has(&format!("at offset {bad}"))
+        .stderr_has("Input/output error")
+        .stderr_has("kept no revision");
+        assert_eq!(revisions(&job), ids, "round {round}: {}", r.stderr);
+        assert_eq!(
+            contents(&job),
+            before,
+            "round {round}: the failed backup left files"
+        );
 
-    dev.heal();
-    run_ok(backy_job(&job).args(["backup", "daily"]));
-    let ids = revisions(&job);
-    assert_eq!(ids.len(), 1, "{:?}", listing(&job));
-    let out = fs.join("restored");
-    run_ok(backy_job(&job).args(["restore", "-r", &ids[0]]).arg(&out));
-    assert_eq!(fs::read(&out).unwrap(), data);
+        dev.heal();
+        run_ok(backy_job(&job).args(["backup", "daily"]));
+        let ids = revisions(&job);
+        assert_eq!(ids.len(), round + 1, "{:?}", listing(&job));
+        let out = fs.join("restored");
+        let _ = fs::remove_file(&out);
+        run_ok(backy_job(&job).args(["restore", "-r", "0"]).arg(&out));
+        assert_eq!(fs::read(&out).unwrap(), data);
+    }
+    run_ok(backy_job(&job).arg("verify"));
+}
+
+#[test]
+fn a_source_file_read_error_fails_the_backup_naming_the_offset() {
+    source_read_error(false);
+}
+
+#[test]
+fn a_source_block_device_read_error_fails_the_backup_naming_the_offset() {
+    source_read_error(true);
 }
 
 /// A running `backy nbd-server` on a free port.
@@ -183,7 +217,7 @@ fn unreadable_revision(kind: FsKind) {
     let out = tmp.path().join("restored");
     run_timeout(
         backy_job(&job).args(["restore", "-r", id]).arg(&out),
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     )
     .failure()
     .stderr_has(&format!("at offset {bad}"))
@@ -217,7 +251,7 @@ fn unreadable_revision(kind: FsKind) {
 
     let r = run_timeout(
         backy_job(&job).args(["verify", "-r", id]),
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     )
     .failure();
     assert!(

@@ -6,7 +6,7 @@
 //! chunks whatever the image size.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -244,19 +244,52 @@ pub fn unreadable(file: &File, path: &Path, pos: u64, len: u64, err: std::io::Er
     if err.raw_os_error() != Some(rustix::io::Errno::IO.raw_os_error()) {
         return Error::io("cannot read", path)(err);
     }
-    let mut buf = vec![0u8; BLOCK as usize];
-    let mut at = pos / BLOCK * BLOCK;
+    // The first block that fails a buffered read (on a fresh descriptor
+    // without readahead; cheap where the page cache holds the blocks before
+    // it), then, since a block device's readahead or a large page-cache folio
+    // fails the blocks before the bad one with it, the first from there that
+    // fails a read past the page cache (`O_DIRECT`, where the file allows it).
+    let fresh = File::open(path).ok();
+    if let Some(f) = &fresh {
+        let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::Random);
+    }
+    let buffered = fresh.as_ref().unwrap_or(file);
     let end = pos + len;
-    let offset = loop {
-        if at >= end {
-            break pos;
+    // Coarse steps first: on a file without a page cache (FUSE) every read
+    // is a request to the device.
+    const COARSE: u64 = 64 * BLOCK;
+    let mut buf = vec![0u8; (COARSE + BLOCK) as usize];
+    let skip = buf.as_ptr().align_offset(BLOCK as usize);
+    let mut at = pos / BLOCK * BLOCK;
+    for step in [COARSE, BLOCK] {
+        while at < end {
+            let n = (end - at).min(step) as usize;
+            if read_full_at(buffered, &mut buf[skip..skip + n], at).is_err() {
+                break;
+            }
+            at += step;
         }
-        let n = (end - at).min(BLOCK) as usize;
-        if read_full_at(file, &mut buf[..n], at).is_err() {
-            break at.max(pos);
+    }
+    let mut offset = if at < end { at.max(pos) } else { pos };
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path);
+    if let Ok(direct) = direct {
+        let mut at = offset / BLOCK * BLOCK;
+        let limit = end.min(at + 64 * BLOCK);
+        while at < limit {
+            match direct.read_at(&mut buf[skip..skip + BLOCK as usize], at) {
+                Ok(_) => at += BLOCK,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
+                    offset = at.max(pos);
+                    break;
+                }
+                // O_DIRECT refused after all (EINVAL): keep the buffered answer.
+                Err(_) => break,
+            }
         }
-        at += BLOCK;
-    };
+    }
     Error::ReadFailed {
         what: "cannot read",
         path: path.to_owned(),
