@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::{BackupLock, Job, PurgeLock, is_temp_of, remove_stale_overlays};
+use super::{BackupLock, Job, PurgeLock, TEMP_INFIX, is_temp_of, remove_stale_overlays};
 use crate::error::{Error, Result};
 use crate::schedule::config::Schedule;
 use crate::schedule::retention::{self, RetentionPlan, RevisionInfo};
@@ -152,7 +152,22 @@ impl Job {
             let mut rev = rev.clone();
             rev.stats.shift_remove("duration");
             let _meta = self.lock_meta()?;
-            self.write_rev(&rev)?;
+            match self.write_rev(&rev) {
+                Ok(()) => {}
+                // A full filesystem has no room for the rewritten `.rev` (and
+                // removing revisions is how the operator makes room): take the
+                // revision out of sight by renaming its `.rev` to a temp name
+                // instead, which needs no space. Stopped half-way, it is an
+                // image beside a `.rev` temp file, which the next backup's
+                // cleanup removes.
+                Err(Error::NoSpace { .. }) => {
+                    let path = self.rev_path(id);
+                    let aside = self.dir.join(format!("{id}.rev{TEMP_INFIX}removing"));
+                    std::fs::rename(&path, &aside).map_err(Error::io("cannot rename", &path))?;
+                    sys::fsync_dir(&self.dir).map_err(Error::io("cannot sync", &self.dir))?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.remove_files(id)?;
         self.revisions.retain(|r| r.id != id);
@@ -187,6 +202,27 @@ impl Job {
         lock: &PurgeLock,
         log_freed: bool,
     ) -> Result<()> {
+        // Deletions first: on a full filesystem they make the room that the
+        // rewritten `.rev` files of the retags need.
+        let deletions: Vec<&str> = plan.deletions().map(|s| s.id.as_str()).collect();
+        if !deletions.is_empty() {
+            let before = if log_freed {
+                self.available_bytes()
+            } else {
+                None
+            };
+            for id in &deletions {
+                self.remove_revision_unmeasured(id, lock)?;
+                tracing::info!("Revision {id} expired: no tags left");
+            }
+            if log_freed {
+                let what = format!(
+                    "Expiry of {}",
+                    crate::units::count(deletions.len(), "revision")
+                );
+                self.log_freed(before, &what);
+            }
+        }
         for step in plan.retags() {
             if self.revision(&step.id).is_some() {
                 self.update_rev(&step.id, |rev| {
@@ -198,26 +234,6 @@ impl Job {
                     step.expired.join(",")
                 );
             }
-        }
-        let deletions: Vec<&str> = plan.deletions().map(|s| s.id.as_str()).collect();
-        if deletions.is_empty() {
-            return Ok(());
-        }
-        let before = if log_freed {
-            self.available_bytes()
-        } else {
-            None
-        };
-        for id in &deletions {
-            self.remove_revision_unmeasured(id, lock)?;
-            tracing::info!("Revision {id} expired: no tags left");
-        }
-        if log_freed {
-            let what = format!(
-                "Expiry of {}",
-                crate::units::count(deletions.len(), "revision")
-            );
-            self.log_freed(before, &what);
         }
         Ok(())
     }
