@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what the test suite needs, and nothing when it is already there:
 #
-# - Debian packages for the test filesystems, NBD and image tools, and Ceph
-#   for the throw-away test clusters (scripts/ceph-cluster.sh; librbd1 for
+# - Debian packages for the test filesystems, NBD and image tools (nbdkit's sh
+#   plugin, nbdfuse from libnbd-bin and fusermount3 from fuse3 make the failing
+#   devices of tests/read_errors.rs), and Ceph for the throw-away test clusters (scripts/ceph-cluster.sh; librbd1 for
 #   backy's librbd reads, python3-rbd for the harness's exact writes), and
 #   prometheus for promtool, which lints `backy metrics` (tests/metrics.rs);
 # - the original Python backy 2.1.5 in a venv at target/backy21, with the
