@@ -551,7 +551,8 @@ impl ImageWriter {
 /// Whether reading the image failed because the data on disk is bad (`EIO`),
 /// not for a reason that writing cannot fix.
 fn is_unreadable_data(e: &Error) -> bool {
-    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()))
+    e.io_source()
+        .is_some_and(|source| source.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()))
 }
 
 #[cfg(test)]
