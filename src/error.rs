@@ -1117,6 +1117,34 @@ mod tests {
         assert_eq!(rbd.report().to_string(), rbd.to_string());
     }
 
+    /// A full filesystem is its own variant, naming where it is mounted; a
+    /// quota says so; other errors stay `Io`.
+    #[test]
+    fn a_full_filesystem_names_its_mount_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("file");
+        let mount = crate::sys::mount_point_of(dir.path()).expect("a mount point");
+        let err = Error::io("cannot write", &path)(io::Error::from_raw_os_error(28));
+        let text = err.to_string();
+        assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
+        assert!(
+            text.starts_with(&format!(
+                "cannot write {}: No space left on device: the filesystem is full (mounted on {},",
+                path.display(),
+                mount.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("free space there"), "{text}");
+        let quota = Error::io("cannot write", &path)(io::Error::from_raw_os_error(122));
+        assert!(
+            quota.to_string().contains("the quota on the filesystem"),
+            "{quota}"
+        );
+        let other = Error::io("cannot write", &path)(io::Error::from_raw_os_error(5));
+        assert!(matches!(other, Error::Io { .. }), "{other:?}");
+    }
+
     /// The enum stays small enough to pass around by value.
     #[test]
     fn error_stays_small() {
