@@ -312,7 +312,7 @@ fn a_file_backup_into_a_full_job_filesystem() {
 #[test]
 fn a_small_backup_into_a_full_job_filesystem() {
     each_kind(|kind| {
-        let Some(named) = backups_into_a_full_filesystem(kind, false, &[16 << 10, 64 << 10]) else {
+        let Some(named) = backups_into_a_full_filesystem(kind, false, &[64 << 10]) else {
             return;
         };
         eprintln!("{kind}: the writes that failed: {named:?}");
