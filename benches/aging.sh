@@ -43,6 +43,9 @@
 # BENCH_SEED (default 20261202), BENCH_FS (default "btrfs xfs"), BENCH_READS (default 3),
 # BENCH_TOOLS (default "backy backy21"; "backy" alone skips 2.1.5 and its checks),
 # BENCH_JOB_CONFIG (lines appended to backy's job config, to compare write layouts),
+# BENCH_COWEXTSIZE (XFS only: `xfs_io -c "cowextsize N"` on backy's job directory before the
+# first backup, inherited by its new files), BENCH_DEFRAG=1 (after the history, defragment
+# the newest revision, `btrfs filesystem defragment` or `xfs_fsr`, and print its cost),
 # BENCH_NICE (niceness of the measured commands, e.g. -20 on a busy machine),
 # BENCH_STRICT=1 (exit 1 when a target is missed), BACKY (default: the release build
 # of this checkout), BACKY21 (default target/backy21/bin/backy21).
@@ -56,6 +59,8 @@ FILESYSTEMS=${BENCH_FS:-btrfs xfs}
 READS=${BENCH_READS:-3}
 TOOLS=${BENCH_TOOLS:-backy backy21}
 JOB_CONFIG=${BENCH_JOB_CONFIG:-}
+COWEXTSIZE=${BENCH_COWEXTSIZE:-}
+DEFRAG=${BENCH_DEFRAG:-0}
 NICE=${BENCH_NICE:-0}
 STRICT=${BENCH_STRICT:-0}
 BACKY21=${BACKY21:-$ROOT/target/backy21/bin/backy21}
@@ -301,6 +306,10 @@ age_one() { # filesystem
         printf '%s\n' "$JOB_CONFIG" >>"$job/config"
         echo "   backy job config: $(tr '\n' ' ' <"$job/config")"
     fi
+    if [[ -n $COWEXTSIZE && $fs == xfs ]]; then
+        xfs_io -c "cowextsize $COWEXTSIZE" "$job"
+        echo "   backy job directory: $(xfs_io -c cowextsize "$job")"
+    fi
     ((OLD)) && "$BACKY21" -b "$old" init file "$src" >>"$LOG/backy21.log" 2>&1
     drop_caches
     timed full:backy "$LOG/backy.log" "$BACKY" -b "$job" backup daily
@@ -343,6 +352,17 @@ age_one() { # filesystem
     sync
     local newest_new newest_old
     newest_new=$(readlink -f "$job/last")
+    if [[ $DEFRAG == 1 ]]; then
+        local e0 s0 t0
+        e0=$(python3 "$WORK/gen.py" extents "$newest_new") s0=$(python3 "$WORK/gen.py" space "$job")
+        t0=$(now)
+        case $fs in
+            btrfs) btrfs filesystem defragment -t 32M "$newest_new" ;;
+            xfs) xfs_fsr -v "$newest_new" >>"$LOG/fsr.log" 2>&1 || echo "   xfs_fsr failed: $(tail -1 "$LOG/fsr.log")" ;;
+        esac
+        sync
+        echo "   defragmented the newest in $(since "$t0") s: extents $e0 -> $(python3 "$WORK/gen.py" extents "$newest_new"), job space +$(mib $(($(python3 "$WORK/gen.py" space "$job") - s0))) MiB"
+    fi
     cp --reflink=never "$newest_new" "$mnt/fresh-backy.img"
     if ((OLD)); then
         newest_old=$(readlink -f "$old/last")
