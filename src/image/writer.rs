@@ -639,15 +639,6 @@ impl ImageWriter {
     ) -> Result<()> {
         let block_end = offset + data.len() as u64;
         let (mut from, mut to) = (offset + run.start as u64, offset + run.end as u64);
-        // What an earlier extension already wrote (the same new bytes).
-        if let Some(e) = self.last_end
-            && e > from
-        {
-            if e >= to {
-                return Ok(());
-            }
-            from = e;
-        }
         let mut before: Option<(u64, u64)> = None; // from the window
         if self.layout.reach() > 0 {
             // Back: to the parent's boundary or the previous write, if near.
