@@ -6,6 +6,7 @@
 pub mod blockset;
 pub mod dedupe;
 pub mod fiemap;
+pub mod layout;
 pub mod prefetch;
 pub mod reader;
 pub mod reshare;

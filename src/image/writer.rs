@@ -5,13 +5,19 @@
 //! parent's manifest is trusted and holds the same digest, nothing is touched (the
 //! extent stays shared). Otherwise the writer reads the clone's block and writes only
 //! the 4 KiB pages that differ; pages and blocks that became zero are punched out
-//! so the image stays sparse. Every digest lands in the new manifest.
+//! so the image stays sparse. Every digest lands in the new manifest. A run of
+//! differing pages may be extended over unchanged ones (written from the new
+//! data) up to an edge of the parent's extents, so revisions do not fragment as a
+//! job ages ([`super::layout`]); every block a write touches counts as changed.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use super::blockset::BlockSet;
+pub use super::layout::Layout;
+use super::layout::{Bounds, Window};
 use super::prefetch::Prefetcher;
 use super::reader::read_full_at;
 use super::sums::{Digest, Manifest, is_zero};
@@ -36,6 +42,9 @@ pub struct WriteStats {
     /// Bytes of the image read to compare them (holes of the image are known
     /// to be zeros and not read, so this follows the data, not the size).
     pub bytes_read: u64,
+    /// Unchanged bytes written beside changed ones so that the writes end on
+    /// the parent's extent boundaries ([`Layout`]).
+    pub bytes_rewritten: u64,
 }
 
 /// The block as it was before, when the caller has read it, and the byte range
@@ -64,6 +73,22 @@ pub struct ImageWriter {
     seek_data_supported: bool,
     /// Blocks whose bytes this backup wrote or punched (one bit per block).
     changed: BlockSet,
+    layout: Layout,
+    /// The parent's extent boundaries, read (FIEMAP) before the first write.
+    bounds: Option<Bounds>,
+    /// New data just before the current block, for extending a run back.
+    window: Window,
+    /// A run's extension into the blocks after it: `from..to`, written when the
+    /// block at `from` comes.
+    carry: Option<(u64, u64)>,
+    /// One past the last byte this backup wrote as data.
+    last_end: Option<u64>,
+    /// Blocks put but not yet handed to the verifier: a later run may still be
+    /// extended back into them.
+    unverified: VecDeque<(u64, usize, Digest)>,
+    /// Where the current block's patch first wrote data.
+    first_write: Option<u64>,
+    scratch: Vec<u8>,
 }
 
 impl ImageWriter {
@@ -92,11 +117,25 @@ impl ImageWriter {
             hole: None,
             seek_data_supported: true,
             changed: BlockSet::default(),
+            layout: Layout::DEFAULT,
+            bounds: None,
+            window: Window::default(),
+            carry: None,
+            last_end: None,
+            unverified: VecDeque::new(),
+            first_write: None,
+            scratch: Vec::new(),
         };
         if !parent_digests_trusted {
             writer.resize_touched();
         }
         writer
+    }
+
+    /// Sets how runs of changed pages are laid out (before the first block).
+    pub fn with_layout(mut self, layout: Layout) -> ImageWriter {
+        self.layout = layout;
+        self
     }
 
     /// The image's prefetch threads (started on first use), for a source that
@@ -149,6 +188,9 @@ impl ImageWriter {
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
         self.hole = None;
+        self.window.clear();
+        self.carry = None;
+        self.last_end = None;
         self.manifest.resize(size)?;
         self.changed.resize(self.manifest.blocks());
         // The block whose length changed (the old tail on a grow, the new tail on
@@ -326,6 +368,7 @@ impl ImageWriter {
     /// `None` when none ran or it did not see every block exactly once, in order:
     /// then the image still needs a full verification.
     pub fn end_verification(&mut self) -> Result<Option<VerifyReport>> {
+        self.release_verification(None);
         match self.verifier.take() {
             Some(v) => v.finish(self.blocks()),
             None => Ok(None),
@@ -357,12 +400,104 @@ impl ImageWriter {
         // Sources that do not read through `read_sequential` (Ceph diffs) stop
         // here on SIGTERM/SIGINT.
         crate::interrupt::check()?;
+        let offset = block * self.block_size();
+        if self.layout.reach() > 0 {
+            self.load_bounds();
+            self.first_write = None;
+        }
         self.patch(block, data, digest, known)?;
-        // Only now is the block final on disk, ready for the verifier to read.
-        if let Some(v) = &mut self.verifier {
-            v.record(block, data.len(), digest);
+        if self.layout.reach() > 0 {
+            self.write_carry(offset, data)?;
+            let keep = self.window_start(offset + data.len() as u64);
+            self.window.keep(offset, data, keep);
+        }
+        // Only now is the block final on disk (or, when later runs may reach
+        // back into it, once they no longer can), ready for the verifier to read.
+        if self.verifier.is_some() {
+            self.unverified.push_back((block, data.len(), digest));
+            self.release_verification(Some(block));
         }
         Ok(())
+    }
+
+    /// Hands the verifier the blocks no run can reach back into any more once
+    /// `current` is put (all of them for `None`).
+    fn release_verification(&mut self, current: Option<u64>) {
+        let back = self.layout.reach().div_ceil(self.block_size());
+        while let Some(&(block, len, digest)) = self.unverified.front() {
+            if current.is_some_and(|c| block + back > c) {
+                break;
+            }
+            self.unverified.pop_front();
+            if let Some(v) = &mut self.verifier {
+                v.record(block, len, digest);
+            }
+        }
+    }
+
+    /// Reads the parent's extent boundaries (the image is still its clone).
+    fn load_bounds(&mut self) {
+        if self.bounds.is_none() {
+            let bounds = match super::fiemap::extents(&self.image, false) {
+                Ok(extents) => Bounds::from_extents(&extents, PAGE as u64),
+                Err(e) => {
+                    tracing::debug!(
+                        "No extent map of {} ({e}): writes end where changes end",
+                        self.path.display()
+                    );
+                    Bounds::default()
+                }
+            };
+            self.bounds = Some(bounds);
+        }
+    }
+
+    /// Where the new data a later run may be extended back over begins, seen
+    /// from `end` (the end of the block just put): the edge such a run would
+    /// reach, when it is near enough.
+    fn window_start(&self, end: u64) -> Option<u64> {
+        let bound = self
+            .bounds
+            .as_ref()
+            .and_then(|b| b.at_or_before(end))
+            .filter(|&b| end - b < self.layout.snap);
+        let last = self
+            .last_end
+            .filter(|&e| e <= end && end - e < self.layout.gap);
+        bound.max(last)
+    }
+
+    /// Writes the part of a run's extension that falls in the block at
+    /// `offset` (holding `data`, patched already), up to its first zero page or
+    /// what the patch wrote: only unchanged pages are left there.
+    fn write_carry(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let Some((from, to)) = self.carry else {
+            return Ok(());
+        };
+        if from > offset {
+            // Set by this block's own runs, for the next one.
+            return Ok(());
+        }
+        self.carry = None;
+        if from < offset {
+            // The blocks in between were not handed over (a diff).
+            return Ok(());
+        }
+        let block_end = offset + data.len() as u64;
+        let end = to.min(block_end).min(self.first_write.unwrap_or(u64::MAX));
+        if end <= offset {
+            return Ok(());
+        }
+        let want = (end - offset) as usize;
+        let n = nonzero_prefix(&data[..want]);
+        if n == 0 {
+            return Ok(());
+        }
+        if n == want && end == block_end && to > block_end {
+            self.carry = Some((block_end, to));
+        }
+        self.stats.bytes_rewritten += n as u64;
+        self.write_data(offset, &data[..n])
     }
 
     fn patch(&mut self, block: u64, data: &[u8], digest: Digest, known: Known) -> Result<()> {
@@ -422,11 +557,7 @@ impl ImageWriter {
                 self.zero_range(offset, data.len() as u64)
             }
         } else {
-            self.write_differing_pages(
-                offset + pages.start as u64,
-                &data[pages.clone()],
-                &old[pages],
-            )
+            self.write_differing_pages(offset, data, old, pages)
         };
         self.old = own;
         result?;
@@ -460,40 +591,142 @@ impl ImageWriter {
         self.manifest.set(block, digest)
     }
 
-    /// Writes the runs of pages where `new` differs from `old`; zero runs are punched.
-    fn write_differing_pages(&mut self, offset: u64, new: &[u8], old: &[u8]) -> Result<()> {
-        let pages = new.len().div_ceil(PAGE);
+    /// Writes the runs of pages of `pages` where block `new` (at `offset`)
+    /// differs from `old`; zero runs are punched.
+    fn write_differing_pages(
+        &mut self,
+        offset: u64,
+        new: &[u8],
+        old: &[u8],
+        pages: std::ops::Range<usize>,
+    ) -> Result<()> {
         let page = |i: usize| i * PAGE..((i + 1) * PAGE).min(new.len());
-        let mut i = 0;
-        while i < pages {
-            if new[page(i)] == old[page(i)] {
+        let differs = |i: usize| new[page(i)] != old[page(i)];
+        let (first, last) = (pages.start / PAGE, pages.end.div_ceil(PAGE));
+        let mut i = first;
+        while i < last {
+            if !differs(i) {
                 i += 1;
                 continue;
             }
             let zero = is_zero(&new[page(i)]);
             let start = i;
-            while i < pages && new[page(i)] != old[page(i)] && is_zero(&new[page(i)]) == zero {
+            while i < last && differs(i) && is_zero(&new[page(i)]) == zero {
                 i += 1;
             }
             let run = page(start).start..page(i - 1).end;
             self.stats.bytes_changed += run.len() as u64;
-            let at = offset + run.start as u64;
             if zero {
-                self.zero_range(at, run.len() as u64)?;
+                self.zero_range(offset + run.start as u64, run.len() as u64)?;
             } else {
-                self.wrote(at, run.len() as u64);
-                self.image
-                    .write_all_at(&new[run.clone()], at)
-                    .map_err(Error::io("cannot write image", &self.path))?;
-                if crate::failpoint::active("garble-write") {
-                    // Test fault: the write lands with one byte flipped, as a bad
-                    // disk or filesystem bug would leave it; verification must notice.
-                    let byte = [!new[run.start]];
-                    self.image
-                        .write_all_at(&byte, at)
-                        .map_err(Error::io("cannot write image", &self.path))?;
+                // The next differing page of this block, where an extension stops.
+                let next = (i..last).find(|&j| differs(j)).map(|j| page(j).start);
+                self.write_run(offset, new, run, next)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `run` of block `data` (at `offset`), extended as [`Layout`] says
+    /// over unchanged pages to an edge of the parent's extents or to the end of
+    /// the previous write, never past `next` (the next differing page).
+    fn write_run(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        run: std::ops::Range<usize>,
+        next: Option<usize>,
+    ) -> Result<()> {
+        let block_end = offset + data.len() as u64;
+        let (mut from, mut to) = (offset + run.start as u64, offset + run.end as u64);
+        let mut before: Option<(u64, u64)> = None; // from the window
+        if self.layout.reach() > 0 {
+            // Back: to the parent's boundary or the previous write, if near.
+            let bound = self
+                .bounds
+                .as_ref()
+                .and_then(|b| b.at_or_before(from))
+                .filter(|&b| from - b <= self.layout.snap);
+            let last = self
+                .last_end
+                .filter(|&e| e <= from && from - e <= self.layout.gap);
+            // Never back over what this backup wrote already.
+            let done = self.last_end.filter(|&e| e <= from);
+            if let Some(edge) = bound
+                .max(last)
+                .map(|e| e.max(done.unwrap_or(0)))
+                .filter(|&e| e < from)
+            {
+                let in_block = edge.max(offset);
+                let zeros =
+                    nonzero_suffix(&data[(in_block - offset) as usize..(from - offset) as usize]);
+                let reached = in_block + ((from - in_block) as usize - zeros) as u64;
+                if reached > in_block || edge >= offset {
+                    // Stopped by a zero page (an edge itself), or all in this block.
+                    self.stats.bytes_rewritten += from - reached;
+                    from = reached;
+                } else if let Some(held) = self.window.get(edge, offset) {
+                    // The page before `offset` may be zero (n = 0): then the
+                    // block's start is an edge.
+                    let n = nonzero_suffix(held) as u64;
+                    self.stats.bytes_rewritten += from - (offset - n);
+                    if n > 0 {
+                        before = Some((offset - n, offset));
+                    }
+                    from = offset;
                 }
             }
+            // Forward: to the parent's boundary if near, not past the next change.
+            let limit = next.map_or(u64::MAX, |n| offset + n as u64);
+            if let Some(edge) = self
+                .bounds
+                .as_ref()
+                .and_then(|b| b.at_or_after(to))
+                .filter(|&b| b > to && b - to <= self.layout.snap && b <= limit)
+            {
+                let in_block = edge.min(block_end);
+                let n = nonzero_prefix(&data[(to - offset) as usize..(in_block - offset) as usize]);
+                self.stats.bytes_rewritten += n as u64;
+                if to + n as u64 == in_block && edge > block_end {
+                    self.carry = Some((block_end, edge));
+                }
+                to += n as u64;
+            }
+        }
+        match before {
+            Some((start, end)) => {
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.clear();
+                if let Some(held) = self.window.get(start, end) {
+                    buf.extend_from_slice(held);
+                }
+                buf.extend_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+                let result = self.write_data(start, &buf);
+                self.scratch = buf;
+                result
+            }
+            None => self.write_data(
+                from,
+                &data[(from - offset) as usize..(to - offset) as usize],
+            ),
+        }
+    }
+
+    /// Writes `bytes` (new data, no zero page) at `at`.
+    fn write_data(&mut self, at: u64, bytes: &[u8]) -> Result<()> {
+        self.first_write.get_or_insert(at);
+        self.wrote(at, bytes.len() as u64);
+        self.last_end = Some(at + bytes.len() as u64);
+        self.image
+            .write_all_at(bytes, at)
+            .map_err(Error::io("cannot write image", &self.path))?;
+        if crate::failpoint::active("garble-write") {
+            // Test fault: the write lands with one byte flipped, as a bad
+            // disk or filesystem bug would leave it; verification must notice.
+            let byte = [!bytes[0]];
+            self.image
+                .write_all_at(&byte, at)
+                .map_err(Error::io("cannot write image", &self.path))?;
         }
         Ok(())
     }
@@ -546,6 +779,24 @@ impl ImageWriter {
         );
         Ok((self.image, self.manifest, self.stats))
     }
+}
+
+/// Bytes at the start of `bytes` before its first zero page (pages counted
+/// from its start).
+fn nonzero_prefix(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(PAGE)
+        .position(is_zero)
+        .map_or(bytes.len(), |i| i * PAGE)
+}
+
+/// Bytes at the end of `bytes` (a whole number of pages) after its last zero page.
+fn nonzero_suffix(bytes: &[u8]) -> usize {
+    let pages = bytes.len() / PAGE;
+    (0..pages)
+        .rev()
+        .position(|i| is_zero(&bytes[i * PAGE..(i + 1) * PAGE]))
+        .map_or(bytes.len(), |n| n * PAGE)
 }
 
 /// Whether reading the image failed because the data on disk is bad (`EIO`),
@@ -617,6 +868,174 @@ mod tests {
                 .iter()
                 .all(|&b| b == 0)
         );
+    }
+
+    const P: u64 = PAGE as u64;
+
+    /// A writer over a parent image of `pages` pages (blocks of 16 pages) whose
+    /// data pages are `parent` (page -> byte; other pages are holes), synced so
+    /// its extents are final; returns it with the parent's bytes.
+    fn over_parent(
+        dir: &Path,
+        pages: u64,
+        parent: &[(u64, u8)],
+        layout: Layout,
+    ) -> (ImageWriter, Vec<u8>) {
+        let w = writer(dir, pages * P).with_layout(layout);
+        let mut bytes = vec![0u8; (pages * P) as usize];
+        for &(page, b) in parent {
+            let at = (page * P) as usize;
+            bytes[at..at + PAGE].fill(b);
+        }
+        // One write per run of data pages: one extent each (on ext4, XFS, btrfs).
+        let mut page = 0;
+        while page < pages {
+            if parent.iter().all(|&(p, _)| p != page) {
+                page += 1;
+                continue;
+            }
+            let start = page;
+            while page < pages && parent.iter().any(|&(p, _)| p == page) {
+                page += 1;
+            }
+            let range = (start * P) as usize..(page * P) as usize;
+            w.image.write_all_at(&bytes[range], start * P).unwrap();
+        }
+        w.image.sync_all().unwrap();
+        (w, bytes)
+    }
+
+    /// Puts every block of `new`, finishes, and checks image and manifest.
+    fn put_all(dir: &Path, mut w: ImageWriter, new: &[u8]) -> (WriteStats, Vec<u64>) {
+        let bs = w.block_size() as usize;
+        for (block, data) in new.chunks(bs).enumerate() {
+            w.put_block(block as u64, data).unwrap();
+        }
+        let changed = w.changed().iter().collect();
+        let (file, mut manifest, stats) = w.finish().unwrap();
+        let report = super::super::verify_against_manifest(
+            &file,
+            &dir.join("img"),
+            &mut manifest,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(report.bad_offsets.is_empty());
+        assert!(
+            std::fs::read(dir.join("img")).unwrap() == new,
+            "the image is not the new data"
+        );
+        (stats, changed)
+    }
+
+    fn pages(from: u64, to: u64, b: u8) -> Vec<(u64, u8)> {
+        (from..to).map(|p| (p, b)).collect()
+    }
+
+    /// Whether FIEMAP works here (not on tmpfs): the layout needs extent maps.
+    fn has_fiemap(dir: &Path) -> bool {
+        let f = File::create(dir.join("probe")).unwrap();
+        f.write_all_at(&[1], 0).unwrap();
+        super::super::fiemap::extents(&f, true).is_ok()
+    }
+
+    fn layout(snap_pages: u64) -> Layout {
+        Layout {
+            snap: snap_pages * P,
+            gap: snap_pages * P,
+        }
+    }
+
+    /// A run near the end of a parent extent is extended to that end, into the
+    /// next block too; the blocks it rewrote count as changed.
+    #[test]
+    fn a_run_is_extended_forward_to_the_parents_extent_end_across_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        if !has_fiemap(dir.path()) {
+            return;
+        }
+        let (w, mut new) = over_parent(dir.path(), 64, &pages(0, 34, 7), layout(4));
+        new[(30 * P) as usize..(31 * P) as usize].fill(9);
+        let (stats, changed) = put_all(dir.path(), w, &new);
+        assert_eq!(stats.bytes_changed, P);
+        assert_eq!(stats.bytes_rewritten, 3 * P, "pages 31, 32 and 33");
+        assert_eq!(changed, vec![1, 2]);
+
+        // Writing only the differing pages, the same change touches block 1 alone.
+        let dir = tempfile::tempdir().unwrap();
+        let (w, mut new) = over_parent(dir.path(), 64, &pages(0, 34, 7), Layout::EXACT);
+        new[(30 * P) as usize..(31 * P) as usize].fill(9);
+        let (stats, changed) = put_all(dir.path(), w, &new);
+        assert_eq!((stats.bytes_changed, stats.bytes_rewritten), (P, 0));
+        assert_eq!(changed, vec![1]);
+    }
+
+    /// A run just after the start of a parent extent is extended back to it,
+    /// into the block before (held from the new data).
+    #[test]
+    fn a_run_is_extended_back_to_the_parents_extent_start_across_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        if !has_fiemap(dir.path()) {
+            return;
+        }
+        let (w, mut new) = over_parent(dir.path(), 64, &pages(14, 48, 7), layout(4));
+        new[(17 * P) as usize..(18 * P) as usize].fill(9);
+        let (stats, changed) = put_all(dir.path(), w, &new);
+        assert_eq!(stats.bytes_rewritten, 3 * P, "pages 14, 15 and 16");
+        assert_eq!(changed, vec![0, 1]);
+    }
+
+    /// An extension stops at a zero page (it stays as it was, a hole or zeros)
+    /// and before the next change; two nearby runs become one write.
+    #[test]
+    fn extensions_stop_at_zero_pages_and_join_nearby_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        if !has_fiemap(dir.path()) {
+            return;
+        }
+        // The parent holds written zeros at page 35 (as backy 2.1 wrote them).
+        let mut parent = pages(0, 40, 7);
+        parent[35].1 = 0;
+        let (w, mut new) = over_parent(dir.path(), 64, &parent, layout(8));
+        new[(33 * P) as usize..(34 * P) as usize].fill(9);
+        let (stats, _) = put_all(dir.path(), w, &new);
+        assert_eq!(stats.bytes_rewritten, P, "page 34 only");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (w, mut new) = over_parent(dir.path(), 64, &pages(0, 64, 7), layout(4));
+        for page in [18, 21] {
+            new[(page * P) as usize..((page + 1) * P) as usize].fill(9);
+        }
+        let (stats, changed) = put_all(dir.path(), w, &new);
+        assert_eq!(stats.bytes_changed, 2 * P);
+        assert_eq!(
+            stats.bytes_rewritten,
+            2 * P,
+            "pages 19 and 20 join the two runs"
+        );
+        assert_eq!(changed, vec![1]);
+    }
+
+    /// Inline verification is handed each block only once no later run can
+    /// reach back into it, and still sees every block in order.
+    #[test]
+    fn inline_verification_sees_every_block_after_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        if !has_fiemap(dir.path()) {
+            return;
+        }
+        let (mut w, mut new) = over_parent(dir.path(), 64, &pages(14, 48, 7), layout(4));
+        w.verify_while_writing().unwrap();
+        new[(17 * P) as usize..(18 * P) as usize].fill(9);
+        let bs = w.block_size() as usize;
+        for (block, data) in new.chunks(bs).enumerate() {
+            w.put_block(block as u64, data).unwrap();
+        }
+        let report = w
+            .end_verification()
+            .unwrap()
+            .expect("verified every block in order");
+        assert!(report.bad_offsets.is_empty());
     }
 
     /// A zero block over data in the image is still punched.
