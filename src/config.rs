@@ -876,4 +876,30 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn verification_is_read_written_and_refused_for_ceph() {
+        let c = JobConfig::parse("type: file\nfilename: /a\nverification: written\n").unwrap();
+        assert_eq!(c.verification, VerificationMode::Written);
+        assert_eq!(JobConfig::parse(&c.to_yaml()).unwrap(), c);
+        let nested =
+            JobConfig::parse("source: {type: file, filename: /a}\nverification: written\n")
+                .unwrap();
+        assert_eq!(nested.verification, VerificationMode::Written);
+        let plain = JobConfig::parse("type: file\nfilename: /a\n").unwrap();
+        assert_eq!(plain.verification, VerificationMode::Full);
+        assert!(!plain.to_yaml().contains("verification"));
+        let e = JobConfig::parse("type: file\nfilename: /a\nverification: fast\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'verification' must be full or written"),
+            "{e}"
+        );
+        let e = JobConfig::parse("type: ceph-rbd\npool: p\nimage: i\nverification: written\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("written is for file sources only"),
+            "{e}"
+        );
+    }
 }

@@ -672,4 +672,63 @@ jobs:
         };
         assert_eq!(problems.len(), 1);
     }
+
+    #[test]
+    fn scrub_settings_parse_and_bad_ones_say_what_to_write() {
+        assert_eq!(
+            parse_scrub("7d 10%"),
+            Ok(Scrub {
+                interval: 7 * DAY,
+                percent: 10.0
+            })
+        );
+        assert_eq!(parse_scrub(" 12h  2.5 % ").unwrap().percent, 2.5);
+        assert_eq!(parse_scrub("1w 100%").unwrap().interval, WEEK);
+        for bad in ["7d", "10%", "7d 10", "7d ten%", "7d 10% daily", ""] {
+            let e = parse_scrub(bad).unwrap_err();
+            assert!(e.contains("e.g. '7d 10%'"), "{bad:?}: {e}");
+        }
+        assert!(parse_scrub("7x 10%").unwrap_err().contains("unknown unit"));
+        for bad in ["7d 0%", "7d 101%", "7d -3%", "7d NaN%"] {
+            let e = parse_scrub(bad).unwrap_err();
+            assert!(
+                e.contains("more than 0 % and at most 100 %") || e.contains("e.g."),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn jobs_take_verification_and_scrub() {
+        let text = "schedules: {s: {daily: {interval: 1d, keep: 3}}}\njobs:\n  a: {schedule: s, verification: written, scrub: 7d 10%, source: {type: file, filename: /a}}\n  b: {schedule: s, source: {type: file, filename: /b}}\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.jobs["a"].verification, VerificationMode::Written);
+        assert_eq!(
+            c.jobs["a"].job_config().verification,
+            VerificationMode::Written
+        );
+        assert!(
+            c.jobs["a"]
+                .job_config()
+                .to_yaml()
+                .contains("verification: written")
+        );
+        assert_eq!(c.jobs["a"].scrub.unwrap().percent, 10.0);
+        assert_eq!(c.jobs["b"].verification, VerificationMode::Full);
+        assert_eq!(c.jobs["b"].scrub, None);
+        let bad = "schedules: {s: {daily: {interval: 1d, keep: 3}}}\njobs:\n  a: {schedule: s, verification: some, scrub: 7d, source: {type: file, filename: /a}}\n  c: {schedule: s, verification: written, source: {type: ceph-rbd, pool: p, image: i}}\n";
+        let e = Config::parse(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("jobs.a.verification: must be full or written, not 'some'"),
+            "{e}"
+        );
+        assert!(
+            e.contains("jobs.a.scrub: '7d' is not a scrub setting"),
+            "{e}"
+        );
+        assert!(
+            e.contains("jobs.c.verification: written is for file sources only"),
+            "{e}"
+        );
+    }
 }
