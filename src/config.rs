@@ -215,6 +215,63 @@ pub struct JobConfig {
     pub source: SourceConfig,
     /// The operator allows full copies where reflinks are impossible.
     pub allow_copy: bool,
+    /// How each backup verifies its new image (`verification:`).
+    pub verification: VerificationMode,
+}
+
+/// How a backup checks the image it made (`verification:` in `config` and in
+/// a scheduler job).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VerificationMode {
+    /// Read every block back (the original's promise; the default).
+    #[default]
+    Full,
+    /// Read back what the backup wrote; prove the rest unchanged by its
+    /// mapping to the verified parent's extents (see [`crate::image::written`]).
+    Written,
+}
+
+impl VerificationMode {
+    /// The word in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerificationMode::Full => "full",
+            VerificationMode::Written => "written",
+        }
+    }
+
+    /// Reads `verification:` of a job whose source is `source` (`None` for a
+    /// scheduler job whose source did not parse); a problem completes
+    /// "'verification' ...".
+    pub fn read(
+        value: Option<&Value>,
+        source: Option<&SourceConfig>,
+    ) -> std::result::Result<VerificationMode, String> {
+        let mode = match value {
+            None | Some(Value::Null) => return Ok(VerificationMode::Full),
+            Some(Value::String(s)) if s == "full" => VerificationMode::Full,
+            Some(Value::String(s)) if s == "written" => VerificationMode::Written,
+            Some(other) => {
+                return Err(format!(
+                    "must be full or written, not {}",
+                    fields::describe_short(other)
+                ));
+            }
+        };
+        match source {
+            Some(s) if mode == VerificationMode::Written && s.kind() != SourceKind::File => {
+                Err(format!(
+                    "written is for file sources only; {} jobs check a sample against the Ceph snapshot instead, so remove the key",
+                    s.type_name()
+                ))
+            }
+            _ => Ok(mode),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        *self == VerificationMode::Full
+    }
 }
 
 /// The backy 2.1 layout of `config` as we write it: the source mapping plus
@@ -225,6 +282,8 @@ struct Written<'a> {
     source: &'a SourceConfig,
     #[serde(rename = "allow-copy", skip_serializing_if = "is_false")]
     allow_copy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verification: Option<&'static str>,
 }
 
 impl SourceConfig {
@@ -441,8 +500,24 @@ impl JobConfig {
         if nested {
             allow_copy |= Fields::new(&top, "", Style::Source, &mut p).flag("allow-copy");
         }
+        let value = if nested && !map.contains_key("verification") {
+            top.get("verification")
+        } else {
+            map.get("verification")
+        };
+        let verification = match VerificationMode::read(value, source.as_ref()) {
+            Ok(mode) => mode,
+            Err(message) => {
+                p.error("", format!("'verification' {message}"));
+                VerificationMode::Full
+            }
+        };
         match source {
-            Some(source) if p.errors.is_empty() => Ok(JobConfig { source, allow_copy }),
+            Some(source) if p.errors.is_empty() => Ok(JobConfig {
+                source,
+                allow_copy,
+                verification,
+            }),
             _ => Err(ConfigProblems(p.errors)),
         }
     }
@@ -469,6 +544,7 @@ impl JobConfig {
         let written = Written {
             source: &self.source,
             allow_copy: self.allow_copy,
+            verification: (!self.verification.is_full()).then(|| self.verification.name()),
         };
         // Text, numbers and booleans only: serialising cannot fail.
         serde_norway::to_string(&written).unwrap_or_default()
@@ -525,6 +601,7 @@ mod tests {
             let c = JobConfig {
                 source: SourceConfig::from_init_args(t, arg).unwrap(),
                 allow_copy: t == "file",
+                verification: VerificationMode::Full,
             };
             assert_eq!(JobConfig::parse(&c.to_yaml()).unwrap(), c);
         }
@@ -708,6 +785,7 @@ mod tests {
             let text = JobConfig {
                 source: sample.clone(),
                 allow_copy: false,
+                verification: VerificationMode::Full,
             }
             .to_yaml();
             assert_eq!(&JobConfig::parse(&text).unwrap().source, sample, "{text}");
@@ -796,6 +874,32 @@ mod tests {
                 "'full-every' must be a whole number of backups, 1 or more (e.g. 7: every 7th backup is a full compare), not 0",
                 "'allow-copy' must be true or false, not 1",
             ]
+        );
+    }
+
+    #[test]
+    fn verification_is_read_written_and_refused_for_ceph() {
+        let c = JobConfig::parse("type: file\nfilename: /a\nverification: written\n").unwrap();
+        assert_eq!(c.verification, VerificationMode::Written);
+        assert_eq!(JobConfig::parse(&c.to_yaml()).unwrap(), c);
+        let nested =
+            JobConfig::parse("source: {type: file, filename: /a}\nverification: written\n")
+                .unwrap();
+        assert_eq!(nested.verification, VerificationMode::Written);
+        let plain = JobConfig::parse("type: file\nfilename: /a\n").unwrap();
+        assert_eq!(plain.verification, VerificationMode::Full);
+        assert!(!plain.to_yaml().contains("verification"));
+        let e = JobConfig::parse("type: file\nfilename: /a\nverification: fast\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'verification' must be full or written"),
+            "{e}"
+        );
+        let e = JobConfig::parse("type: ceph-rbd\npool: p\nimage: i\nverification: written\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("written is for file sources only"),
+            "{e}"
         );
     }
 }

@@ -862,3 +862,61 @@ fn a_full_job_filesystem_fails_the_run_with_its_reason() {
         assert!(daemon.stop().success());
     }
 }
+
+/// `scrub: 3s 50%` runs `verify --sample 50` on the job between its backups,
+/// within the worker limit, logs it and records it in the status file and in
+/// the revisions; `verification: written` reaches the job's `config`.
+#[test]
+fn scrubs_run_between_backups_and_are_recorded() {
+    let fs = require_fs!(FsKind::Btrfs, 512);
+    let base = fs.join("base");
+    let src = fs.join("src.img");
+    write_file(&src, 4 * MIB, &[(0, &pattern_bytes(5, MIB as usize))]);
+    let jobs = format!(
+        "  job1: {{schedule: fast, verification: written, scrub: 3s 50%, source: {{type: file, filename: {}}}}}\n",
+        src.display()
+    );
+    fs::create_dir(&base).unwrap();
+    let conf = fs.join("backy.conf");
+    fs::write(&conf, config(&base, &jobs, 1)).unwrap();
+    let (cmd, record) = recording_backy(fs.path());
+    let daemon = Daemon::start(&conf, &fs.join("scheduler.log"), &[("BACKY_CMD", &cmd)]);
+    let log = daemon.wait_for_log(
+        "Job job1: scrub finished, the sampled blocks match",
+        Duration::from_secs(30),
+    );
+    assert!(log.contains("scrubbing 50 %"), "{log}");
+    // The status file says when it ran and how it ended.
+    let status_file = base.join("status");
+    let start = Instant::now();
+    let status = loop {
+        let text = fs::read_to_string(&status_file).unwrap_or_default();
+        if text.contains("scrub_result: ok") || start.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.contains("scrub_result: ok"), "{status}");
+    assert!(status.contains("last_scrub:"), "{status}");
+    assert!(status.contains("next_scrub:"), "{status}");
+    let status = daemon.stop();
+    assert!(status.success());
+    // The scrub ran inside the worker limit of 1 and left its record.
+    assert_eq!(max_concurrency(&record), 1);
+    let job = base.join("job1");
+    assert!(
+        fs::read_to_string(job.join("config"))
+            .unwrap()
+            .contains("verification: written")
+    );
+    let revs = status_json(&job);
+    assert!(
+        revs.iter().any(|r| {
+            let id = r["id"].as_str().unwrap();
+            fs::read_to_string(job.join(format!("{id}.rev")))
+                .unwrap()
+                .contains("scope: sample")
+        }),
+        "{revs:?}"
+    );
+}

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::config::VerificationMode;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::image::sums::{BLOCK_SIZE, Manifest};
@@ -110,14 +111,15 @@ pub fn run(dir: &Path, tags: &str, allow_copy_flag: bool) -> Result<()> {
             .count() as u64,
     };
     let result = source.prepare(&plan).and_then(|()| {
-        match make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), allow_copy)? {
+        let how = (allow_copy, config.verification);
+        match make_revision(&job, &mut rev, parent.as_ref(), source.as_mut(), how)? {
             Made::Complete => Ok(()),
             Made::ParentDamaged { detail, failure } => heal(
                 &mut job,
                 &mut rev,
                 parent.as_ref().expect("damaged parent"),
                 source.as_mut(),
-                allow_copy,
+                how,
                 (detail, failure),
             ),
         }
@@ -177,7 +179,7 @@ fn heal(
     rev: &mut Revision,
     parent: &Revision,
     source: &mut dyn source::Source,
-    allow_copy: bool,
+    how: (bool, VerificationMode),
     (detail, failure): (String, Error),
 ) -> Result<()> {
     let damaged = job.update_rev(&parent.id, |r| r.trust = Trust::Distrusted)?;
@@ -193,7 +195,7 @@ fn heal(
         damaged.id,
         rev.id
     );
-    match make_revision(job, rev, Some(&damaged), source, allow_copy)? {
+    match make_revision(job, rev, Some(&damaged), source, how)? {
         Made::Complete => {
             tracing::info!(
                 "Revision {} is healed: it matches the source although parent {} is damaged",
@@ -222,14 +224,82 @@ fn verification_failed(id: &str, report: &image::VerifyReport, detail: &str) -> 
     }
 }
 
+/// Why `verification: written` cannot stand for a full read of this revision
+/// (see [`crate::image::written`]); `None` when it can.
+fn written_refused(
+    parent: Option<&Revision>,
+    trusted: bool,
+    kind: CloneKind,
+    source: &dyn source::Source,
+) -> Option<&'static str> {
+    let Some(parent) = parent else {
+        return Some("there is no parent to share data with");
+    };
+    let parent_checked = match parent.stats.get("verification").and_then(|v| v.as_str()) {
+        Some("full" | "written") => true,
+        _ => {
+            parent.trust == Trust::Verified
+                && parent
+                    .verification()
+                    .is_some_and(|v| v.scope == revision::verification::Scope::Full)
+        }
+    };
+    if !source.verifies_written() {
+        Some("this source does not support it")
+    } else if !trusted || parent.trust == Trust::Distrusted {
+        Some("the parent is not trusted")
+    } else if kind != CloneKind::Reflink {
+        Some("the image is a copy, not a reflink of its parent")
+    } else if !parent_checked {
+        Some("the parent was not verified in full")
+    } else {
+        None
+    }
+}
+
+/// Test faults: change the synced image behind backy's back, in the first
+/// block this backup wrote (`tamper-written`) or the first data block it did
+/// not write (`tamper-unwritten`); verification must notice either.
+fn tamper(path: &Path, manifest: &mut Manifest, changed: &image::writer::BlockSet) -> Result<()> {
+    let written = failpoint::active("tamper-written");
+    if !written && !failpoint::active("tamper-unwritten") {
+        return Ok(());
+    }
+    let mut target = None;
+    for block in 0..manifest.blocks() {
+        if changed.contains(block) == written && !manifest.get(block)?.is_zero() {
+            target = Some(block * manifest.block_size());
+            break;
+        }
+    }
+    let Some(at) = target else { return Ok(()) };
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(Error::io("cannot open", path))?;
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at)
+        .and_then(|()| f.write_all_at(&[!byte[0]], at))
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io("cannot tamper with", path))?;
+    tracing::warn!(
+        "Failpoint: flipped the byte at offset {at} of {}",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Clones, patches, verifies and seals the revision's image and manifest; on
-/// success `rev.stats` holds everything but `duration`.
+/// success `rev.stats` holds everything but `duration`. `how` is whether full
+/// copies are allowed and how to verify.
 fn make_revision(
     job: &Job,
     rev: &mut Revision,
     parent: Option<&Revision>,
     source: &mut dyn source::Source,
-    allow_copy: bool,
+    (allow_copy, mode): (bool, VerificationMode),
 ) -> Result<Made> {
     let image_path = job.image_path(&rev.id);
     let sums_path = job.sums_path(&rev.id);
@@ -264,8 +334,19 @@ fn make_revision(
     let (manifest, trusted) = parent_manifest(job, parent, &sums_path, allow_copy)?;
     let image_file = crate::sys::open_regular(&image_path, true)
         .map_err(Error::io("cannot open", &image_path))?;
+    let written = mode == VerificationMode::Written
+        && match written_refused(parent, trusted, kind, source) {
+            None => true,
+            Some(why) => {
+                tracing::info!(
+                    "Verifying revision {} in full instead of what it wrote: {why}",
+                    rev.id
+                );
+                false
+            }
+        };
     let mut writer = ImageWriter::new(image_file, &image_path, manifest, trusted);
-    if source.verifies_while_patching() {
+    if source.verifies_while_patching() && !written {
         writer.verify_while_writing()?;
     }
 
@@ -289,6 +370,7 @@ fn make_revision(
     let changed = writer.changed();
     let (image_file, mut manifest, stats) = writer.finish()?;
     failpoint::hit("after-patch");
+    tamper(&image_path, &mut manifest, &changed)?;
     tracing::debug!(
         "Patched {}the image in {:.2} s: {stats:?}",
         if verified_inline.is_some() {
@@ -300,8 +382,46 @@ fn make_revision(
     );
     let phase = Instant::now();
 
+    let mut moved = image::writer::BlockSet::default();
     let verified = match verified_inline {
         Some(report) => source::Verified::full(report),
+        None if written => {
+            let parent = parent.expect("written verification has a parent");
+            let parent_path = job.image_path(&parent.id);
+            let parent_image = crate::sys::open_regular(&parent_path, false)
+                .map_err(Error::io("cannot open", &parent_path))?;
+            let mut parent_manifest = Manifest::open(&job.sums_path(&parent.id), false)?;
+            let mut progress = Progress::new("verify", manifest.image_size());
+            let w = image::written::verify_written(
+                (&image_file, &image_path),
+                &mut manifest,
+                &parent_image,
+                &mut parent_manifest,
+                &changed,
+                &mut |n| progress.inc(n),
+            )?;
+            progress.finish();
+            if let Some(why) = &w.fallback {
+                tracing::info!("Read revision {} back in full: {why}", rev.id);
+            }
+            moved = w.moved;
+            source::Verified {
+                report: w.report,
+                stats: vec![
+                    (
+                        "verification",
+                        if w.blocks_proven > 0 {
+                            "written"
+                        } else {
+                            "full"
+                        }
+                        .into(),
+                    ),
+                    ("verification_blocks_read", w.blocks_read.into()),
+                    ("verification_blocks_proven", w.blocks_proven.into()),
+                ],
+            }
+        }
         None => {
             let mut progress = Progress::new("verify", manifest.image_size());
             let verified = source.verify(&image_file, &image_path, &mut manifest, &mut |n| {
@@ -319,7 +439,7 @@ fn make_revision(
         let inherited: Vec<u64> = bad
             .iter()
             .copied()
-            .filter(|&at| !changed.contains(at / bs))
+            .filter(|&at| !changed.contains(at / bs) && !moved.contains(at / bs))
             .collect();
         if trusted && !inherited.is_empty() {
             let parent = parent.expect("a trusted manifest comes from a parent");

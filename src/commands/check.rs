@@ -388,6 +388,9 @@ mod tests {
             warnings: Vec::new(),
             consistency: None,
             consistency_warning: None,
+            last_scrub: None,
+            next_scrub: None,
+            scrub_result: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub fn run(dir: &Path, kind: SourceKind, source_arg: &str) -> Result<()> {
     let config = JobConfig {
         source,
         allow_copy: false,
+        verification: Default::default(),
     };
     let path = dir.join("config");
     if path.exists() {

@@ -334,6 +334,9 @@ mod tests {
             last_failure_kind: String::new(),
             consistency: None,
             consistency_warning: None,
+            last_scrub: None,
+            next_scrub: None,
+            scrub_result: None,
         }
     }
 

@@ -182,7 +182,8 @@ fn warn_about_trust(rev: &Revision, has_manifest: bool, opts: Options) {
         return;
     }
     let why = match rev.stats.get("verification").and_then(|v| v.as_str()) {
-        Some("full") => return,
+        // `written` proved what it did not read by its mapping to the verified parent.
+        Some("full" | "written") => return,
         Some(how) => {
             format!("its backup verified it only partly (stats.verification: {how})")
         }

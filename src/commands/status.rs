@@ -106,6 +106,8 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
     let any_protected = revisions.iter().any(|r| r.protected.is_some());
     // Ceph revisions record whether the guest was frozen (`stats.consistency`).
     let any_consistency = revisions.iter().any(|r| consistency(r).is_some());
+    // Jobs with `verification: written` show what each backup read back.
+    let any_written = revisions.iter().any(|r| verification_cell(r).is_some());
     let mut header = vec!["Date (UTC)", "ID", "Size", "Durat", "Tags"];
     if space.is_some() {
         header.push("Freed");
@@ -118,6 +120,9 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
     }
     if any_consistency {
         header.push("Consistency");
+    }
+    if any_written {
+        header.push("Verified");
     }
     table.set_header(header);
     for rev in revisions {
@@ -143,6 +148,15 @@ pub fn render_table(revisions: &[Revision], space: Option<&JobSpace>) -> String 
         }
         if any_consistency {
             row.push(consistency(rev).unwrap_or("-").to_string());
+        }
+        if any_written {
+            row.push(verification_cell(rev).unwrap_or_else(|| {
+                rev.stats
+                    .get("verification")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-")
+                    .to_string()
+            }));
         }
         table.add_row(row);
     }
@@ -175,6 +189,15 @@ fn protected_cell(rev: &Revision) -> String {
         None => "-".into(),
         Some(p) => p.reason.clone().unwrap_or_else(|| "yes".into()),
     }
+}
+
+/// The Verified cell of a revision verified by `verification: written`:
+/// `written (12 read, 32756 by mapping)`.
+fn verification_cell(rev: &Revision) -> Option<String> {
+    let read = rev.stat_u64("verification_blocks_read")?;
+    let proven = rev.stat_u64("verification_blocks_proven")?;
+    let how = rev.stats.get("verification").and_then(|v| v.as_str())?;
+    Some(format!("{how} ({read} read, {proven} by mapping)"))
 }
 
 /// `stats.consistency` of a Ceph revision: `frozen` or `crash`.
@@ -228,6 +251,9 @@ fn to_json(job: &Job, space: &Result<Option<JobSpace>>) -> String {
                 "bytes_written": r.bytes_written(),
                 "bytes_changed": r.stat_u64("bytes_changed"),
                 "reflink": r.stats.get("reflink").and_then(|v| v.as_bool()),
+                "verification": r.stats.get("verification").and_then(|v| v.as_str()),
+                "verification_blocks_read": r.stat_u64("verification_blocks_read"),
+                "verification_blocks_proven": r.stat_u64("verification_blocks_proven"),
                 "trust": r.trust,
                 "protected": r.protected.is_some(),
                 "protected_reason": r.protected.as_ref().and_then(|p| p.reason.clone()),
@@ -256,6 +282,9 @@ fn to_json(job: &Job, space: &Result<Option<JobSpace>>) -> String {
             "bytes_written": r.map(Revision::bytes_written),
             "bytes_changed": r.and_then(|r| r.stat_u64("bytes_changed")),
             "reflink": r.and_then(|r| r.stats.get("reflink")).and_then(|v| v.as_bool()),
+            "verification": r.and_then(|r| r.stats.get("verification")).and_then(|v| v.as_str()),
+            "verification_blocks_read": r.and_then(|r| r.stat_u64("verification_blocks_read")),
+            "verification_blocks_proven": r.and_then(|r| r.stat_u64("verification_blocks_proven")),
             "trust": r.map(|r| r.trust),
             "protected": r.is_some_and(|r| r.protected.is_some()),
             "protected_reason": r.and_then(|r| r.protected.as_ref()).and_then(|p| p.reason.clone()),

@@ -95,6 +95,16 @@ pub(super) struct Running {
     /// When SIGTERM was sent because the run timed out.
     stopping: Option<Instant>,
     killed: bool,
+    /// A scrub (`backy verify --sample`), not a backup.
+    pub(super) scrub: bool,
+}
+
+/// What a child runs: a backup with its tags, or a scrub of a share in percent.
+pub(super) enum Action<'a> {
+    /// `backy backup TAGS`.
+    Backup(&'a BTreeSet<String>),
+    /// `backy verify --sample PERCENT`.
+    Scrub(f64),
 }
 
 impl Running {
@@ -108,7 +118,7 @@ impl Running {
         name: &str,
         dir: &Path,
         def: &JobDef,
-        tags: &BTreeSet<String>,
+        action: Action<'_>,
         timeout: Option<Duration>,
         events: Sender<Event>,
     ) -> std::result::Result<Running, Failure> {
@@ -120,14 +130,27 @@ impl Running {
             .append(true)
             .open(&log_path)
             .map_err(|e| start(Error::io("cannot open job log", &log_path)(e)))?;
-        let tags = tags.iter().cloned().collect::<Vec<_>>().join(",");
+        let (args, what) = match action {
+            Action::Backup(tags) => {
+                let tags = tags.iter().cloned().collect::<Vec<_>>().join(",");
+                (
+                    vec!["backup".to_string(), tags.clone()],
+                    format!("with tags {tags}"),
+                )
+            }
+            Action::Scrub(percent) => (
+                vec!["verify".into(), "--sample".into(), percent.to_string()],
+                format!("scrubbing {percent} %"),
+            ),
+        };
+        let scrub = args[0] == "verify";
         let mut command = Command::new(backy);
         command
             .arg("-b")
             .arg(dir)
             .arg("-l")
             .arg(&log_path)
-            .args(["backup", &tags])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(Stdio::piped());
@@ -136,7 +159,7 @@ impl Running {
             .map_err(|e| Failure::Start(format!("cannot run {}: {e}", backy.display())))?;
         let pid = child.id();
         tracing::info!(
-            "Job {name} started (pid {pid}) with tags {tags}: {}",
+            "Job {name} started (pid {pid}) {what}: {}",
             crate::logging::shell_words(
                 std::iter::once(command.get_program()).chain(command.get_args())
             )
@@ -177,6 +200,7 @@ impl Running {
             timeout,
             stopping: None,
             killed: false,
+            scrub,
         })
     }
 

@@ -262,6 +262,9 @@ mod tests {
             last_failure_kind: String::new(),
             consistency: None,
             consistency_warning: None,
+            last_scrub: None,
+            next_scrub: None,
+            scrub_result: None,
         };
         StaticDaemon {
             jobs: vec![job("test01"), job("test02"), job("vm01")],

@@ -29,10 +29,10 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::schedule::backoff::{Retry, next_attempt};
 use crate::schedule::config::{Config, JobDef, Schedule};
-use crate::schedule::plan::{NextRun, sla_reference, within_sla};
+use crate::schedule::plan::{NextRun, next_scrub, sla_reference, within_sla};
 use crate::schedule::spread::spread;
+use child::{Action, Failure, Running, classify};
 pub use child::{EXIT_SOURCE_WRITTEN, backy_command};
-use child::{Failure, Running, classify};
 use status::{JobStatus, write_status_file};
 
 /// What wakes the scheduling loop.
@@ -106,6 +106,14 @@ struct JobState {
     /// When the current run started.
     started: Option<DateTime<Utc>>,
     known_since: DateTime<Utc>,
+    /// The newest verification recorded in the job's revisions (a scrub, or
+    /// `backy verify` by hand), and when the next scrub is due (`scrub:` set).
+    last_scrub: Option<DateTime<Utc>>,
+    next_scrub: Option<DateTime<Utc>>,
+    /// How the latest scrub ended, for the status file.
+    scrub_result: Option<String>,
+    /// When the running scrub started.
+    scrub_started: Option<DateTime<Utc>>,
 }
 
 /// The daemon's published view, shared with the console.
@@ -255,6 +263,10 @@ impl Scheduler {
                     consistency: Default::default(),
                     last_success: None,
                     started: None,
+                    last_scrub: None,
+                    next_scrub: None,
+                    scrub_result: None,
+                    scrub_started: None,
                     known_since: std::fs::metadata(dir.join("config"))
                         .and_then(|m| m.modified())
                         .map(DateTime::<Utc>::from)
@@ -262,6 +274,8 @@ impl Scheduler {
                 },
             };
             (state.history, state.warnings) = load_history(&dir, now);
+            state.last_scrub = state.last_scrub.max(last_verification(&dir));
+            plan_scrub(name, &mut state, now);
             if self.children.contains_key(name) {
                 // Removed and added back while its backup still runs.
                 state.phase = Phase::Running;
@@ -317,6 +331,7 @@ impl Scheduler {
             if !self.terminating {
                 self.queue_due(now);
                 self.start_queued(now);
+                self.start_scrubs(now);
             }
             self.publish(now);
             if self.terminating && self.children.is_empty() {
@@ -377,7 +392,7 @@ impl Scheduler {
             let Some(name) = self
                 .jobs
                 .iter()
-                .filter(|(_, j)| j.phase == Phase::Queued)
+                .filter(|(n, j)| j.phase == Phase::Queued && !self.children.contains_key(*n))
                 .min_by_key(|(n, j)| (j.queued_deadline, (*n).clone()))
                 .map(|(n, _)| n.clone())
             else {
@@ -404,7 +419,7 @@ impl Scheduler {
             name,
             &dir,
             &job.def,
-            &job.run_tags,
+            Action::Backup(&job.run_tags),
             self.config.run_timeout(name),
             self.sender.clone(),
         )?;
@@ -413,6 +428,81 @@ impl Scheduler {
         job.phase = Phase::Running;
         job.started = Some(Utc::now());
         Ok(())
+    }
+
+    /// Starts due scrubs of idle jobs while workers are free (after the
+    /// backups: a queued backup goes first).
+    fn start_scrubs(&mut self, now: DateTime<Utc>) {
+        while self.running() < self.config.worker_limit {
+            let Some(name) = self
+                .jobs
+                .iter()
+                .filter(|(n, j)| {
+                    matches!(j.phase, Phase::Waiting | Phase::Failed | Phase::Finished)
+                        && !self.children.contains_key(*n)
+                        && !j.history.is_empty()
+                        && j.next_scrub.is_some_and(|t| t <= now)
+                })
+                .min_by_key(|(n, j)| (j.next_scrub, (*n).clone()))
+                .map(|(n, _)| n.clone())
+            else {
+                return;
+            };
+            let dir = self.job_dir(&name);
+            let job = self.jobs.get_mut(&name).expect("due job exists");
+            let percent = job.def.scrub.map_or(100.0, |s| s.percent);
+            match Running::start(
+                &self.backy,
+                &name,
+                &dir,
+                &job.def,
+                Action::Scrub(percent),
+                self.config.run_timeout(&name),
+                self.sender.clone(),
+            ) {
+                Ok(child) => {
+                    job.scrub_started = Some(now);
+                    self.children.insert(name, child);
+                }
+                Err(failure) => {
+                    tracing::error!("Job {name}: scrub failed: {}", failure.describe());
+                    job.scrub_result = Some(format!("failed: {}", failure.describe()));
+                    job.last_scrub = Some(now);
+                    plan_scrub(&name, job, now);
+                }
+            }
+        }
+    }
+
+    /// A scrub child ended: log and record it; the backup schedule is untouched.
+    fn scrub_finished(&mut self, name: &str, failure: Option<Failure>, now: DateTime<Utc>) {
+        let dir = self.job_dir(name);
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        let result = match &failure {
+            None => {
+                tracing::info!("Job {name}: scrub finished, the sampled blocks match");
+                "ok".to_string()
+            }
+            Some(Failure::Exit(1, line)) => {
+                let f = failure.as_ref().expect("matched");
+                tracing::error!(
+                    "Job {name}: scrub found damage ({}; see {})",
+                    f.describe(),
+                    dir.join("backy.log").display()
+                );
+                format!("damage found: {}", line.clone().unwrap_or_default())
+            }
+            Some(f) => {
+                tracing::error!("Job {name}: scrub failed: {}", f.describe());
+                format!("failed: {}", f.describe())
+            }
+        };
+        job.scrub_result = Some(result);
+        job.last_scrub = Some(job.scrub_started.take().unwrap_or(now));
+        (job.history, job.warnings) = load_history(&dir, now);
+        plan_scrub(name, job, now);
     }
 
     fn handle(&mut self, event: Event) {
@@ -492,6 +582,9 @@ impl Scheduler {
         let child = self.children.remove(name);
         let timed_out = child.as_ref().and_then(Running::timed_out);
         let failure = classify(code, signal, last_line, timed_out);
+        if child.as_ref().is_some_and(|c| c.scrub) {
+            return self.scrub_finished(name, failure, now);
+        }
         let log_hint = format!("see {}", dir.join("backy.log").display());
         let Some(job) = self.jobs.get_mut(name) else {
             match &failure {
@@ -582,6 +675,13 @@ impl Scheduler {
                         .unwrap_or_default(),
                     consistency: job.consistency.newest.clone(),
                     consistency_warning: job.consistency.warning.clone(),
+                    last_scrub: job
+                        .def
+                        .scrub
+                        .map(|_| format_time(job.last_scrub))
+                        .filter(|t| t != "-"),
+                    next_scrub: job.next_scrub.map(|t| format_time(Some(t))),
+                    scrub_result: job.scrub_result.clone(),
                 }
             })
             .collect();
@@ -636,6 +736,25 @@ fn reschedule(job: &mut JobState, now: DateTime<Utc>) {
         failed,
         now,
     );
+}
+
+/// Sets when the job's next scrub is due (`None` without `scrub:`). Scrubs
+/// are spread over their interval by the job's name, as backups are, with a
+/// spread of their own so they do not start with the job's backups.
+fn plan_scrub(name: &str, job: &mut JobState, now: DateTime<Utc>) {
+    job.next_scrub = job.def.scrub.map(|scrub| {
+        let spread = spread(&format!("{name} scrub"), scrub.interval);
+        next_scrub(scrub.interval, spread, job.last_scrub, now)
+    });
+}
+
+/// The newest verification recorded in the job's revisions.
+fn last_verification(dir: &Path) -> Option<DateTime<Utc>> {
+    let job = Job::open(dir).ok()?;
+    job.revisions()
+        .iter()
+        .filter_map(|r| r.verification().map(|v| v.time))
+        .max()
 }
 
 fn join_tags(schedule: &Schedule, tags: &BTreeSet<String>) -> String {

@@ -46,6 +46,15 @@ pub struct JobStatus {
     /// `backy check` reports it as WARNING.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency_warning: Option<String>,
+    /// Jobs with `scrub:`: when the last scrub (or verification) ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scrub: Option<String>,
+    /// When the next scrub is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scrub: Option<String>,
+    /// How the latest scrub ended: `ok`, `damage found: ...`, `failed: ...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub_result: Option<String>,
 }
 
 impl JobStatus {
@@ -184,6 +193,9 @@ mod tests {
             last_failure_kind: String::new(),
             consistency: None,
             consistency_warning: None,
+            last_scrub: None,
+            next_scrub: None,
+            scrub_result: None,
         }
     }
 

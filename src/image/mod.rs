@@ -14,6 +14,7 @@ pub mod scrub;
 pub mod sums;
 pub mod verify;
 pub mod writer;
+pub mod written;
 
 /// 1 MiB of zeros, for writing zeros without allocating them.
 pub(crate) static ZEROS: [u8; 1 << 20] = [0; 1 << 20];

@@ -32,7 +32,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{ConfigProblems, JobConfig, SourceConfig};
+use crate::config::{ConfigProblems, JobConfig, SourceConfig, VerificationMode};
 use crate::error::{ConfigFile, Error, Result};
 
 mod validate;
@@ -134,6 +134,51 @@ pub struct JobDef {
     pub allow_copy: bool,
     /// The job's own `run-timeout`, if it sets one.
     pub run_timeout: Option<Duration>,
+    /// How its backups verify the new image (`verification:`).
+    pub verification: VerificationMode,
+    /// `scrub: 7d 10%`: how often a share of the newest revision is re-read.
+    pub scrub: Option<Scrub>,
+}
+
+/// A job's `scrub:` setting: at most once per `interval`, verify a random
+/// `percent` of the newest revision (as `backy verify --sample`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scrub {
+    /// Seconds between two scrubs of the job (at least 1).
+    pub interval: u64,
+    /// Share of blocks read, more than 0 and at most 100.
+    pub percent: f64,
+}
+
+// `percent` is finite (checked by `parse_scrub`), so equality is total.
+impl Eq for Scrub {}
+
+/// Parses `7d 10%` (an interval as [`parse_interval`] reads it, then a share in
+/// percent, more than 0 and at most 100; the `%` may stand apart).
+pub fn parse_scrub(text: &str) -> std::result::Result<Scrub, String> {
+    let usage = format!(
+        "'{text}' is not a scrub setting; give an interval and a share of the blocks, e.g. '7d 10%' (verify 10 % of the newest revision every 7 days)"
+    );
+    let mut words = text.split_whitespace();
+    let (Some(interval), Some(share)) = (words.next(), words.next()) else {
+        return Err(usage);
+    };
+    let share = match (share.strip_suffix('%'), words.next()) {
+        (Some(digits), None) => digits,
+        (None, Some("%")) => share,
+        _ => return Err(usage),
+    };
+    if words.next().is_some() {
+        return Err(usage);
+    }
+    let interval = parse_interval(interval).map_err(|e| format!("{e} (in '{text}')"))?;
+    let percent: f64 = share.trim().parse().map_err(|_| usage.clone())?;
+    if !(percent.is_finite() && percent > 0.0 && percent <= 100.0) {
+        return Err(format!(
+            "the share in '{text}' must be more than 0 % and at most 100 %"
+        ));
+    }
+    Ok(Scrub { interval, percent })
 }
 
 impl JobDef {
@@ -142,6 +187,7 @@ impl JobDef {
         JobConfig {
             source: self.source.clone(),
             allow_copy: self.allow_copy,
+            verification: self.verification,
         }
     }
 }
@@ -625,5 +671,64 @@ jobs:
             panic!("{e:?}");
         };
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn scrub_settings_parse_and_bad_ones_say_what_to_write() {
+        assert_eq!(
+            parse_scrub("7d 10%"),
+            Ok(Scrub {
+                interval: 7 * DAY,
+                percent: 10.0
+            })
+        );
+        assert_eq!(parse_scrub(" 12h  2.5 % ").unwrap().percent, 2.5);
+        assert_eq!(parse_scrub("1w 100%").unwrap().interval, WEEK);
+        for bad in ["7d", "10%", "7d 10", "7d ten%", "7d 10% daily", ""] {
+            let e = parse_scrub(bad).unwrap_err();
+            assert!(e.contains("e.g. '7d 10%'"), "{bad:?}: {e}");
+        }
+        assert!(parse_scrub("7x 10%").unwrap_err().contains("unknown unit"));
+        for bad in ["7d 0%", "7d 101%", "7d -3%", "7d NaN%"] {
+            let e = parse_scrub(bad).unwrap_err();
+            assert!(
+                e.contains("more than 0 % and at most 100 %") || e.contains("e.g."),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn jobs_take_verification_and_scrub() {
+        let text = "schedules: {s: {daily: {interval: 1d, keep: 3}}}\njobs:\n  a: {schedule: s, verification: written, scrub: 7d 10%, source: {type: file, filename: /a}}\n  b: {schedule: s, source: {type: file, filename: /b}}\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.jobs["a"].verification, VerificationMode::Written);
+        assert_eq!(
+            c.jobs["a"].job_config().verification,
+            VerificationMode::Written
+        );
+        assert!(
+            c.jobs["a"]
+                .job_config()
+                .to_yaml()
+                .contains("verification: written")
+        );
+        assert_eq!(c.jobs["a"].scrub.unwrap().percent, 10.0);
+        assert_eq!(c.jobs["b"].verification, VerificationMode::Full);
+        assert_eq!(c.jobs["b"].scrub, None);
+        let bad = "schedules: {s: {daily: {interval: 1d, keep: 3}}}\njobs:\n  a: {schedule: s, verification: some, scrub: 7d, source: {type: file, filename: /a}}\n  c: {schedule: s, verification: written, source: {type: ceph-rbd, pool: p, image: i}}\n";
+        let e = Config::parse(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("jobs.a.verification: must be full or written, not 'some'"),
+            "{e}"
+        );
+        assert!(
+            e.contains("jobs.a.scrub: '7d' is not a scrub setting"),
+            "{e}"
+        );
+        assert!(
+            e.contains("jobs.c.verification: written is for file sources only"),
+            "{e}"
+        );
     }
 }

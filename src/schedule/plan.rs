@@ -184,6 +184,30 @@ fn seconds(secs: u64) -> TimeDelta {
         .unwrap_or(TimeDelta::MAX)
 }
 
+/// When a job's scrub (`scrub: INTERVAL SHARE`) is due next: the first slot
+/// `epoch + k * interval + (spread mod interval)` at least `interval` after
+/// the last scrub (so scrubs are spread like backups and never closer than the
+/// interval), or the first slot after `now` when the job was never scrubbed.
+/// A slot in the past means: due now.
+pub fn next_scrub(
+    interval: u64,
+    spread: u64,
+    last: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match last {
+        None => next_tag_time(interval, spread, now),
+        Some(last) => {
+            let earliest = last
+                .checked_add_signed(TimeDelta::seconds(
+                    i64::try_from(interval.max(1)).unwrap_or(i64::MAX) - 1,
+                ))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            next_tag_time(interval, spread, earliest)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +501,35 @@ mod tests {
         assert_eq!(
             first.time(),
             chrono::NaiveTime::from_hms_opt(14, 31, 17).unwrap()
+        );
+    }
+
+    #[test]
+    fn scrubs_keep_their_slot_and_never_come_closer_than_the_interval() {
+        let week = 7 * 86_400;
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let now = at("2026-12-02T06:00:00Z");
+        // Never scrubbed: the next slot, less than an interval away.
+        let first = next_scrub(week, 12_345, None, now);
+        assert!(first > now && first <= now + TimeDelta::seconds(week as i64));
+        assert_eq!(first, next_tag_time(week, 12_345, now));
+        // Scrubbed in its slot: the next slot, exactly an interval later.
+        assert_eq!(
+            next_scrub(week, 12_345, Some(first), first),
+            first + TimeDelta::seconds(week as i64)
+        );
+        // Scrubbed late (the workers were busy): the slot after, not sooner
+        // than an interval.
+        let late = first + TimeDelta::seconds(3600);
+        let next = next_scrub(week, 12_345, Some(late), late);
+        assert_eq!(next, first + TimeDelta::seconds(2 * week as i64));
+        // Last scrubbed long ago: due at once (a slot in the past), once.
+        let old = now - TimeDelta::days(30);
+        assert!(next_scrub(week, 12_345, Some(old), now) <= now);
+        // Two jobs with other spreads get other slots.
+        assert_ne!(
+            next_scrub(week, 1, None, now),
+            next_scrub(week, 400_000, None, now)
         );
     }
 }

@@ -270,6 +270,10 @@ impl Source for FileSource {
         true
     }
 
+    fn verifies_written(&self) -> bool {
+        true
+    }
+
     fn patch_again_distrusting_parent(&mut self) -> bool {
         // Every patch reads the whole source and compares each block with the
         // image; the checks against the state at `open` still hold.

@@ -85,6 +85,12 @@ pub trait Source {
         false
     }
 
+    /// Whether `verification: written` may stand for `verify` (the image is
+    /// patched from data read here, so what it did not write is the parent's).
+    fn verifies_written(&self) -> bool {
+        false
+    }
+
     /// The parent turned out damaged (see [`crate::commands::backup`]): get
     /// ready to patch a new clone of it again, trusting nothing of it. `false`
     /// when this source cannot (the backup then fails and the next one, with

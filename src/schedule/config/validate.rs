@@ -11,11 +11,11 @@ use serde_norway::{Mapping, Value};
 use super::{
     Config, DEFAULT_BASE_DIR, DEFAULT_CONSOLE_TIMEOUT, DEFAULT_CRASH_CONSISTENT_WARNING,
     DEFAULT_STATUS_INTERVAL, DEFAULT_TELNET_ADDRS, DEFAULT_TELNET_PORT, DEFAULT_WORKER_LIMIT,
-    JobDef, Schedule, TagRule, parse_interval,
+    JobDef, Schedule, TagRule, parse_interval, parse_scrub,
 };
 use crate::config::{
     ConfigProblem, ConfigProblems, Fields, JobConfig, Problems, SourceConfig, SourceKind, Style,
-    describe, join,
+    VerificationMode, describe, join,
 };
 
 /// Keys that backy 2.2 to 2.5 know; accepted anywhere with a warning.
@@ -35,7 +35,14 @@ const GLOBAL_KEYS: [&str; 9] = [
 ];
 const TOP_KEYS: [&str; 4] = ["global", "config", "schedules", "jobs"];
 const TAG_KEYS: [&str; 2] = ["interval", "keep"];
-const JOB_KEYS: [&str; 4] = ["schedule", "source", "allow-copy", "run-timeout"];
+const JOB_KEYS: [&str; 6] = [
+    "schedule",
+    "source",
+    "allow-copy",
+    "run-timeout",
+    "verification",
+    "scrub",
+];
 
 /// Parses the text of a configuration file: see [`Config::parse`].
 pub(super) fn parse(text: &str) -> std::result::Result<Config, ConfigProblems> {
@@ -576,6 +583,34 @@ fn parse_job(
         }
     };
     let run_timeout = optional_interval(job.get("run-timeout"), &join(path, "run-timeout"), p);
+    let verification =
+        match VerificationMode::read(job.get("verification"), source.as_ref().map(|s| &s.0)) {
+            Ok(mode) => Some(mode),
+            Err(message) => {
+                p.error(&join(path, "verification"), message);
+                None
+            }
+        };
+    let scrub = match job.get("scrub") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match parse_scrub(s) {
+            Ok(scrub) => Some(scrub),
+            Err(message) => {
+                p.error(&join(path, "scrub"), message);
+                None
+            }
+        },
+        Some(other) => {
+            p.error(
+                &join(path, "scrub"),
+                format!(
+                    "must be an interval and a share, e.g. '7d 10%', not {}",
+                    describe(other)
+                ),
+            );
+            None
+        }
+    };
     let (source, source_allows_copy) = source?;
     Some(JobDef {
         name: name.to_string(),
@@ -583,6 +618,8 @@ fn parse_job(
         source,
         allow_copy: allow_copy || source_allows_copy,
         run_timeout,
+        verification: verification?,
+        scrub,
     })
 }
 
