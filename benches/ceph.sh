@@ -304,7 +304,11 @@ measure() { # LOGFILE CMD... : cold caches, then the wall time of CMD (stdout to
     shift
     drop_caches
     t0=$EPOCHREALTIME
-    nice -n "$NICE" "$@" >/dev/null 2>>"$log" || rc=$?
+    # At BENCH_NICE (a subshell, since CMD may be a shell function).
+    (
+        ((NICE == 0)) || renice -n "$NICE" -p "$BASHPID" >/dev/null
+        "$@"
+    ) >/dev/null 2>>"$log" || rc=$?
     t1=$EPOCHREALTIME
     if [[ $rc -ne 0 ]]; then
         echo "ceph.sh: '$*' failed with exit $rc; last lines of $log:" >&2

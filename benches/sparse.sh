@@ -35,7 +35,8 @@
 #
 # Environment: BENCH_FS (default "btrfs xfs"), BENCH_SMALL_GIB (1024),
 # BENCH_LARGE_GIB (4096), BENCH_DATA_MIB (2048; e.g. 256 for a smoke run),
-# BENCH_SEED (20261202), BENCH_NICE (e.g. -20: run backy at that niceness),
+# BENCH_SEED (20261202), BENCH_NICE (e.g. -20: run every measured command at that
+# niceness),
 # BENCH_STRICT=1 (exit 1 when a target is missed).
 set -euo pipefail
 
@@ -162,7 +163,11 @@ measure() { # LOGFILE CMD... : cold caches, then the wall time of CMD
     shift
     drop_caches
     t0=$EPOCHREALTIME
-    "$@" >>"$log" 2>&1 || rc=$?
+    # At BENCH_NICE (a subshell, since CMD may be a shell function).
+    (
+        ((NICE == 0)) || renice -n "$NICE" -p "$BASHPID" >/dev/null
+        "$@"
+    ) >>"$log" 2>&1 || rc=$?
     t1=$EPOCHREALTIME
     if [[ $rc -ne 0 ]]; then
         echo "sparse.sh: '$*' failed with exit $rc; last lines of $log:" >&2
@@ -171,7 +176,7 @@ measure() { # LOGFILE CMD... : cold caches, then the wall time of CMD
     fi
     LAST=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 }
-backy() { nice -n "$NICE" "$BACKY" "$@"; }
+backy() { "$BACKY" "$@"; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? 1 : 0 }'; }
 human() {

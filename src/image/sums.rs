@@ -29,6 +29,8 @@ use crate::error::{Error, Result};
 
 /// Bytes per checksummed block.
 pub const BLOCK_SIZE: u64 = 64 * 1024;
+/// Digests per 4 KiB page of a manifest (a hole of the file skips whole pages).
+pub const DIGESTS_PER_PAGE: u64 = PAGE / DIGEST_LEN as u64;
 const MAGIC: &[u8; 8] = b"BACKYSUM";
 const VERSION: u32 = 1;
 const HASH_BLAKE3: u32 = 1;

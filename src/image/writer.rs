@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub use super::blockset::BlockSet;
 use super::prefetch::Prefetcher;
 use super::reader::read_full_at;
-use super::sums::{Digest, Manifest, is_zero};
+use super::sums::{DIGESTS_PER_PAGE, Digest, Manifest, is_zero};
 use super::verify::InlineVerifier;
 use super::{VerifyReport, ZEROS};
 use crate::error::{Error, Result};
@@ -243,7 +243,9 @@ impl ImageWriter {
                 }
                 block = run_end;
             }
-            if block < end {
+            // The rest of a manifest page that holds digests, block by block.
+            let page_end = (block / DIGESTS_PER_PAGE + 1) * DIGESTS_PER_PAGE;
+            while block < end.min(page_end) {
                 self.put_zero_block(block)?;
                 block += 1;
             }
