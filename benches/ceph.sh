@@ -13,13 +13,17 @@
 #       before bench-a and backy-<new> after bench-b with nothing written between).
 #       export-diff is timed once before and once after the backup; the baseline is
 #       their mean. Backy's time includes its sampled verification through librbd.
-#       Target: at most 1.5x at 10 %;
+#       Target: at most 2.0x at 10 %, for the whole backup and (printed beside it)
+#       for the backup less the fixed cost of (b);
 #   (b) the fixed cost: `rbd info`, `rbd snap create`, `rbd snap rm` (each mostly
 #       rbd start-up and one round trip; medians of 3), against a backup with no
 #       change at all (median of 3);
 #   (c) full backups as a ratio of `rbd export IMG@snap - >/dev/null`: the job's
-#       first backup (empty job), and a second job with `full-always: true` (its
-#       first backup, then one with a parent, where compare-and-write keeps sharing).
+#       first backup (empty job; target at most 2.0x), and a second job with
+#       `full-always: true` (its first backup, then one with a parent, where
+#       compare-and-write keeps sharing). Beside it, as the floor of anything that
+#       stores the image: `rbd export IMG@snap FILE` into the job's filesystem plus
+#       `sync -f FILE` (rbd writes it sparse, as backy does).
 #   Besides: bytes_written / bytes_changed from `backy status --json`, the new
 #   revision's btrfs Exclusive bytes (`btrfs filesystem du --raw`) against the
 #   changed bytes, backy's own phase timings (`-v`: "Patched the image in", "Verified
@@ -56,7 +60,9 @@
 #
 # Environment: BENCH_SIZE_MIB (default 2048; e.g. 256 for a smoke run), BENCH_SEED
 # (default 20240521), BENCH_MEMSTORE_GIB (16), BENCH_WARM_GIB (see above),
-# BENCH_STRICT=1 (exit 1 when the 1.5x target is missed).
+# BENCH_STRICT=1 (exit 1 when a 2.0x target is missed), BENCH_NICE (e.g. -20: run
+# every measured command, backy's and rbd's alike, at that niceness, so that other
+# work on a shared machine takes less of their time).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,7 +70,8 @@ SIZE_MIB=${BENCH_SIZE_MIB:-2048}
 SEED=${BENCH_SEED:-20240521}
 MEMSTORE_GIB=${BENCH_MEMSTORE_GIB:-16}
 STRICT=${BENCH_STRICT:-0}
-TARGET=1.5
+TARGET=2.0
+NICE=${BENCH_NICE:-0}
 PYTHON=/usr/bin/python3 # the interpreter that has Debian's python3-rbd
 POOL=rbd
 IMG=benchvm
@@ -297,7 +304,11 @@ measure() { # LOGFILE CMD... : cold caches, then the wall time of CMD (stdout to
     shift
     drop_caches
     t0=$EPOCHREALTIME
-    "$@" >/dev/null 2>>"$log" || rc=$?
+    # At BENCH_NICE (a subshell, since CMD may be a shell function).
+    (
+        ((NICE == 0)) || renice -n "$NICE" -p "$BASHPID" >/dev/null
+        "$@"
+    ) >/dev/null 2>>"$log" || rc=$?
     t1=$EPOCHREALTIME
     if [[ $rc -ne 0 ]]; then
         echo "ceph.sh: '$*' failed with exit $rc; last lines of $log:" >&2
@@ -319,6 +330,9 @@ human() {
 rbd_q() { rbd --no-progress "$@"; } # for the commands that take --no-progress
 export_diff() { rbd --no-progress export-diff --from-snap "$1" "$SPEC@$2" - >/dev/null; }
 export_full() { rbd --no-progress export "$SPEC@$1" - >/dev/null; }
+export_file() { # into the job's filesystem, synced: the floor of storing the image
+    rbd --no-progress export "$SPEC@$1" "$MNT/export.img" >/dev/null && sync -f "$MNT/export.img"
+}
 
 # backup KEY JOBDIR : a measured `backy -v backup`; records its time and phases
 backup() {
@@ -357,7 +371,11 @@ fi
 backup full "$JOB"
 measure "$LOG/rbd.log" export_full "backy-${R[id:full]}"
 R[base:full]=$LAST
-printf '   %-22s backy %7.2f s | rbd export %6.2f s\n' "full (empty job)" "${R[t:full]}" "$LAST"
+measure "$LOG/rbd.log" export_file "backy-${R[id:full]}"
+R[file:full]=$LAST
+rm -f "$MNT/export.img"
+printf '   %-22s backy %7.2f s | rbd export %6.2f s, into a file on btrfs %6.2f s\n' \
+    "full (empty job)" "${R[t:full]}" "${R[base:full]}" "$LAST"
 
 # (b) fixed cost
 declare -a T_INFO T_CREATE T_RM
@@ -487,19 +505,25 @@ echo
 
 MISSES=0
 le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? 1 : 0 }'; }
-x10=$(div "${R[t:inc10]}" "${R[base:inc10]}")
-x1=$(div "${R[t:inc1]}" "${R[base:inc1]}")
-if [[ $(le "$x10" "$TARGET") == 1 ]]; then
-    echo "PASS  incremental backup, 10 % changed, within ${TARGET}x of rbd export-diff (${x10}x)"
-else
-    echo "MISS  incremental backup, 10 % changed, within ${TARGET}x of rbd export-diff (${x10}x)"
-    MISSES=1
-fi
-if [[ $(le "$x1" "$TARGET") == 1 ]]; then
-    echo "PASS  (info, the target is at 10 %) incremental backup, 1 % changed, within ${TARGET}x (${x1}x)"
-else
-    echo "MISS  (info, the target is at 10 %) incremental backup, 1 % changed, within ${TARGET}x (${x1}x)"
-fi
+check() { # label ratio
+    if [[ $(le "$2" "$TARGET") == 1 ]]; then
+        echo "PASS  $1 within ${TARGET}x ($2x)"
+    else
+        echo "MISS  $1 within ${TARGET}x ($2x)"
+        MISSES=$((MISSES + 1))
+    fi
+}
+fixed=$(awk -v c="${R[create]}" -v r="${R[rm]}" 'BEGIN { printf "%.3f", c + r }')
+less_fixed() { awk -v t="$1" -v f="$fixed" 'BEGIN { printf "%.3f", (t > f) ? t - f : 0 }'; }
+check "incremental backup, 10 % changed (sampled verification included), of rbd export-diff" \
+    "$(div "${R[t:inc10]}" "${R[base:inc10]}")"
+check "incremental backup, 10 % changed, less the fixed cost ($fixed s: rbd snap create + snap rm), of rbd export-diff" \
+    "$(div "$(less_fixed "${R[t:inc10]}")" "${R[base:inc10]}")"
+check "full backup of an empty job (sampled verification included), of rbd export to /dev/null" \
+    "$(div "${R[t:full]}" "${R[base:full]}")"
+echo "INFO  incremental backup, 1 % changed, of rbd export-diff: $(div "${R[t:inc1]}" "${R[base:inc1]}")x," \
+    "less the fixed cost $(div "$(less_fixed "${R[t:inc1]}")" "${R[base:inc1]}")x"
+echo "INFO  full backup of an empty job, of rbd export into a file on the job's btrfs (synced): $(div "${R[t:full]}" "${R[file:full]}")x"
 # What any tool pays that takes and removes a snapshot around the same export-diff.
 bound=$(awk -v d="${R[base:inc10]}" -v c="${R[create]}" -v r="${R[rm]}" \
     'BEGIN { if (d > 0) printf "%.2f", (d + c + r) / d; else print "-" }')

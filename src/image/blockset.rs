@@ -46,6 +46,27 @@ impl BlockSet {
         absent
     }
 
+    /// Adds the blocks `from..to` (`to` at most the limit), a word at a time.
+    pub fn insert_range(&mut self, from: u64, to: u64) {
+        assert!(
+            to <= self.limit,
+            "block {to} beyond the set's limit {}",
+            self.limit
+        );
+        let mut block = from;
+        while block < to {
+            let (w, bit) = ((block / 64) as usize, block % 64);
+            let n = (64 - bit).min(to - block);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            self.words[w] |= mask;
+            block += n;
+        }
+    }
+
     /// Removes `block` (a no-op beyond the limit).
     pub fn remove(&mut self, block: u64) {
         if let Some(w) = self.words.get_mut((block / 64) as usize) {
@@ -89,7 +110,23 @@ impl BlockSet {
 
     /// The blocks below the limit that are not in the set, in order.
     pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..self.limit).filter(|&b| !self.contains(b))
+        let limit = self.limit;
+        self.words
+            .iter()
+            .enumerate()
+            .filter(|&(_, &w)| w != u64::MAX)
+            .flat_map(move |(i, &w)| {
+                let mut w = !w;
+                std::iter::from_fn(move || {
+                    if w == 0 {
+                        return None;
+                    }
+                    let bit = i as u64 * 64 + u64::from(w.trailing_zeros());
+                    w &= w - 1;
+                    Some(bit)
+                })
+            })
+            .take_while(move |&b| b < limit)
     }
 }
 
@@ -123,5 +160,23 @@ mod tests {
         assert!(!s.contains(64), "a bit beyond a shrink must not come back");
         assert!(!s.contains(1000));
         s.remove(1000);
+    }
+
+    #[test]
+    fn ranges_fill_whole_words_and_edges() {
+        let mut s = BlockSet::new(300);
+        s.insert_range(3, 3);
+        assert!(s.is_empty());
+        s.insert_range(60, 200);
+        s.insert_range(299, 300);
+        assert_eq!(s.len(), 141);
+        assert!(!s.contains(59) && s.contains(60) && s.contains(199) && !s.contains(200));
+        let missing: Vec<u64> = s.missing().collect();
+        assert_eq!(missing.len(), 300 - 141);
+        assert_eq!(missing.first(), Some(&0));
+        assert_eq!(missing.last(), Some(&298));
+        assert!(missing.iter().all(|&b| !s.contains(b)));
+        s.insert_range(0, 300);
+        assert_eq!(s.missing().count(), 0);
     }
 }

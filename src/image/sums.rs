@@ -29,6 +29,8 @@ use crate::error::{Error, Result};
 
 /// Bytes per checksummed block.
 pub const BLOCK_SIZE: u64 = 64 * 1024;
+/// Digests per 4 KiB page of a manifest (a hole of the file skips whole pages).
+pub const DIGESTS_PER_PAGE: u64 = PAGE / DIGEST_LEN as u64;
 const MAGIC: &[u8; 8] = b"BACKYSUM";
 const VERSION: u32 = 1;
 const HASH_BLAKE3: u32 = 1;
@@ -250,6 +252,28 @@ impl Manifest {
         Ok(Digest(self.page[at..at + DIGEST_LEN].try_into().unwrap()))
     }
 
+    /// The first block at or after `block` whose digest may be other than the
+    /// zero marker: the ones before it lie in a hole of the manifest file, so
+    /// they are zero markers without reading them. `block` itself where the file
+    /// does not report holes; [`Manifest::blocks`] when only zero markers follow.
+    pub fn next_maybe_nonzero(&mut self, block: u64) -> Result<u64> {
+        let blocks = self.blocks();
+        if block >= blocks {
+            return Ok(blocks);
+        }
+        // The file must hold what the cached page says.
+        self.flush()?;
+        let byte = HEADER_LEN + block * DIGEST_LEN as u64;
+        let io = Error::io("cannot look for data in checksum manifest", &self.path);
+        match crate::sys::seek_data(&self.file, byte).map_err(io)? {
+            crate::sys::NextData::At(data) if data > byte => {
+                Ok(((data - HEADER_LEN) / DIGEST_LEN as u64).min(blocks))
+            }
+            crate::sys::NextData::None => Ok(blocks),
+            _ => Ok(block),
+        }
+    }
+
     /// Records `digest` for `block`; writes nothing when it is already there.
     pub fn set(&mut self, block: u64, digest: Digest) -> Result<()> {
         debug_assert!(block < self.blocks());
@@ -446,6 +470,35 @@ mod tests {
         a.sync().unwrap();
         let mut again = Manifest::open(&pa, false).unwrap();
         assert!(differing_blocks(&mut a, &mut again).unwrap().is_empty());
+    }
+
+    /// Digests in a hole of the manifest are known zero markers without
+    /// reading them; a page that holds a digest stops the skip.
+    #[test]
+    fn holes_of_the_manifest_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.sums");
+        let blocks = 1 << 20;
+        let mut m = Manifest::create(&p, blocks * BLOCK_SIZE).unwrap();
+        let probe = File::create(dir.path().join("probe")).unwrap();
+        probe.set_len(1 << 20).unwrap();
+        let holes = matches!(
+            crate::sys::seek_data(&probe, 0),
+            Ok(crate::sys::NextData::None)
+        );
+        let first = m.next_maybe_nonzero(0).unwrap();
+        assert!(first == 0 || (holes && first == blocks), "{first}");
+        m.set(700_000, Digest::of(b"x")).unwrap();
+        let next = m.next_maybe_nonzero(5).unwrap();
+        assert!(next <= 700_000, "{next}");
+        if holes {
+            // The digest's page starts at a multiple of 128 blocks at most.
+            assert!(next > 600_000, "{next}");
+        }
+        for b in 5..next {
+            assert_eq!(m.get(b).unwrap(), Digest::ZERO);
+        }
+        assert_eq!(m.next_maybe_nonzero(blocks).unwrap(), blocks);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use super::VerifyReport;
 use super::reader::{HoleMap, read_full_at};
-use super::sums::Digest;
+use super::sums::{Digest, is_zero};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -42,6 +42,9 @@ struct Batch {
     /// Byte length of each block (the image's last block may be short).
     lens: Vec<u32>,
     digests: Vec<Digest>,
+    /// Instead of `lens` and `digests`: this many whole blocks that must read
+    /// as zeros (a hole of the source), checked without a digest per block.
+    zeros: u64,
 }
 
 impl Batch {
@@ -50,11 +53,12 @@ impl Batch {
             first_block,
             lens: Vec::new(),
             digests: Vec::new(),
+            zeros: 0,
         }
     }
 
-    fn bytes(&self) -> u64 {
-        self.lens.iter().map(|&l| u64::from(l)).sum()
+    fn bytes(&self, block_size: u64) -> u64 {
+        self.zeros * block_size + self.lens.iter().map(|&l| u64::from(l)).sum::<u64>()
     }
 }
 
@@ -110,6 +114,22 @@ impl InlineVerifier {
         }
     }
 
+    /// Blocks `first..first + n`, all whole, are final in the image and must read
+    /// as zeros: one message, however many blocks.
+    pub fn record_zeros(&mut self, first: u64, n: u64) {
+        if self.next_block != Some(first) {
+            self.next_block = None;
+            return;
+        }
+        self.send();
+        self.next_block = Some(first + n);
+        self.pending = Batch {
+            zeros: n,
+            ..Batch::new(first)
+        };
+        self.send();
+    }
+
     /// The image changed size: blocks reported so far may have had other lengths.
     pub fn resized(&mut self) {
         if self.next_block != Some(0) {
@@ -120,7 +140,7 @@ impl InlineVerifier {
     fn send(&mut self) {
         let next = self.next_block.unwrap_or(0);
         let batch = std::mem::replace(&mut self.pending, Batch::new(next));
-        if batch.lens.is_empty() {
+        if batch.lens.is_empty() && batch.zeros == 0 {
             return;
         }
         // A send fails only when the thread has ended with an error; `finish`
@@ -178,7 +198,20 @@ fn check_batches(
             break;
         }
         let start = batch.first_block * block_size;
-        let end = start + batch.bytes();
+        let end = start + batch.bytes(block_size);
+        if batch.zeros > 0 {
+            report.blocks += batch.zeros;
+            check_zeros(
+                image,
+                path,
+                &mut holes,
+                (start, end),
+                block_size,
+                &mut buf,
+                &mut report,
+            )?;
+            continue;
+        }
         let ahead = end + READ_AHEAD;
         if ahead > asked_to.max(start) + READ_AHEAD / 2 {
             let from = asked_to.max(start);
@@ -221,6 +254,46 @@ fn check_batches(
         }
     }
     Ok(report)
+}
+
+/// Checks that whole blocks `start..end` of the image read as zeros: the data
+/// in that range (found with `SEEK_DATA`, none in a hole) is read and looked at,
+/// the holes are not.
+fn check_zeros(
+    image: &File,
+    path: &Path,
+    holes: &mut HoleMap,
+    (start, end): (u64, u64),
+    block_size: u64,
+    buf: &mut Vec<u8>,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let Some((data_start, data_end)) = holes
+            .next_data(pos, end, block_size)
+            .map_err(Error::io("cannot read back", path))?
+        else {
+            break;
+        };
+        let mut at = data_start;
+        while at < data_end {
+            let len = (data_end - at).min(BATCH);
+            let data = buf_of(buf, len);
+            let n = read_full_at(image, data, at).unwrap_or(0);
+            for (i, block) in data.chunks(block_size as usize).enumerate() {
+                let held = i * block_size as usize + block.len() <= n;
+                if !held || !is_zero(block) {
+                    // Unread or not zero: bad either way.
+                    report.bad_offsets.push(at + i as u64 * block_size);
+                }
+            }
+            report.bytes_read += n as u64;
+            at += len;
+        }
+        pos = data_end;
+    }
+    Ok(())
 }
 
 /// Compares `data`, read at `start` (`n` bytes of it were there), with the

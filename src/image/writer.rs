@@ -20,7 +20,7 @@ pub use super::layout::Layout;
 use super::layout::{Bounds, Window};
 use super::prefetch::Prefetcher;
 use super::reader::read_full_at;
-use super::sums::{Digest, Manifest, is_zero};
+use super::sums::{DIGESTS_PER_PAGE, Digest, Manifest, is_zero};
 use super::verify::InlineVerifier;
 use super::{VerifyReport, ZEROS};
 use crate::error::{Error, Result};
@@ -262,6 +262,71 @@ impl ImageWriter {
     pub fn put_zero_block(&mut self, block: u64) -> Result<()> {
         let len = self.block_len(block);
         self.put_block_with_digest(block, &ZEROS[..len], Digest::ZERO)
+    }
+
+    /// Makes blocks `first..end` all zeros (a hole of the source), as
+    /// [`ImageWriter::put_zero_block`] for each would, but runs of whole blocks
+    /// that need nothing (zero markers in the manifest, found with `SEEK_DATA` on
+    /// it, and, unless the digests are trusted, a hole in the image) cost one
+    /// step each: a sparse image costs what its data costs, not its size.
+    pub fn put_zero_blocks(&mut self, first: u64, end: u64) -> Result<()> {
+        let mut block = first;
+        while block < end {
+            crate::interrupt::check()?;
+            let run_end = self.zero_run_end(block, end)?;
+            if run_end > block {
+                if self.parent_digests_trusted {
+                    self.stats.blocks_unchanged += run_end - block;
+                } else {
+                    self.touched.insert_range(block, run_end);
+                }
+                // Blocks put before the run are final: no later run reaches
+                // back over whole zero blocks (extensions stop at zeros, and
+                // the layout's window restarts after a gap), and the verifier
+                // must see blocks in order.
+                self.release_verification(None);
+                if let Some(v) = &mut self.verifier {
+                    v.record_zeros(block, run_end - block);
+                }
+                block = run_end;
+            }
+            // The rest of a manifest page that holds digests, block by block.
+            let page_end = (block / DIGESTS_PER_PAGE + 1) * DIGESTS_PER_PAGE;
+            while block < end.min(page_end) {
+                self.put_zero_block(block)?;
+                block += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the run of whole blocks from `block` (below `end`) that become
+    /// zeros without any work ends ([`ImageWriter::put_zero_blocks`]).
+    fn zero_run_end(&mut self, block: u64, end: u64) -> Result<u64> {
+        let bs = self.block_size();
+        // The short last block goes the usual way.
+        let end = end.min(self.size() / bs);
+        if block >= end {
+            return Ok(block);
+        }
+        let mut run_end = self.manifest.next_maybe_nonzero(block)?.min(end);
+        if run_end > block && !self.parent_digests_trusted {
+            // Without trusted digests the image itself must hold no data there.
+            if !self.seek_data_supported {
+                return Ok(block);
+            }
+            match sys::seek_data(&self.image, block * bs)
+                .map_err(Error::io("cannot look for data in image", &self.path))?
+            {
+                sys::NextData::At(data) => run_end = run_end.min(data / bs),
+                sys::NextData::None => {}
+                sys::NextData::Unknown => {
+                    self.seek_data_supported = false;
+                    return Ok(block);
+                }
+            }
+        }
+        Ok(run_end.max(block))
     }
 
     /// Reads block `block` as the image holds it now (for partial updates).
@@ -1036,6 +1101,63 @@ mod tests {
             .unwrap()
             .expect("verified every block in order");
         assert!(report.bad_offsets.is_empty());
+    }
+
+    /// A hole of the source over a sparse image costs a step per run, not per
+    /// block, verified inline all the same; data in the range is still zeroed,
+    /// and a trusted second pass over the same holes changes nothing.
+    #[test]
+    fn zero_runs_over_a_large_sparse_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let bs = 65536u64;
+        let blocks = 1u64 << 24; // 1 TiB
+        let path = dir.path().join("img");
+        let mut w = writer(dir.path(), blocks * bs + 100);
+        w.verify_while_writing().unwrap();
+        w.image
+            .write_all_at(&[7u8; 10], 5_000_000 * bs + 3)
+            .unwrap();
+        let data = vec![9u8; bs as usize];
+        let started = std::time::Instant::now();
+        w.put_block(0, &data).unwrap();
+        w.put_zero_blocks(1, blocks - 1).unwrap();
+        w.put_block(blocks - 1, &data).unwrap();
+        w.put_zero_blocks(blocks, blocks + 1).unwrap();
+        let report = w
+            .end_verification()
+            .unwrap()
+            .expect("a full inline verification");
+        assert!(report.bad_offsets.is_empty(), "{:?}", report.bad_offsets);
+        assert_eq!(report.blocks, blocks + 1);
+        assert!(w.is_changed(5_000_000));
+        let (_, _, stats) = w.finish().unwrap();
+        assert_eq!(stats.bytes_changed, 2 * bs + bs);
+        assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+        // Again with the manifest trusted, as the next backup would.
+        let sums = dir.path().join("img.sums");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut w = ImageWriter::new(file, &path, Manifest::open(&sums, true).unwrap(), true);
+        w.verify_while_writing().unwrap();
+        w.put_block(0, &data).unwrap();
+        w.put_zero_blocks(1, blocks - 1).unwrap();
+        w.put_block(blocks - 1, &data).unwrap();
+        w.put_zero_blocks(blocks, blocks + 1).unwrap();
+        let report = w
+            .end_verification()
+            .unwrap()
+            .expect("a full inline verification");
+        assert!(report.bad_offsets.is_empty());
+        let (_, _, stats) = w.finish().unwrap();
+        assert_eq!(stats.bytes_changed, 0);
+        assert_eq!(stats.blocks_unchanged, blocks + 1);
+        let image = File::open(&path).unwrap();
+        let mut buf = [1u8; 10];
+        image.read_exact_at(&mut buf, 5_000_000 * bs + 3).unwrap();
+        assert_eq!(buf, [0u8; 10]);
     }
 
     /// A zero block over data in the image is still punched.

@@ -312,9 +312,7 @@ impl Source for FileSource {
                     progress(buf.len() as u64);
                 }
                 (Stage::Consume, &Chunk::Hole { offset, len }) => {
-                    for block in offset / bs..(offset + len).div_ceil(bs) {
-                        writer.put_zero_block(block)?;
-                    }
+                    writer.put_zero_blocks(offset / bs, (offset + len).div_ceil(bs))?;
                     progress(len);
                 }
             }

@@ -195,6 +195,12 @@ impl RbdImage {
     }
 }
 
+// SAFETY: the handles are plain pointers to librados/librbd objects, which
+// those libraries allow to be used from any thread (one at a time: `RbdImage`
+// is not `Sync`, and every method takes it by reference on one thread). Moving
+// the struct moves the libraries it keeps loaded along with them.
+unsafe impl Send for RbdImage {}
+
 impl Drop for RbdImage {
     fn drop(&mut self) {
         if !self.image.is_null() {

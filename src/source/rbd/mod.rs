@@ -26,6 +26,53 @@ use error::RbdError;
 pub const SAMPLE_SIZE: u64 = 4 << 20;
 /// Default time budget of sampled verification.
 pub const DEFAULT_VERIFY_BUDGET: Duration = Duration::from_secs(300);
+/// At most this many bytes of the snapshot's samples are read while the diff
+/// streams (the rest when verifying).
+pub const EARLY_SAMPLE_BYTES: u64 = 64 << 20;
+
+/// What a thread prepares for sampled verification while the diff streams: the
+/// librbd connection (its start-up is a good part of the verification's time),
+/// the samples chosen, and the snapshot's bytes of the first of them.
+struct Early {
+    source: librbd::RbdImage,
+    samples: Vec<u64>,
+    /// The snapshot's bytes of `samples[..read.len()]`.
+    read: Vec<Vec<u8>>,
+    /// When the thread had connected and when it was done.
+    connected: Duration,
+    done: Duration,
+}
+
+/// Opens `pool/image@snap` through librbd, chooses the samples of a `size`
+/// byte image and reads the snapshot's first ones (at most
+/// [`EARLY_SAMPLE_BYTES`]).
+fn prepare_verification(pool: &str, image: &str, snap: &str, size: u64) -> Result<Early> {
+    let started = Instant::now();
+    let source = librbd::RbdImage::open(pool, image, snap)?;
+    let connected = started.elapsed();
+    let samples = choose_samples(size);
+    let mut read = Vec::new();
+    let mut bytes = 0;
+    for &index in &samples {
+        let offset = index * SAMPLE_SIZE;
+        let len = SAMPLE_SIZE.min(size - offset);
+        if bytes + len > EARLY_SAMPLE_BYTES {
+            break;
+        }
+        let mut buf = vec![0u8; len as usize];
+        let n = source.read_at(offset, &mut buf)?;
+        buf.truncate(n);
+        read.push(buf);
+        bytes += len;
+    }
+    Ok(Early {
+        source,
+        samples,
+        read,
+        connected,
+        done: started.elapsed(),
+    })
+}
 
 /// A Ceph RBD image as a backup source.
 pub struct CephRbd {
@@ -45,6 +92,10 @@ pub struct CephRbd {
     size: u64,
     /// For `flyingcircus`: how to have the hypervisor take the snapshot.
     freeze: Option<Freeze>,
+    /// The new revision's image starts as a clone of a parent's (else empty).
+    has_parent: bool,
+    /// Started by `patch`: the verification's connection and first samples.
+    early: Option<std::thread::JoinHandle<Result<Early>>>,
     /// `stats.consistency` and `stats.consistency_reason` of the new revision.
     consistency: (&'static str, Option<String>),
 }
@@ -73,6 +124,8 @@ impl CephRbd {
                 snaps: Vec::new(),
                 size: 0,
                 freeze,
+                early: None,
+                has_parent: false,
                 consistency: ("crash", None),
             }
         };
@@ -175,6 +228,7 @@ impl Source for CephRbd {
             .ok_or_else(|| RbdError::SnapshotVanished {
                 snapshot: self.spec(&snap),
             })?;
+        self.has_parent = plan.parent.is_some();
         self.from = match &plan.parent {
             Some(_)
                 if self
@@ -246,13 +300,31 @@ impl Source for CephRbd {
                 .map(|f| format!(" since {f}"))
                 .unwrap_or_default()
         );
-        let prefetch = diff::Prefetch {
-            threads: writer.prefetcher()?,
-            block_size: writer.block_size(),
-            whole_blocks: !self.whole_object,
+        // Connect for the verification now, beside the stream: librbd's start-up
+        // and the snapshot's samples then cost nothing after the patch.
+        let (pool, image, snap_name, size) = (
+            self.pool.clone(),
+            self.image.clone(),
+            self.snap.clone().expect("prepare takes the snapshot"),
+            self.size,
+        );
+        self.early = std::thread::Builder::new()
+            .name("rbd-verify".into())
+            .spawn(move || prepare_verification(&pool, &image, &snap_name, size))
+            .ok();
+        // A new image (no parent) holds no data: reading ahead in it would only
+        // make the kernel fill pages with zeros for its holes.
+        let prefetch = if !self.has_parent {
+            None
+        } else {
+            Some(diff::Prefetch {
+                threads: writer.prefetcher()?,
+                block_size: writer.block_size(),
+                whole_blocks: !self.whole_object,
+            })
         };
         let applied = self.rbd.stream(&args, |out, kill_rbd| {
-            diff::apply_streamed(out, writer, &expect, Some(prefetch), progress, kill_rbd).map_err(
+            diff::apply_streamed(out, writer, &expect, prefetch, progress, kill_rbd).map_err(
                 |source| {
                     RbdError::Diff {
                         snapshot: to.to_string(),
@@ -289,7 +361,27 @@ impl Source for CephRbd {
     ) -> Result<Verified> {
         let snap = self.snap.clone().expect("prepare takes the snapshot");
         let started = Instant::now();
-        let source = librbd::RbdImage::open(&self.pool, &self.image, &snap)?;
+        let early = match self.early.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(early)) => {
+                let early = early?;
+                tracing::debug!(
+                    "librbd connected in {:.2} s and read {} samples in {:.2} s beside the diff; waited {:.2} s for it",
+                    early.connected.as_secs_f64(),
+                    early.read.len(),
+                    early.done.as_secs_f64(),
+                    started.elapsed().as_secs_f64()
+                );
+                early
+            }
+            // The thread could not start or panicked (a bug): connect now.
+            _ => prepare_verification(&self.pool, &self.image, &snap, self.size)?,
+        };
+        let Early {
+            source,
+            samples,
+            read: mut early_read,
+            ..
+        } = early;
         let size = file_size(image, path)?;
         let snap_size = source.size()?;
         if size != snap_size {
@@ -300,8 +392,8 @@ impl Source for CephRbd {
             }
             .into());
         }
-        let samples = choose_samples(size);
         let mut report = VerifyReport::default();
+        let mut early_read = early_read.drain(..);
         let (mut ours, mut theirs) = (
             vec![0u8; SAMPLE_SIZE as usize],
             vec![0u8; SAMPLE_SIZE as usize],
@@ -315,8 +407,14 @@ impl Source for CephRbd {
             let len = SAMPLE_SIZE.min(size - offset) as usize;
             let n = read_full_at(image, &mut ours[..len], offset)
                 .map_err(Error::io("cannot read", path))?;
-            let m = source.read_at(offset, &mut theirs[..len])?;
-            if n != len || m != len || ours[..len] != theirs[..len] {
+            let same = match early_read.next() {
+                Some(read) => read.len() == len && ours[..len] == read[..],
+                None => {
+                    let m = source.read_at(offset, &mut theirs[..len])?;
+                    m == len && ours[..len] == theirs[..len]
+                }
+            };
+            if n != len || !same {
                 report.bad_offsets.push(offset);
             } else if let Some(bad) = check_digests(manifest, offset, &ours[..len])? {
                 report.bad_offsets.push(bad);

@@ -56,6 +56,20 @@ pub(super) trait Records {
     fn has_trailing_bytes(&mut self) -> Result<bool, DiffError>;
 }
 
+impl<T: Records> Records for &mut T {
+    fn next_record(&mut self) -> Result<(u64, Record), DiffError> {
+        (**self).next_record()
+    }
+
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), DiffError> {
+        (**self).read_data(buf)
+    }
+
+    fn has_trailing_bytes(&mut self) -> Result<bool, DiffError> {
+        (**self).has_trailing_bytes()
+    }
+}
+
 impl<R: Read> Records for DiffReader<R> {
     fn next_record(&mut self) -> Result<(u64, Record), DiffError> {
         let at = self.position();
@@ -179,8 +193,20 @@ pub(super) fn apply_records(
                     return Err(invalid("data after the end record".into()));
                 }
                 if let Some(t) = &touched {
+                    // In runs: where the new image has holes they cost nothing.
+                    let mut run: Option<(u64, u64)> = None;
                     for index in t.missing() {
-                        writer.put_zero_block(index)?;
+                        run = match run {
+                            Some((from, to)) if to == index => Some((from, index + 1)),
+                            Some((from, to)) => {
+                                writer.put_zero_blocks(from, to)?;
+                                Some((index, index + 1))
+                            }
+                            None => Some((index, index + 1)),
+                        };
+                    }
+                    if let Some((from, to)) = run {
+                        writer.put_zero_blocks(from, to)?;
                     }
                 }
                 return Ok(applied);
@@ -216,7 +242,7 @@ fn apply_extent(
         if over {
             writer.read_block(index, &mut old[..blen])?;
             buf.copy_from_slice(&old[..blen]);
-        } else if first_touch {
+        } else if first_touch && !whole {
             buf.fill(0);
         }
         let part = &mut buf[changed.clone()];

@@ -30,9 +30,21 @@ pub fn apply_streamed<R: Read + Send>(
 ) -> Result<Applied, DiffError> {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_BATCHES);
-        let reader = scope.spawn(move || read_ahead(input, tx, prefetch));
+        // Data chunks the applier is done with go back to be filled again, so
+        // the reader does not allocate (and the kernel zero) fresh memory for
+        // every megabyte of the stream.
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel(RECYCLED);
+        let reader = scope.spawn(move || read_ahead(input, tx, &recycle_rx, prefetch));
         // `apply_records` owns the receiving side and drops it when it returns.
-        let result = apply_records(Streamed::new(rx), writer, expect, progress);
+        let started = std::time::Instant::now();
+        let mut streamed = Streamed::new(rx, recycle_tx);
+        let result = apply_records(&mut streamed, writer, expect, progress);
+        tracing::debug!(
+            "Applied the diff in {:.2} s, {:.2} s of it waiting for the stream",
+            started.elapsed().as_secs_f64(),
+            streamed.waited.as_secs_f64()
+        );
+        drop(streamed);
         if result.is_err() {
             stop_input();
         }
@@ -51,6 +63,8 @@ pub const BATCH_BYTES: usize = 1 << 20;
 pub const AHEAD_BATCHES: usize = 16;
 /// Records a batch may hold, so small records do not make a batch unbounded.
 const BATCH_RECORDS: usize = 4096;
+/// Used data chunks kept for the reader to fill again.
+const RECYCLED: usize = 4;
 /// Reading ahead, in the image, what the records to come will compare: each
 /// extent's first and last block when it covers them only in part (their other
 /// bytes must be read), and with `whole_blocks` also the blocks in between (read
@@ -97,21 +111,30 @@ enum Item {
 /// The applier's side of a reader thread that parses the stream ahead.
 struct Streamed {
     batches: std::sync::mpsc::Receiver<Vec<Item>>,
+    /// Where used data chunks go back to the reader.
+    recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
     items: std::vec::IntoIter<Item>,
     /// The current data chunk and how much of it is used.
     data: Vec<u8>,
     used: usize,
     trailing: Option<bool>,
+    /// Time spent waiting for the reader thread.
+    waited: std::time::Duration,
 }
 
 impl Streamed {
-    fn new(rx: std::sync::mpsc::Receiver<Vec<Item>>) -> Streamed {
+    fn new(
+        rx: std::sync::mpsc::Receiver<Vec<Item>>,
+        recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
+    ) -> Streamed {
         Streamed {
             batches: rx,
+            recycle,
             items: Vec::new().into_iter(),
             data: Vec::new(),
             used: 0,
             trailing: None,
+            waited: std::time::Duration::ZERO,
         }
     }
 
@@ -120,9 +143,10 @@ impl Streamed {
             if let Some(item) = self.items.next() {
                 return Ok(item);
             }
-            self.items = self
-                .batches
-                .recv()
+            let wait = std::time::Instant::now();
+            let batch = self.batches.recv();
+            self.waited += wait.elapsed();
+            self.items = batch
                 .map_err(|_| DiffError::Invalid {
                     at: 0,
                     what: "the thread reading the diff stream stopped (a backy bug)".into(),
@@ -159,7 +183,12 @@ impl Records for Streamed {
         while !buf.is_empty() {
             if self.used == self.data.len() {
                 match self.next_item()? {
-                    Item::Data(chunk) => (self.data, self.used) = (chunk, 0),
+                    Item::Data(chunk) => {
+                        let used = std::mem::replace(&mut self.data, chunk);
+                        self.used = 0;
+                        // Full (the reader has enough) or gone: just drop it.
+                        let _ = self.recycle.try_send(used);
+                    }
                     Item::Failed(e) => return Err(e),
                     _ => return Err(Self::out_of_step("a record")),
                 }
@@ -184,6 +213,7 @@ impl Records for Streamed {
 fn read_ahead<R: Read>(
     input: R,
     batches: std::sync::mpsc::SyncSender<Vec<Item>>,
+    recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
     prefetch: Option<Prefetch>,
 ) {
     let mut batch = Vec::new();
@@ -246,7 +276,8 @@ fn read_ahead<R: Read>(
         let mut left = data_len;
         while left > 0 {
             let n = left.min(BATCH_BYTES as u64) as usize;
-            let mut chunk = vec![0u8; n];
+            let mut chunk = recycled.try_recv().unwrap_or_default();
+            chunk.resize(n, 0);
             if let Err(e) = reader.read_data(&mut chunk) {
                 push(Item::Failed(e), &mut batch, &mut bytes);
                 return;
