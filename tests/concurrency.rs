@@ -109,21 +109,17 @@ struct Setup {
     /// The template's revisions, oldest first: the oldest is `hourly` only
     /// (expiry's one victim), the others `daily`.
     ids: Vec<String>,
-    /// id -> (sha256 of image, of `.sums`).
-    hashes: BTreeMap<String, (String, String)>,
-    /// The revision the stream carries, and its image's hash.
-    received: (String, String),
-    source_hash: String,
+    /// id -> (bytes of image, of `.sums`).
+    contents: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+    /// The revision the stream carries, and its image.
+    received: (String, Vec<u8>),
+    source: Vec<u8>,
 }
 
-/// Lowercase hex SHA-256 of a file, in this process (the rounds hash many).
-fn sha256(path: &Path) -> String {
-    use sha2::Digest;
-    let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    sha2::Sha256::digest(&data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A file's bytes: what the rounds compare (memcmp is far faster than
+/// hashing in a debug build).
+fn content(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn status(job: &Path) -> Vec<serde_json::Value> {
@@ -175,29 +171,29 @@ fn setup(fs: &TestFs) -> Setup {
         backy_job(&origin).args(["send", "-r", &all[3], "--base", &all[2]]),
         &stream,
     );
-    let hash_of = |job: &Path, id: &str| {
+    let contents_of = |job: &Path, id: &str| {
         (
-            sha256(&job.join(id)),
-            sha256(&job.join(format!("{id}.sums"))),
+            content(&job.join(id)),
+            content(&job.join(format!("{id}.sums"))),
         )
     };
-    let hashes = ids
+    let contents = ids
         .iter()
-        .map(|id| (id.clone(), hash_of(&template, id)))
+        .map(|id| (id.clone(), contents_of(&template, id)))
         .collect();
-    let received = (all[3].clone(), hash_of(&origin, &all[3]).0);
+    let received = (all[3].clone(), contents_of(&origin, &all[3]).0);
     // The backups of the rounds back up this.
     write_at(&src, 3 * MIB, &pattern_bytes(99, 65536));
-    let source_hash = sha256(&src);
+    let source = content(&src);
     Setup {
         root,
         template,
         src,
         stream,
         ids,
-        hashes,
+        contents,
         received,
-        source_hash,
+        source,
     }
 }
 
@@ -207,8 +203,8 @@ struct Outcome {
     ok: bool,
     /// Its error line (`backy: ...`), or what an NBD client said.
     error: String,
-    /// For restore and the NBD client: the hash of what was read.
-    read: Option<String>,
+    /// For restore and the NBD client: the bytes it read.
+    read: Option<Vec<u8>>,
     /// stdout (status, send).
     stdout: String,
 }
@@ -296,7 +292,7 @@ impl Round<'_> {
         };
         let mut outcome = Self::outcome(cmd, c.stderr(Stdio::piped()).output().unwrap());
         if cmd == Cmd::Restore && outcome.ok {
-            outcome.read = Some(sha256(&self.out(cmd, n)));
+            outcome.read = Some(content(&self.out(cmd, n)));
         }
         outcome
     }
@@ -347,7 +343,7 @@ impl Round<'_> {
         );
         let mut outcome = Self::outcome(Cmd::NbdServer, copied);
         if outcome.ok {
-            outcome.read = Some(sha256(&out));
+            outcome.read = Some(content(&out));
         }
         outcome
     }
@@ -451,17 +447,17 @@ fn check_round(round: &Round, a: &Outcome, b: &Outcome, last: bool) -> Vec<Strin
             problems.push(format!("revision {id} was left incomplete"));
         }
     }
-    for (id, (image, sums)) in &setup.hashes {
+    for (id, (image, sums)) in &setup.contents {
         if !present.contains(id) {
             if !(id == oldest && removed) {
                 problems.push(format!("revision {id} disappeared"));
             }
             continue;
         }
-        if &sha256(&round.job.join(id)) != image {
+        if &content(&round.job.join(id)) != image {
             problems.push(format!("the image of {id} changed"));
         }
-        if &sha256(&round.job.join(format!("{id}.sums"))) != sums {
+        if &content(&round.job.join(format!("{id}.sums"))) != sums {
             problems.push(format!("the manifest of {id} changed"));
         }
     }
@@ -477,17 +473,17 @@ fn check_round(round: &Round, a: &Outcome, b: &Outcome, last: bool) -> Vec<Strin
     let received = [a, b].iter().any(|o| o.cmd == Cmd::Receive && o.ok);
     let mut new = 0;
     for id in &present {
-        if setup.hashes.contains_key(id) {
+        if setup.contents.contains_key(id) {
             continue;
         }
-        let image = sha256(&round.job.join(id));
+        let image = content(&round.job.join(id));
         if *id == setup.received.0 {
             if !received || image != setup.received.1 {
                 problems.push(format!("received revision {id} is wrong"));
             }
         } else {
             new += 1;
-            if image != setup.source_hash {
+            if image != setup.source {
                 problems.push(format!("new revision {id} does not hold the source"));
             }
         }
@@ -501,7 +497,7 @@ fn check_round(round: &Round, a: &Outcome, b: &Outcome, last: bool) -> Vec<Strin
     // What the readers read is exactly the revision.
     for o in [a, b] {
         if let Some(read) = &o.read
-            && read != &setup.hashes[oldest].0
+            && read != &setup.contents[oldest].0
         {
             problems.push(format!("{:?} read something else than {oldest}", o.cmd));
         }
