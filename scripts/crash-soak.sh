@@ -26,9 +26,11 @@ log=target/crash-soak.log
 echo "crash soak: $n kills ($ceph ceph-rbd, $per_fs per filesystem); full output in $log" >&2
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    # Not --no-capture, which would run the two filesystems one after the other.
+    # Not --no-capture, which would run the tests one after the other; all
+    # three at once (nextest would run only as many as there are cores), each
+    # one's output as soon as it ends.
     BACKY_SOAK_POINTS=$per_fs BACKY_SOAK_CEPH_POINTS=$ceph cargo nextest run --test crash_soak --no-fail-fast \
-        --success-output final --failure-output final >"$log" 2>&1 || status=$?
+        --test-threads 3 --success-output immediate --failure-output immediate >"$log" 2>&1 || status=$?
 else
     BACKY_SOAK_POINTS=$per_fs BACKY_SOAK_CEPH_POINTS=$ceph cargo test --test crash_soak -- --nocapture \
         >"$log" 2>&1 || status=$?
