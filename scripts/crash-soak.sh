@@ -1,8 +1,9 @@
 #!/bin/sh
 # Crash soak: `scripts/crash-soak.sh N` kills backy with SIGKILL at N random
-# moments in total, half on btrfs and half on XFS, spread evenly over backup,
-# verify, distrust, protect/unprotect, forget, expire, receive and reshare
-# (tests/crash_soak.rs), checks the job after each, and prints a table per
+# moments in total, spread evenly over a ceph-rbd backup (against a real
+# throw-away Ceph cluster, scripts/ceph-cluster.sh) and, half on btrfs and half
+# on XFS, a file backup, verify, distrust, protect/unprotect, forget, expire,
+# receive and reshare (tests/crash_soak.rs), checks the job after each, and prints a table per
 # operation: kills, kills that landed mid-operation, kills that came after it
 # had finished, and points where a check failed. Needs root (loop-mounted filesystems).
 #
@@ -16,18 +17,22 @@ n=${1:-320}
 case $n in
     '' | *[!0-9]*) echo "usage: $0 N (kills in total, >= 2)" >&2; exit 2 ;;
 esac
-per_fs=$(( (n + 1) / 2 ))
+# One ninth for ceph-rbd, the rest for the eight file operations.
+ceph=$(( (n + 8) / 9 ))
+per_fs=$(( (n - ceph + 1) / 2 ))
 mkdir -p target
 log=target/crash-soak.log
 
-echo "crash soak: $n kills ($per_fs per filesystem); full output in $log" >&2
+echo "crash soak: $n kills ($ceph ceph-rbd, $per_fs per filesystem); full output in $log" >&2
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    # Not --no-capture, which would run the two filesystems one after the other.
-    BACKY_SOAK_POINTS=$per_fs cargo nextest run --test crash_soak --no-fail-fast \
-        --success-output final --failure-output final >"$log" 2>&1 || status=$?
+    # Not --no-capture, which would run the tests one after the other; all
+    # three at once (nextest would run only as many as there are cores), each
+    # one's output as soon as it ends.
+    BACKY_SOAK_POINTS=$per_fs BACKY_SOAK_CEPH_POINTS=$ceph cargo nextest run --test crash_soak --no-fail-fast \
+        --test-threads 3 --success-output immediate --failure-output immediate >"$log" 2>&1 || status=$?
 else
-    BACKY_SOAK_POINTS=$per_fs cargo test --test crash_soak -- --nocapture \
+    BACKY_SOAK_POINTS=$per_fs BACKY_SOAK_CEPH_POINTS=$ceph cargo test --test crash_soak -- --nocapture \
         >"$log" 2>&1 || status=$?
 fi
 

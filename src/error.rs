@@ -166,10 +166,12 @@ pub enum Error {
         reason: &'static str,
     },
     /// Another process holds a lock we need.
-    #[error("{what} is locked by another backy process ({}); wait for it to finish and try again", path.display())]
+    #[error("{what} is locked by {holder} ({}); wait for it to finish and try again", path.display())]
     Locked {
         /// What is locked ("job /srv/backy/vm01").
         what: String,
+        /// Who holds it: "backy verify (pid 4242)", or which commands may.
+        holder: String,
         /// The lock file.
         path: PathBuf,
     },

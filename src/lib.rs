@@ -44,7 +44,11 @@
 //!
 //! # Lock order
 //!
-//! Locks are `flock`s taken without waiting; a held lock is an error that names it.
+//! Locks are `flock`s taken without waiting; a held lock is an error that names
+//! the job, the process holding it (`backy verify (pid 4242)`, from `/proc/locks`)
+//! and the lock file. Once a command holds its locks it reads the revisions
+//! again, so what it chooses (a SPEC, a parent, what to expire) is what the lock
+//! protects: a reader started after a `forget` finds no such revision.
 //!
 //! | operation                          | `.backup`  | `.purge`   |
 //! |------------------------------------|------------|------------|
@@ -73,7 +77,8 @@
 //! `nbd-server` takes no job lock, so it never stands in the way of a backup or
 //! an expiry: a complete revision's image never changes, and the file descriptor
 //! a connection holds keeps its data readable even after `forget` or `expire`
-//! deleted the revision. Its writable overlays (`.nbd-overlay.<id>.<pid>.<n>`,
+//! deleted the revision (a new connection to a deleted revision is refused; a
+//! client that needs a revision kept should hold it with `protect` first). Its writable overlays (`.nbd-overlay.<id>.<pid>.<n>`,
 //! reflink clones beside the revisions) are `flock`ed exclusively while in use;
 //! the next backup or server removes those a crash left unlocked.
 //!

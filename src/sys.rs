@@ -345,6 +345,61 @@ pub fn settled_available_bytes(dir: &Path) -> io::Result<u64> {
     Ok(last)
 }
 
+/// The processes holding a `flock` on `file` (as `/proc/locks` lists
+/// them), each as its pid and command line; empty when `/proc` does not
+/// say. A pid is named only when that process has the same file open, so
+/// an equal inode number on another filesystem is never taken for it.
+pub fn flock_holders(file: &File) -> Vec<(u32, Vec<String>)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else {
+        return Vec::new();
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = parse_proc_locks(&locks, meta.ino());
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .filter(|pid| has_open(*pid, meta.dev(), meta.ino()))
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some((pid, args))
+        })
+        .collect()
+}
+
+/// The pids `/proc/locks` names as holding a FLOCK on inode `ino` (waiters,
+/// the `->` lines, hold nothing). Lines: `1: FLOCK ADVISORY WRITE 1234
+/// 00:2e:5678 0 EOF`.
+pub fn parse_proc_locks(text: &str, ino: u64) -> Vec<u32> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1) != Some(&"FLOCK") {
+                return None;
+            }
+            let inode = fields.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+            (inode == ino).then(|| fields.get(4)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Whether process `pid` has the file `dev`/`ino` open.
+fn has_open(pid: u32, dev: u64, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +437,16 @@ mod tests {
         assert_eq!(unescape_mount_field("a\\040b\\011c"), "a b\tc");
         assert_eq!(unescape_mount_field("a\\9b\\04"), "a\\9b\\04");
         assert_eq!(unescape_mount_field("\\134"), "\\");
+    }
+
+    #[test]
+    fn proc_locks_name_the_holders_of_one_inode() {
+        let text = "1: FLOCK  ADVISORY  WRITE 4242 00:2e:5678 0 EOF\n\
+                    2: FLOCK  ADVISORY  READ  17 08:01:5678 0 EOF\n\
+                    2: -> FLOCK  ADVISORY  WRITE 99 08:01:5678 0 EOF\n\
+                    3: POSIX  ADVISORY  WRITE 5 08:01:5678 0 EOF\n\
+                    4: FLOCK  ADVISORY  WRITE 6 08:01:1234 0 EOF\n";
+        assert_eq!(parse_proc_locks(text, 5678), [4242, 17]);
+        assert!(parse_proc_locks("garbage\n1: FLOCK\n", 5678).is_empty());
     }
 }

@@ -337,7 +337,7 @@ fn a_second_backup_of_the_same_job_is_refused() {
     lock.try_lock().unwrap();
     backup(&job, "daily")
         .code(1)
-        .stderr_has("locked by another backy process");
+        .stderr_has(&format!("is locked by process {} (", std::process::id()));
     drop(lock);
     backup(&job, "daily").success();
     assert_eq!(status_json(&job).len(), 2);

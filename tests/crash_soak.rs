@@ -10,8 +10,12 @@
 //!   left incomplete (and the next backup removes those leftovers);
 //! - the next operation of that kind succeeds.
 //!
+//! A ceph-rbd backup against a real throw-away Ceph cluster is soaked the
+//! same way ([`soak_ceph`]), checking its snapshots too.
+//!
 //! `BACKY_SOAK_POINTS` is the number of kills per filesystem (default: 10 per
-//! operation, so CI kills each operation 20 times over btrfs and XFS),
+//! operation, so CI kills each operation [`CI_KILLS_PER_OP`] = 20 times over
+//! btrfs and XFS), `BACKY_SOAK_CEPH_POINTS` the ceph-rbd kills (default 20),
 //! `BACKY_SOAK_SEED` replays a run (the seed is printed).
 //! `scripts/crash-soak.sh N` runs this with N kills in total and sums up the
 //! `SOAK` lines it prints.
@@ -577,13 +581,9 @@ fn timed(s: &Soak, p: &Planned) -> Result<Duration, String> {
     }
 }
 
-fn soak(kind: FsKind) {
-    let fs = require_fs!(kind, 1024);
-    let points: usize = std::env::var("BACKY_SOAK_POINTS")
-        .ok()
-        .map(|v| v.parse().expect("BACKY_SOAK_POINTS is a number"))
-        .unwrap_or(10 * OPS.len());
-    let seed: u64 = std::env::var("BACKY_SOAK_SEED")
+/// `BACKY_SOAK_SEED`, or one drawn from the clock.
+fn soak_seed() -> u64 {
+    std::env::var("BACKY_SOAK_SEED")
         .ok()
         .map(|v| v.parse().expect("BACKY_SOAK_SEED is a number"))
         .unwrap_or_else(|| {
@@ -592,7 +592,20 @@ fn soak(kind: FsKind) {
                 .unwrap()
                 .as_nanos() as u64
                 % 1_000_000_007
-        });
+        })
+}
+
+/// Kills per operation in CI (no `BACKY_SOAK_POINTS`): half of them on
+/// btrfs and half on XFS for the file operations, all of them for ceph-rbd.
+const CI_KILLS_PER_OP: usize = 20;
+
+fn soak(kind: FsKind) {
+    let fs = require_fs!(kind, 1024);
+    let points: usize = std::env::var("BACKY_SOAK_POINTS")
+        .ok()
+        .map(|v| v.parse().expect("BACKY_SOAK_POINTS is a number"))
+        .unwrap_or(CI_KILLS_PER_OP / 2 * OPS.len());
+    let seed = soak_seed();
     eprintln!(
         "crash soak on {}: {points} kills, BACKY_SOAK_SEED={seed}",
         kind.name()
@@ -757,6 +770,174 @@ fn soak(kind: FsKind) {
             op.name
         );
     }
+}
+
+/// Size of the ceph-rbd soak's image.
+const CEPH_SIZE: u64 = 8 * MIB;
+
+/// ceph-rbd backups killed at random moments, against a real throw-away
+/// cluster (`scripts/ceph-cluster.sh`), the job on btrfs: after each kill the
+/// checks of the file soak hold ([`Soak::check`]); the next backup succeeds,
+/// holds what the image held, and leaves exactly one `backy-` snapshot, its
+/// own (the killed backup's snapshot is removed). `BACKY_SOAK_CEPH_POINTS`
+/// kills (default [`CI_KILLS_PER_OP`]).
+fn soak_ceph() {
+    let Some(ceph) = util::ceph::TestCeph::start() else {
+        return;
+    };
+    let fs = require_fs!(FsKind::Btrfs, 512);
+    let points: usize = std::env::var("BACKY_SOAK_CEPH_POINTS")
+        .ok()
+        .map(|v| v.parse().expect("BACKY_SOAK_CEPH_POINTS is a number"))
+        .unwrap_or(CI_KILLS_PER_OP);
+    let seed = soak_seed();
+    eprintln!("crash soak on ceph: {points} kills, BACKY_SOAK_SEED={seed}");
+    ceph.create_image_bytes("img", CEPH_SIZE);
+    let job = fs.join("job");
+    run_ok(
+        ceph.env(&mut backy_job(&job))
+            .args(["init", "ceph-rbd", "rbd/img"]),
+    );
+    let mut s = Soak {
+        job: job.clone(),
+        mirror: fs.join("mirror"),
+        mirror_known: BTreeMap::new(),
+        src: fs.join("unused"),
+        conf: fs.join("unused.conf"),
+        seed,
+        known: BTreeMap::new(),
+        source_hash: String::new(),
+        doomed: BTreeSet::new(),
+        failures: Vec::new(),
+        seen: Vec::new(),
+    };
+    let backup = |s: &Soak| {
+        let mut cmd = backy_job(&s.job);
+        ceph.env(&mut cmd).args(["backup", "daily"]);
+        cmd
+    };
+    // A few writes, and the image's head as the next backup must see it
+    // (kept here as well: the image was created zeroed).
+    let mut head = vec![0u8; CEPH_SIZE as usize];
+    let mut change = |s: &mut Soak| {
+        let writes: Vec<(u64, Vec<u8>)> = (0..4)
+            .map(|_| {
+                let at = s.rnd() % (CEPH_SIZE - 65536) / 4096 * 4096;
+                (at, pattern_bytes(s.rnd(), 65536))
+            })
+            .collect();
+        let ops: Vec<util::ceph::RbdOp> = writes
+            .iter()
+            .map(|(at, data)| util::ceph::RbdOp::Write(*at, data))
+            .collect();
+        ceph.write_ops("img", &ops);
+        for (at, data) in &writes {
+            head[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+        }
+        use sha2::Digest;
+        s.source_hash = sha2::Sha256::digest(&head)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    };
+    let snapshots_are_right = |s: &mut Soak, after: &str| {
+        let newest = s.complete_ids().last().cloned();
+        let snaps: Vec<String> = ceph
+            .snap_ls("img")
+            .into_iter()
+            .filter(|n| n.starts_with("backy-"))
+            .collect();
+        let expected: Vec<String> = newest.iter().map(|id| format!("backy-{id}")).collect();
+        if snaps != expected {
+            s.fail(format!(
+                "{after}: the image's backy snapshots are {snaps:?}, expected {expected:?}"
+            ));
+            return false;
+        }
+        true
+    };
+    let mut typical = Duration::ZERO;
+    for _ in 0..2 {
+        change(&mut s);
+        let start = Instant::now();
+        run_ok(&mut backup(&s));
+        typical = start.elapsed();
+        s.check("set-up backup", &BTreeSet::new());
+    }
+    let mut tally = Tally::default();
+    let started = Instant::now();
+    for n in 0..points {
+        let point_start = Instant::now();
+        change(&mut s);
+        let window = typical.mul_f64(1.2);
+        let delay = Duration::from_micros(s.rnd() % (window.as_micros() as u64).max(1));
+        let mut child = backup(&s)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        tally.kills += 1;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            tally.mid += 1;
+        } else {
+            tally.after += 1;
+        }
+        child.wait().unwrap();
+        let what = format!("kill {n} in a ceph-rbd backup after {delay:?}");
+        let mut ok = s.check(&what, &BTreeSet::new());
+        let start = Instant::now();
+        let next = backup(&s).output().unwrap();
+        if next.status.success() {
+            typical = (typical * 3 + start.elapsed()) / 4;
+        } else {
+            s.fail(format!(
+                "{what}: the next backup failed: {}",
+                String::from_utf8_lossy(&next.stderr)
+            ));
+            ok = false;
+        }
+        ok &= s.check(&format!("{what}, then a backup"), &BTreeSet::new());
+        let before = s.failures.len();
+        s.check_after_backup();
+        ok &= s.failures.len() == before;
+        ok &= s.check_last(&what);
+        ok &= snapshots_are_right(&mut s, &what);
+        if !ok {
+            tally.failures += 1;
+        }
+        tally.time += point_start.elapsed();
+    }
+    eprintln!(
+        "crash soak on ceph: {points} kills in {:?} ({} mid-backup, {} after it, {} failures), BACKY_SOAK_SEED={seed}",
+        started.elapsed(),
+        tally.mid,
+        tally.after,
+        tally.failures
+    );
+    eprintln!(
+        "SOAK ceph ceph-rbd {} {} {} {}",
+        tally.kills, tally.mid, tally.after, tally.failures
+    );
+    assert!(
+        s.failures.is_empty(),
+        "{} failures (replay with BACKY_SOAK_SEED={seed}):\n{}",
+        s.failures.len(),
+        s.failures.join("\n")
+    );
+    assert!(
+        tally.kills < 10 || tally.mid * 4 >= tally.kills,
+        "only {} of {} kills landed inside a ceph-rbd backup",
+        tally.mid,
+        tally.kills
+    );
+}
+
+#[test]
+fn crash_soak_ceph_rbd() {
+    soak_ceph();
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub fn run(dir: &Path, spec: &str, from: Option<&str>) -> Result<()> {
     if stdout.is_terminal() {
         return Err(Error::DiffToTerminal);
     }
-    let job = Job::open(dir)?;
+    let mut job = Job::open(dir)?;
     let _lock = job.lock_read()?;
     let target = job.resolve(spec)?.clone();
     let from = from.map(|s| job.resolve(s).cloned()).transpose()?;

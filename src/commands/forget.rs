@@ -56,7 +56,6 @@ pub fn run(dir: &Path, spec: &str, force: bool, dry_run: bool) -> Result<()> {
         return dry(&job, spec, force);
     }
     let lock = job.lock_purge()?;
-    job.scan()?;
     match target(&job, spec, force)? {
         Target::Damaged(d) => {
             let d = d.clone();

@@ -21,7 +21,7 @@ use crate::{output, sys};
 
 /// Reshares every complete revision of the job with its base; prints what it did.
 pub fn run(dir: &Path) -> Result<()> {
-    let job = Job::open(dir)?;
+    let mut job = Job::open(dir)?;
     let _lock = job.lock_backup()?;
     let free_before = free_bytes(job.dir())?;
     remove_stale_temp_files(job.dir())?;

@@ -16,7 +16,7 @@ pub fn run(dir: &Path, revision: Option<&str>, base: Option<&str>) -> Result<()>
     if stdout.is_terminal() {
         return Err(Error::SendToTerminal);
     }
-    let job = Job::open(dir)?;
+    let mut job = Job::open(dir)?;
     let _lock = job.lock_read()?;
     let plan = send::plan(&job, revision, base)?;
     let ids: Vec<&str> = plan.revisions.iter().map(|r| r.id.as_str()).collect();

@@ -407,9 +407,10 @@ impl Job {
         Ok(rev)
     }
 
-    /// Opens (creating) and flocks `<job>/<name>` without waiting; `what` names
-    /// the holder we would be waiting for, for the error message.
-    fn try_lock(&self, name: &str, exclusive: bool, what: &str) -> Result<File> {
+    /// Opens (creating) and flocks `<job>/<name>` without waiting; `holders`
+    /// says which commands may hold it, for the error message when `/proc`
+    /// cannot name the process ([`lock_holder`]).
+    fn try_lock(&self, name: &str, exclusive: bool, holders: &str) -> Result<File> {
         let path = self.dir.join(name);
         let file = OpenOptions::new()
             .read(true)
@@ -419,42 +420,71 @@ impl Job {
             .mode(0o640)
             .open(&path)
             .map_err(Error::io("cannot open lock file", &path))?;
-        let locked = if exclusive {
-            file.try_lock()
-        } else {
-            file.try_lock_shared()
-        };
-        match locked {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
-                what: format!("{what} {}", self.dir.display()),
-                path,
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", path)(e)),
+        // A holder that `/proc` no longer lists has just let go: try again
+        // (a few times, never waiting) rather than refuse naming nobody.
+        let mut attempts = 0;
+        loop {
+            let locked = if exclusive {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            };
+            match locked {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    attempts += 1;
+                    let holder = lock_holder(&file);
+                    if holder.is_none() && attempts < 3 {
+                        continue;
+                    }
+                    return Err(Error::Locked {
+                        what: format!("job {}", self.dir.display()),
+                        holder: holder.unwrap_or_else(|| holders.to_string()),
+                        path,
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("cannot lock", path)(e));
+                }
+            }
         }
     }
 
-    /// Takes the backup lock: `.backup` exclusive, then `.purge` shared. Never waits.
-    pub fn lock_backup(&self) -> Result<BackupLock> {
-        Ok(BackupLock {
-            _backup: self.try_lock(".backup", true, "a backup of job")?,
-            _purge: self.try_lock(".purge", false, "revision removal in job")?,
-        })
+    // Each lock reads the revisions again once it is held: what a command
+    // chooses (a SPEC, a parent, what to expire) is then what the lock
+    // protects, not a list an expiry or forget changed between `open` and
+    // the lock.
+
+    /// Takes the backup lock: `.backup` exclusive, then `.purge` shared, and
+    /// reads the revisions again. Never waits.
+    pub fn lock_backup(&mut self) -> Result<BackupLock> {
+        let lock = BackupLock {
+            _backup: self.try_lock(".backup", true, HOLDS_BACKUP)?,
+            _purge: self.try_lock(".purge", false, HOLDS_PURGE)?,
+        };
+        self.scan()?;
+        Ok(lock)
     }
 
-    /// Takes the read lock (`.purge` shared) so no revision is deleted under a reader.
-    pub fn lock_read(&self) -> Result<ReadLock> {
-        Ok(ReadLock {
-            _purge: self.try_lock(".purge", false, "revision removal in job")?,
-        })
+    /// Takes the read lock (`.purge` shared) so no revision is deleted under a
+    /// reader, and reads the revisions again. Never waits.
+    pub fn lock_read(&mut self) -> Result<ReadLock> {
+        let lock = ReadLock {
+            _purge: self.try_lock(".purge", false, HOLDS_PURGE)?,
+        };
+        self.scan()?;
+        Ok(lock)
     }
 
-    /// Takes the purge lock: `.backup` and `.purge` exclusive. Never waits.
-    pub fn lock_purge(&self) -> Result<PurgeLock> {
-        Ok(PurgeLock {
-            _backup: self.try_lock(".backup", true, "a backup of job")?,
-            _purge: self.try_lock(".purge", true, "a restore or export of job")?,
-        })
+    /// Takes the purge lock: `.backup` and `.purge` exclusive, and reads the
+    /// revisions again. Never waits.
+    pub fn lock_purge(&mut self) -> Result<PurgeLock> {
+        let lock = PurgeLock {
+            _backup: self.try_lock(".backup", true, HOLDS_BACKUP)?,
+            _purge: self.try_lock(".purge", true, HOLDS_READ)?,
+        };
+        self.scan()?;
+        Ok(lock)
     }
 
     // The lifecycle of a revision. Every `.rev` write goes through one of
@@ -545,7 +575,7 @@ impl Job {
     fn lock_meta(&self) -> Result<File> {
         let deadline = std::time::Instant::now() + META_LOCK_WAIT;
         loop {
-            match self.try_lock(".meta", true, "the revision metadata of job") {
+            match self.try_lock(".meta", true, HOLDS_META) {
                 Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
@@ -586,7 +616,8 @@ impl Job {
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(Error::Locked {
-                        what: format!("the revision metadata of job {}", self.dir.display()),
+                        what: format!("job {}", self.dir.display()),
+                        holder: lock_holder(&file).unwrap_or_else(|| HOLDS_META.to_string()),
                         path,
                     });
                 }
@@ -656,6 +687,49 @@ impl Job {
             n += 1;
         }
         path
+    }
+}
+
+/// Who may hold `.backup` (exclusive): the writers of a job.
+const HOLDS_BACKUP: &str = "another backy process (a backup, receive, reshare, expire or forget)";
+/// Who may hold `.purge` exclusively: the removers.
+const HOLDS_PURGE: &str = "another backy process removing revisions (an expire or forget)";
+/// Who may hold `.purge` shared when a remover wants it: the readers.
+const HOLDS_READ: &str = "another backy process reading revisions (a restore, verify, send, export-diff, distrust, protect or backup)";
+/// Who may hold `.meta`.
+const HOLDS_META: &str = "another backy process writing revision metadata";
+
+/// Who holds the lock on `file`, for [`Error::Locked`]: "backy verify (pid
+/// 4242)" as `/proc` names the holders ([`sys::flock_holders`]); `None` when
+/// it names none.
+fn lock_holder(file: &File) -> Option<String> {
+    use clap::CommandFactory;
+    let commands = crate::cli::Cli::command();
+    let own = std::process::id();
+    let named: Vec<String> = sys::flock_holders(file)
+        .into_iter()
+        .filter(|(pid, _)| *pid != own)
+        .map(|(pid, args)| {
+            let program = args
+                .first()
+                .and_then(|a| Path::new(a).file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let command = args.iter().skip(1).find(|a| {
+                commands
+                    .get_subcommands()
+                    .any(|c| c.get_name() == a.as_str())
+            });
+            match command {
+                Some(c) if program == "backy" => format!("backy {c} (pid {pid})"),
+                _ => format!("process {pid} ({program})"),
+            }
+        })
+        .collect();
+    match named.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        [first @ .., last] => Some(format!("{} and {last}", first.join(", "))),
     }
 }
 

@@ -57,8 +57,8 @@ fn expire_with(
     } else {
         Some(job.lock_purge()?)
     };
-    // Read again under the lock: a backup may have finished meanwhile.
-    job.scan()?;
+    // The purge lock has read the revisions again: a backup may have
+    // finished meanwhile.
     let plan = job.retention_plan(schedule, now);
     if let Some(lock) = lock {
         if log_freed {
