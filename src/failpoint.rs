@@ -15,8 +15,26 @@ pub fn active(name: &str) -> bool {
     ACTIVE.as_deref().is_some_and(|v| v == name)
 }
 
-/// Aborts the process if `BACKY_FAILPOINT` names this point.
+/// Aborts the process if `BACKY_FAILPOINT` names this point; stops it
+/// (`SIGSTOP`, as a debugger would) if it names `<name>:stop`, so a test can
+/// change the world at that step (fill the filesystem, say) and let it go on
+/// with `SIGCONT`.
 pub fn hit(name: &str) {
+    if ACTIVE
+        .as_deref()
+        .and_then(|v| v.to_str())
+        .and_then(|v| v.strip_suffix(":stop"))
+        .is_some_and(|v| v == name)
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "backy: failpoint {name} reached, stopping"
+        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+        return;
+    }
     if active(name) {
         use std::io::Write;
         let _ = writeln!(

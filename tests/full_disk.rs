@@ -665,3 +665,68 @@ fn forget_works_on_a_full_job_filesystem() {
         run_ok(s.backy().arg("verify"));
     });
 }
+
+/// The manifest's write singled out: the backup stops right after cloning the
+/// parent's image (`after-clone:stop`; its `.rev` already exists), the
+/// filesystem is filled while it waits, and the only change of the source is a
+/// block that became zeros, so the image needs no new space (the block is
+/// punched) and the first write that needs room is the manifest's: seen on
+/// btrfs, writing a page of the reflinked copy of the parent's manifest; on
+/// XFS, making that copy.
+#[test]
+fn a_manifest_write_on_a_full_job_filesystem() {
+    each_kind(|kind| {
+        let Some(mut s) = Setup::new(kind) else {
+            return;
+        };
+        let before = s.state();
+        let ids = s.revisions();
+        write_at(&s.src, 5 * MIB, &vec![0u8; 64 << 10]);
+        let child = s
+            .backy()
+            .args(["backup", "daily"])
+            .env("BACKY_FAILPOINT", "after-clone:stop")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        let started = Instant::now();
+        loop {
+            let text = fs::read_to_string(&stat).unwrap_or_default();
+            let state = text.rsplit(')').next().unwrap_or("").trim_start();
+            if state.starts_with('T') {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60) && !state.starts_with('Z'),
+                "{kind}: the backup did not stop at after-clone ({state:?})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.fill();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{kind}: succeeded on a full filesystem"
+        );
+        let full = s.full_message();
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&full))
+            .unwrap_or_else(|| panic!("{kind}: expected {full:?} in {stderr}"));
+        eprintln!("{kind}: {line}");
+        assert!(
+            line.contains(".sums"),
+            "{kind}: not the manifest's write: {line}"
+        );
+        assert_eq!(s.revisions(), ids, "{kind}: the revisions changed");
+        assert_eq!(s.state(), before, "{kind}: a complete revision changed");
+        s.free();
+        run_ok(s.backy().args(["backup", "daily"]));
+        run_ok(s.backy().arg("verify"));
+    });
+}
