@@ -7,11 +7,9 @@
 
 mod util;
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use backy::image::fiemap;
 use util::*;
 
 const MIB: u64 = 1 << 20;
@@ -65,68 +63,6 @@ fn three_revisions(fs: &TestFs) -> (PathBuf, PathBuf, Vec<String>) {
     let ids = ids_newest_first(&job);
     assert_eq!(ids.len(), 3);
     (src, job, ids)
-}
-
-/// Where byte `offset` of `image` is on the filesystem's device. FIEMAP gives
-/// the filesystem's address: on XFS the device offset, on btrfs a logical
-/// address that `btrfs-map-logical` maps to the device.
-fn device_offset(fs: &TestFs, image: &Path, offset: u64) -> u64 {
-    // btrfs-map-logical reads the trees on disk: commit what is in memory.
-    run_ok(&mut tool("sync"));
-    let file = File::open(image).unwrap();
-    let extents = fiemap::extents(&file, true).unwrap();
-    let e = extents
-        .iter()
-        .find(|e| e.logical <= offset && offset < e.end())
-        .unwrap_or_else(|| panic!("{} has no extent at {offset}: {extents:?}", image.display()));
-    assert!(e.has_location() && !e.is_encoded(), "{e:?}");
-    let address = e.physical + (offset - e.logical);
-    match fs.kind() {
-        FsKind::Xfs => address,
-        FsKind::Btrfs => {
-            let r = run_ok(
-                tool("btrfs-map-logical")
-                    .arg("-l")
-                    .arg(address.to_string())
-                    .arg(fs.device().unwrap()),
-            );
-            // "mirror 1 logical 13631488 physical 13631488 device /dev/loop2"
-            let line = r
-                .stdout
-                .lines()
-                .find(|l| l.starts_with("mirror 1 "))
-                .unwrap();
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "physical").unwrap();
-            words[at + 1].parse().unwrap()
-        }
-        other => panic!("no device offsets on {other}"),
-    }
-}
-
-/// Flips one byte of block `offset` of revision `id` on the device under the
-/// filesystem (so every revision that shares the extent sees it), then drops
-/// the cached pages of every image, so the next read comes from the disk.
-fn flip_on_disk(fs: &TestFs, job: &Path, id: &str, offset: u64) {
-    let at = device_offset(fs, &job.join(id), offset + 100);
-    let device = File::options()
-        .read(true)
-        .write(true)
-        .open(fs.device().unwrap())
-        .unwrap();
-    let mut byte = [0u8];
-    device.read_exact_at(&mut byte, at).unwrap();
-    byte[0] ^= 0x10;
-    device.write_all_at(&byte, at).unwrap();
-    device.sync_all().unwrap();
-    drop(device);
-    for entry in fs::read_dir(job).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none() && path.is_file() {
-            let f = File::open(&path).unwrap();
-            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        }
-    }
 }
 
 /// How the damage reads back on `kind`.
@@ -278,7 +214,9 @@ fn heal_case(kind: FsKind) {
     assert_eq!(now.len(), 4);
     let healed = &now[0];
     // The damaged block was written anew; the others are still shared.
-    let at = |id: &str, offset: u64| device_offset(&fs, &job.join(id), offset);
+    let at = |id: &str, offset: u64| {
+        device_offset_on(fs.kind(), fs.device().unwrap(), &job.join(id), offset)
+    };
     assert_ne!(at(healed, SHARED_BLOCK), at(&ids[0], SHARED_BLOCK));
     assert_eq!(at(healed, 0), at(&ids[0], 0));
     verify(&job, &["-r", healed])

@@ -8,11 +8,9 @@
 
 mod util;
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use backy::image::fiemap;
 use util::*;
 
 const MIB: u64 = 1 << 20;
@@ -58,65 +56,6 @@ fn written_job(fs: &TestFs) -> (PathBuf, PathBuf) {
     let first = &complete(&job)[0];
     assert_eq!(first["verification"], "full", "{first}");
     (src, job)
-}
-
-/// Where byte `offset` of `image` is on the filesystem's device (FIEMAP gives
-/// the device offset on XFS, a logical address that `btrfs-map-logical` maps
-/// on btrfs).
-fn device_offset(fs: &TestFs, image: &Path, offset: u64) -> u64 {
-    run_ok(&mut tool("sync"));
-    let file = File::open(image).unwrap();
-    let extents = fiemap::extents(&file, true).unwrap();
-    let e = extents
-        .iter()
-        .find(|e| e.logical <= offset && offset < e.end())
-        .unwrap_or_else(|| panic!("{} has no extent at {offset}: {extents:?}", image.display()));
-    assert!(e.has_location() && !e.is_encoded(), "{e:?}");
-    let address = e.physical + (offset - e.logical);
-    match fs.kind() {
-        FsKind::Xfs => address,
-        FsKind::Btrfs => {
-            let r = run_ok(
-                tool("btrfs-map-logical")
-                    .arg("-l")
-                    .arg(address.to_string())
-                    .arg(fs.device().unwrap()),
-            );
-            let line = r
-                .stdout
-                .lines()
-                .find(|l| l.starts_with("mirror 1 "))
-                .unwrap();
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "physical").unwrap();
-            words[at + 1].parse().unwrap()
-        }
-        other => panic!("no device offsets on {other}"),
-    }
-}
-
-/// Flips one byte of block `offset` of revision `id` on the device, then drops
-/// the cached pages of every image so the next read comes from the disk.
-fn flip_on_disk(fs: &TestFs, job: &Path, id: &str, offset: u64) {
-    let at = device_offset(fs, &job.join(id), offset + 100);
-    let device = File::options()
-        .read(true)
-        .write(true)
-        .open(fs.device().unwrap())
-        .unwrap();
-    let mut byte = [0u8];
-    device.read_exact_at(&mut byte, at).unwrap();
-    byte[0] ^= 0x10;
-    device.write_all_at(&byte, at).unwrap();
-    device.sync_all().unwrap();
-    drop(device);
-    for entry in fs::read_dir(job).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none() && path.is_file() {
-            let f = File::open(&path).unwrap();
-            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        }
-    }
 }
 
 /// An incremental reads back the blocks it wrote (the change spans two 64 KiB

@@ -170,3 +170,68 @@ pub fn reflink_copy(src: &Path, dst: &Path) -> bool {
         .status
         .success()
 }
+
+/// Where byte `offset` of `file` is on the device `device` under its
+/// filesystem of kind `kind`. FIEMAP gives the filesystem's address: on XFS
+/// the device offset, on btrfs a logical address that `btrfs-map-logical`
+/// maps to the device (single data profile).
+pub fn device_offset_on(kind: FsKind, device: &Path, file: &Path, offset: u64) -> u64 {
+    // btrfs-map-logical reads the trees on disk: commit what is in memory.
+    run_ok(&mut tool("sync"));
+    let handle = fs::File::open(file).unwrap();
+    let extents = backy::image::fiemap::extents(&handle, true).unwrap();
+    let e = extents
+        .iter()
+        .find(|e| e.logical <= offset && offset < e.end())
+        .unwrap_or_else(|| panic!("{} has no extent at {offset}: {extents:?}", file.display()));
+    assert!(e.has_location() && !e.is_encoded(), "{e:?}");
+    let address = e.physical + (offset - e.logical);
+    match kind {
+        FsKind::Xfs => address,
+        FsKind::Btrfs => {
+            let r = run_ok(
+                tool("btrfs-map-logical")
+                    .args(["-l", &address.to_string()])
+                    .arg(device),
+            );
+            // "mirror 1 logical 13631488 physical 9437184 device /dev/loop3"
+            r.stdout
+                .lines()
+                .filter(|l| l.starts_with("mirror 1 "))
+                .find_map(|l| {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    let at = words.iter().position(|w| *w == "physical")?;
+                    words.get(at + 1)?.parse().ok()
+                })
+                .unwrap_or_else(|| r.fail("cannot parse btrfs-map-logical"))
+        }
+        other => panic!("no device offsets on {other}"),
+    }
+}
+
+/// Flips one byte of block `offset` of revision `id` of `job` on the device
+/// under `fs` (so every revision that shares the extent sees it), then drops
+/// the cached pages of every image, so the next read comes from the disk.
+pub fn flip_on_disk(fs: &TestFs, job: &Path, id: &str, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let device_path = fs.device().unwrap();
+    let at = device_offset_on(fs.kind(), device_path, &job.join(id), offset + 100);
+    let device = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(device_path)
+        .unwrap();
+    let mut byte = [0u8];
+    device.read_exact_at(&mut byte, at).unwrap();
+    byte[0] ^= 0x10;
+    device.write_all_at(&byte, at).unwrap();
+    device.sync_all().unwrap();
+    drop(device);
+    for entry in fs::read_dir(job).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none() && path.is_file() {
+            let f = fs::File::open(&path).unwrap();
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        }
+    }
+}

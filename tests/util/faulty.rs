@@ -232,49 +232,10 @@ impl FaultyFs {
         self.mount();
     }
 
-    /// The device offset holding byte `offset` of `file` (FIEMAP; on XFS
-    /// its physical offsets are device offsets, on btrfs logical addresses
-    /// mapped with `btrfs-map-logical`).
+    /// The device offset holding byte `offset` of `file`.
     pub fn device_offset(&self, file: &Path, offset: u64) -> u64 {
-        run_ok(Command::new("sync").arg("-f").arg(file));
-        let r = run_ok(tool("xfs_io").args(["-r", "-c", "fiemap -v"]).arg(file));
-        // " 0: [0..16383]: 192..16575 16384 0x1" (512-byte units)
-        let found = r.stdout.lines().find_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let (lo, hi) = cols
-                .get(1)?
-                .trim_matches(['[', ']', ':'])
-                .split_once("..")?;
-            let (lo, hi): (u64, u64) = (lo.parse().ok()?, hi.parse().ok()?);
-            let (phys, _) = cols.get(2)?.trim_end_matches(':').split_once("..")?;
-            let phys: u64 = phys.parse().ok()?;
-            (lo * 512 <= offset && offset < (hi + 1) * 512)
-                .then(|| phys * 512 + (offset - lo * 512))
-        });
-        let logical = found.unwrap_or_else(|| r.fail(&format!("no extent holds offset {offset}")));
-        match self.kind {
-            FsKind::Btrfs => self.btrfs_device_offset(logical),
-            _ => logical,
-        }
-    }
-
-    /// The device offset of btrfs logical address `logical` (single data profile).
-    fn btrfs_device_offset(&self, logical: u64) -> u64 {
         let dev = self.loop_device.as_ref().unwrap().path();
-        let r = run_ok(
-            tool("btrfs-map-logical")
-                .args(["-l", &logical.to_string()])
-                .arg(dev),
-        );
-        // "mirror 1 logical 13631488 physical 9437184 device /dev/loop3"
-        r.stdout
-            .lines()
-            .find_map(|l| {
-                let words: Vec<&str> = l.split_whitespace().collect();
-                let at = words.iter().position(|w| *w == "physical")?;
-                words.get(at + 1)?.parse().ok()
-            })
-            .unwrap_or_else(|| r.fail("cannot parse btrfs-map-logical"))
+        super::device_offset_on(self.kind, dev, file, offset)
     }
 }
 
