@@ -310,20 +310,7 @@ impl Round<'_> {
             .spawn()
             .unwrap();
         let mut server = Background { child };
-        let start = Instant::now();
-        let port = loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("over NBD on 127.0.0.1:").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-            if let Some(status) = server.child.try_wait().unwrap() {
-                let mut err = String::new();
-                let _ = server.child.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("nbd-server exited with {status}: {text}{err}");
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{text}");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let port = server.nbd_port(&log);
         let out = self.out(Cmd::NbdServer, n);
         let copied = tool("nbdcopy")
             .arg(format!("nbd://127.0.0.1:{port}/{}", self.oldest()))

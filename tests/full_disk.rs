@@ -414,7 +414,7 @@ fn nbd_overlay_writes_on_a_full_job_filesystem() {
             .spawn()
             .unwrap();
         let mut server = Background { child };
-        let port = wait_for_port(&log);
+        let port = server.nbd_port(&log);
         let uri = format!("nbd://127.0.0.1:{port}/{id}");
         // One client connects (the overlay is made then), the filesystem
         // fills up, its writes fail with ENOSPC and it still reads.
@@ -493,27 +493,6 @@ fn nbd_overlay_writes_on_a_full_job_filesystem() {
         );
         run_ok(s.backy().arg("verify"));
     });
-}
-
-fn wait_for_port(log: &Path) -> u16 {
-    let needle = "over NBD on 127.0.0.1:";
-    let start = Instant::now();
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
-            return l
-                .split(needle)
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The scheduler's status file on a full filesystem: the scheduler logs why,

@@ -10,10 +10,9 @@
 mod util;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::faulty::{FaultyDevice, FaultyFs};
 use util::*;
@@ -148,36 +147,7 @@ impl Server {
             port: 0,
             log,
         };
-        let needle = "over NBD on 127.0.0.1:";
-        let start = Instant::now();
-        let line = loop {
-            let text = fs::read_to_string(&server.log).unwrap_or_default();
-            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
-                break l.to_string();
-            }
-            if let Some(status) = server.child.child.try_wait().unwrap() {
-                let mut err = String::new();
-                let _ = server
-                    .child
-                    .child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err);
-                panic!("nbd-server exited with {status}:\n{text}\n{err}");
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "{text}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        server.port = line
-            .split(needle)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        server.port = server.child.nbd_port(&server.log);
         server
     }
 

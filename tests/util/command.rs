@@ -340,6 +340,37 @@ impl Background {
     }
 }
 
+impl Background {
+    /// The port an `nbd-server` started with `-p 0 -l LOG` listens on, from
+    /// its "over NBD on 127.0.0.1:PORT" log line (up to 30 s); fails with
+    /// the log and its stderr (when piped) if it exits first.
+    pub fn nbd_port(&mut self, log: &Path) -> u16 {
+        let needle = "over NBD on 127.0.0.1:";
+        let start = Instant::now();
+        loop {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            if let Some(rest) = text.split(needle).nth(1) {
+                let port = rest.split_whitespace().next().unwrap_or_default();
+                return port.parse().unwrap_or_else(|_| {
+                    panic!("no port in nbd-server's {needle:?} line:\n{text}")
+                });
+            }
+            if let Some(status) = self.child.try_wait().expect("wait for nbd-server") {
+                let mut err = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                panic!("nbd-server exited with {status}:\n{text}\n{err}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no {needle:?} in the nbd-server log:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
