@@ -107,6 +107,17 @@ pub struct Extent {
 }
 
 impl Extent {
+    /// An extent with no flags, for tests of what reads extent maps.
+    #[cfg(test)]
+    pub(crate) fn plain(logical: u64, physical: u64, length: u64) -> Extent {
+        Extent {
+            logical,
+            physical,
+            length,
+            flags: 0,
+        }
+    }
+
     /// Whether the filesystem says another file shares these blocks.
     pub fn is_shared(&self) -> bool {
         self.flags & flags::SHARED != 0

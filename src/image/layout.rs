@@ -159,12 +159,7 @@ mod tests {
     use super::*;
 
     fn ext(logical: u64, physical: u64, length: u64) -> Extent {
-        Extent {
-            logical,
-            physical,
-            length,
-            flags: 0,
-        }
+        Extent::plain(logical, physical, length)
     }
 
     #[test]

@@ -343,10 +343,8 @@ mod tests {
 
     fn ext(logical: u64, physical: u64, length: u64, flags: u32) -> Extent {
         Extent {
-            logical,
-            physical,
-            length,
             flags,
+            ..Extent::plain(logical, physical, length)
         }
     }
 
