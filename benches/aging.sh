@@ -443,6 +443,7 @@ age_one() { # filesystem
     check "$(le "$x_inc_new" 1.2)" "$fs: backy's last incrementals at most 1.2x the first ones (${x_inc_new}x)"
     TABLE+=("$fs|$ext_new|${ext_old:--}|$x_cat_new|${x_cat_old:--}|$x_rs_new|$x_inc_new|${x_inc_old:--}|$x_sp_new|${x_sp_old:--}|$load_end")
 
+    [[ ${BENCH_KEEP:-0} == 1 ]] && return # lib.sh's trap says where it is
     umount "$mnt"
     MOUNTS=("${MOUNTS[@]/$mnt/}")
     losetup -d "$dev"

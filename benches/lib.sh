@@ -2,6 +2,8 @@
 # builds the release backy into $BACKY, makes the scratch directory $WORK, and
 # registers what the EXIT trap unmounts and detaches (MOUNTS, LOOPS) before it
 # removes $WORK. `attach FILE` gives a loop device for a backing file.
+# BENCH_KEEP=1 leaves everything mounted and in place for a look afterwards, and
+# says where (unmount, `losetup -d` and remove it by hand).
 # Needs ROOT (the checkout) and die() from the sourcing script.
 
 echo "== building backy (cargo build --release)"
@@ -16,6 +18,10 @@ cleanup() {
     local rc=$? m dev ok=1
     set +e
     cd /
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        echo "$(basename "$0"): BENCH_KEEP=1: left $WORK in place (mounts: ${MOUNTS[*]}; loop devices: ${LOOPS[*]})" >&2
+        exit $rc
+    fi
     for m in "${MOUNTS[@]}"; do
         if mountpoint -q "$m"; then
             umount "$m" 2>/dev/null || { sleep 1; umount "$m"; } || ok=0
