@@ -47,7 +47,8 @@
 # first backup, inherited by its new files), BENCH_DEFRAG=1 (after the history, defragment
 # the newest revision, `btrfs filesystem defragment` or `xfs_fsr`, and print its cost),
 # BENCH_NICE (niceness of the measured commands, e.g. -20 on a busy machine),
-# BENCH_STRICT=1 (exit 1 when a target is missed), BACKY (default: the release build
+# BENCH_STRICT=1 (exit 1 when a target is missed), BENCH_KEEP=1 (leave the histories
+# mounted afterwards and say where, to study them; clean up by hand), BACKY (default: the release build
 # of this checkout), BACKY21 (default target/backy21/bin/backy21).
 set -euo pipefail
 
