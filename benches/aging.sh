@@ -46,6 +46,8 @@
 # BENCH_COWEXTSIZE (XFS only: `xfs_io -c "cowextsize N"` on backy's job directory before the
 # first backup, inherited by its new files), BENCH_DEFRAG=1 (after the history, defragment
 # the newest revision, `btrfs filesystem defragment` or `xfs_fsr`, and print its cost),
+# BENCH_SOURCE_COW=1 (btrfs: leave the source copy-on-write, so that it fragments as
+# it is overwritten, as the job does; by default it is nodatacow, as VM images on btrfs are),
 # BENCH_NICE (niceness of the measured commands, e.g. -20 on a busy machine),
 # BENCH_STRICT=1 (exit 1 when a target is missed), BENCH_KEEP=1 (leave the histories
 # mounted afterwards and say where, to study them; clean up by hand), BACKY (default: the release build
@@ -62,6 +64,7 @@ TOOLS=${BENCH_TOOLS:-backy backy21}
 JOB_CONFIG=${BENCH_JOB_CONFIG:-}
 COWEXTSIZE=${BENCH_COWEXTSIZE:-}
 DEFRAG=${BENCH_DEFRAG:-0}
+SOURCE_COW=${BENCH_SOURCE_COW:-0}
 NICE=${BENCH_NICE:-0}
 STRICT=${BENCH_STRICT:-0}
 BACKY21=${BACKY21:-$ROOT/target/backy21/bin/backy21}
@@ -300,6 +303,13 @@ age_one() { # filesystem
     MOUNTS+=("$mnt")
     local src=$mnt/vm.img job=$mnt/job-backy old=$mnt/job-backy21
     echo "== $fs: $SIZE_MIB MiB source, $GENERATIONS generations (seed $SEED), load $(load)"
+    if [[ $fs == btrfs && $SOURCE_COW != 1 ]]; then
+        # A VM's disk image on btrfs is nodatacow (libvirt and qemu-img's nocow
+        # do that): overwritten in place, it does not fragment as the job ages,
+        # so what ages here is the job alone. BENCH_SOURCE_COW=1 lets it fragment.
+        : >"$src"
+        chattr +C "$src"
+    fi
     base=$(python3 "$WORK/gen.py" build "$src" "$SIZE_MIB" "$SEED")
     ideal=$base
     "$BACKY" -b "$job" init file "$src" >>"$LOG/backy.log" 2>&1
@@ -322,6 +332,7 @@ age_one() { # filesystem
         first_old=$(basename "$(readlink -f "$old/last")")
     fi
     echo "   full backup: backy ${R[full:backy]} s$( ((OLD)) && echo ", 2.1.5 ${R[full:old]} s")"
+    cold_read src:first "$src"
     local t_start
     t_start=$(now)
     for ((g = 1; g <= GENERATIONS; g++)); do
@@ -351,6 +362,7 @@ age_one() { # filesystem
     done
 
     sync
+    cold_read src:last "$src"
     local newest_new newest_old
     newest_new=$(readlink -f "$job/last")
     if [[ $DEFRAG == 1 ]]; then
@@ -426,6 +438,7 @@ age_one() { # filesystem
         printf "$FMT" "cat newest / cat fresh copy (s, median of $READS)" \
             "${x_cat_new}x ($cat_new / $fr_new)" "$( ((OLD)) && echo "${x_cat_old}x ($cat_old / $fr_old)")"
         printf "$FMT" "restore -r 0 - / cat fresh copy" "${x_rs_new}x ($rs_new / $fr_new)" ""
+        printf "$FMT" "cold cat of the source, before 1st / after last" "${R[src:first]} / ${R[src:last]}" ""
         printf "$FMT" "1st incremental, cold (s)" "${R[one:backy]}" "${R[one:old]:-}"
         printf "$FMT" "incremental $GENERATIONS, cold (s)" "${R[nth:backy]}" "${R[nth:old]:-}"
         printf "$FMT" "last 3 / first 3 incrementals (medians)" "${x_inc_new}x ($l3 / $f3)" \

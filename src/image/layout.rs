@@ -7,14 +7,16 @@
 //! small extents that every reader pays for. So a run is extended over unchanged
 //! pages (written from the new data, which equals the old there) when that ends
 //! it on an edge that exists anyway: a boundary of the parent's extents (from
-//! FIEMAP of the clone, before anything is written), or the end of the previous
-//! write of this backup. A run then replaces the small remnant it would have left
+//! FIEMAP of the clone, looked up around each run before it is written), or the
+//! end of the previous write of this backup. A run then replaces the small remnant it would have left
 //! instead of adding an extent beside it, and two nearby runs become one write.
 //! An extension never covers a zero page (those stay holes), and it is given up
 //! when it could not reach its edge.
 //!
 //! The price is the unchanged bytes rewritten, at most [`Layout::snap`] on each
 //! side of a run; `benches/aging.sh` measures extents, read times and space.
+
+use std::collections::{BTreeSet, HashSet};
 
 use super::fiemap::Extent;
 
@@ -51,107 +53,107 @@ impl Default for Layout {
     }
 }
 
-/// The offsets where the parent's extents begin or end (holes included), in
-/// order; extents that continue each other on disk count as one.
+/// The offsets where the parent's extents begin or end (holes included);
+/// extents that continue each other on disk count as one.
+///
+/// Looked up one [`Bounds::REGION`] at a time, as runs come near (see
+/// [`Bounds::missing`]): a cold FIEMAP of a whole aged image walks thousands of
+/// extents (a second on btrfs, which also works out which are shared) for the
+/// few dozen places a backup changes.
 #[derive(Debug, Default, Clone)]
-pub struct Bounds(Vec<u64>);
+pub struct Bounds {
+    edges: BTreeSet<u64>,
+    /// Regions (by index) whose edges are in `edges`.
+    loaded: HashSet<u64>,
+    /// Every edge of the file is known.
+    complete: bool,
+}
 
 impl Bounds {
-    /// From the extents of a file, in file order. Offsets that are not a
+    /// Bytes looked up at a time.
+    pub const REGION: u64 = 1 << 20;
+
+    /// From all extents of a file, in file order. Offsets that are not a
     /// multiple of `page` (the end of a short file) are left out.
     pub fn from_extents(extents: &[Extent], page: u64) -> Bounds {
-        let mut out: Vec<u64> = Vec::with_capacity(extents.len() * 2);
-        let mut prev: Option<&Extent> = None;
-        for e in extents {
-            let continues = prev.is_some_and(|p| {
-                p.end() == e.logical
-                    && p.has_location()
-                    && e.has_location()
-                    && p.physical + p.length == e.physical
-            });
-            if !continues {
-                if let Some(p) = prev {
-                    out.push(p.end());
-                }
-                out.push(e.logical);
-            }
-            prev = Some(e);
+        Bounds {
+            edges: edges_of(extents, page).collect(),
+            loaded: HashSet::new(),
+            complete: true,
         }
-        if let Some(p) = prev {
-            out.push(p.end());
+    }
+
+    /// The start of each region overlapping `from..=to` whose edges are not
+    /// known yet: what to look up, [`Bounds::query`] says how.
+    pub fn missing(&self, from: u64, to: u64) -> Vec<u64> {
+        if self.complete {
+            return Vec::new();
         }
-        out.retain(|o| o % page == 0);
-        out.sort_unstable();
-        out.dedup();
-        Bounds(out)
+        (from / Self::REGION..=to / Self::REGION)
+            .filter(|r| !self.loaded.contains(r))
+            .map(|r| r * Self::REGION)
+            .collect()
+    }
+
+    /// The range to ask FIEMAP for to learn the edges of the region at
+    /// `region`: one page more on each side, so that an extent continuing its
+    /// neighbour across the region's edge on disk is seen as doing so.
+    pub fn query(region: u64, page: u64) -> (u64, u64) {
+        let start = region.saturating_sub(page);
+        (start, region + Self::REGION + page - start)
+    }
+
+    /// Adds the edges of the region at `region` from `extents` (FIEMAP of
+    /// [`Bounds::query`], in file order).
+    pub fn add_region(&mut self, region: u64, extents: &[Extent], page: u64) {
+        let end = region + Self::REGION;
+        self.edges
+            .extend(edges_of(extents, page).filter(|&e| region <= e && e < end));
+        self.loaded.insert(region / Self::REGION);
+    }
+
+    /// No edges are known, nor will be looked up (no FIEMAP here).
+    pub fn none() -> Bounds {
+        Bounds {
+            complete: true,
+            ..Bounds::default()
+        }
     }
 
     /// The greatest boundary at or before `offset`.
     pub fn at_or_before(&self, offset: u64) -> Option<u64> {
-        let i = self.0.partition_point(|&b| b <= offset);
-        i.checked_sub(1).map(|i| self.0[i])
+        self.edges.range(..=offset).next_back().copied()
     }
 
     /// The smallest boundary at or after `offset`.
     pub fn at_or_after(&self, offset: u64) -> Option<u64> {
-        let i = self.0.partition_point(|&b| b < offset);
-        self.0.get(i).copied()
+        self.edges.range(offset..).next().copied()
     }
 }
 
-/// The new data just before the block being patched: what a run may be
-/// extended back over.
-#[derive(Debug, Default)]
-pub struct Window {
-    start: u64,
-    data: Vec<u8>,
-}
-
-impl Window {
-    /// One past the last byte held.
-    pub fn end(&self) -> u64 {
-        self.start + self.data.len() as u64
-    }
-
-    /// The new data of `from..to`, when held.
-    pub fn get(&self, from: u64, to: u64) -> Option<&[u8]> {
-        (self.start <= from && to <= self.end() && from <= to)
-            .then(|| &self.data[(from - self.start) as usize..(to - self.start) as usize])
-    }
-
-    /// After block `data` at `offset`: keep the new data from `keep` on (at most
-    /// what the block and the window held before), or nothing.
-    pub fn keep(&mut self, offset: u64, data: &[u8], keep: Option<u64>) {
-        let end = offset + data.len() as u64;
-        match keep {
-            Some(k) if k >= offset && k < end => {
-                self.data.clear();
-                self.data.extend_from_slice(&data[(k - offset) as usize..]);
-                self.start = k;
+/// The edges of `extents` (in file order), page-aligned ones only.
+fn edges_of(extents: &[Extent], page: u64) -> impl Iterator<Item = u64> {
+    let mut out: Vec<u64> = Vec::with_capacity(extents.len() * 2);
+    let mut prev: Option<&Extent> = None;
+    for e in extents {
+        let continues = prev.is_some_and(|p| {
+            p.end() == e.logical
+                && p.has_location()
+                && e.has_location()
+                && p.physical + p.length == e.physical
+        });
+        if !continues {
+            if let Some(p) = prev {
+                out.push(p.end());
             }
-            Some(k) if k < offset && self.end() == offset && !self.data.is_empty() => {
-                let k = k.max(self.start);
-                self.data.drain(..(k - self.start) as usize);
-                self.start = k;
-                self.data.extend_from_slice(data);
-            }
-            Some(k) if k < offset => {
-                self.data.clear();
-                self.data.extend_from_slice(data);
-                self.start = offset;
-            }
-            _ => {
-                self.data.clear();
-                self.start = end;
-            }
+            out.push(e.logical);
         }
+        prev = Some(e);
     }
-
-    /// Forgets everything held.
-    pub fn clear(&mut self) {
-        self.data.clear();
-        self.start = 0;
+    if let Some(p) = prev {
+        out.push(p.end());
     }
+    out.into_iter().filter(move |o| o % page == 0)
 }
 
 #[cfg(test)]
@@ -173,29 +175,41 @@ mod tests {
             ],
             4096,
         );
-        assert_eq!(b.0, vec![0, 8192, 16384, 20480, 24576]);
+        assert_eq!(
+            b.edges.iter().copied().collect::<Vec<_>>(),
+            vec![0, 8192, 16384, 20480, 24576]
+        );
         assert_eq!(b.at_or_before(9000), Some(8192));
         assert_eq!(b.at_or_before(8192), Some(8192));
         assert_eq!(b.at_or_after(8193), Some(16384));
         assert_eq!(b.at_or_after(24577), None);
         assert_eq!(Bounds::default().at_or_before(5), None);
+        assert!(b.missing(0, 1 << 30).is_empty());
     }
 
     #[test]
-    fn the_window_holds_the_tail_it_was_asked_to_keep() {
-        let mut w = Window::default();
-        let a: Vec<u8> = (0..16).collect();
-        let b: Vec<u8> = (16..32).collect();
-        w.keep(0, &a, Some(10));
-        assert_eq!(w.get(10, 16), Some(&a[10..]));
-        assert_eq!(w.get(9, 16), None);
-        w.keep(16, &b, Some(12));
-        assert_eq!(w.get(12, 32).unwrap(), &(12..32).collect::<Vec<u8>>()[..]);
-        // A block that does not follow the window starts over.
-        w.keep(64, &a, Some(60));
-        assert_eq!(w.get(64, 80), Some(&a[..]));
-        assert_eq!(w.get(60, 64), None);
-        w.keep(80, &b, None);
-        assert_eq!(w.get(80, 81), None);
+    fn regions_are_looked_up_once_and_see_across_their_edges() {
+        const R: u64 = Bounds::REGION;
+        let page = 4096;
+        let mut b = Bounds::default();
+        assert_eq!(b.missing(R - 1, R + 1), vec![0, R]);
+        assert_eq!(Bounds::query(R, page), (R - page, R + 2 * page));
+        // An extent that continues its neighbour on disk across R: no edge at R.
+        b.add_region(
+            R,
+            &[
+                ext(R - 2 * page, 7 * page, 4 * page),
+                ext(R + 2 * page, 0, page),
+            ],
+            page,
+        );
+        assert_eq!(b.missing(R - 1, R + 1), vec![0]);
+        assert_eq!(b.at_or_after(R), Some(R + 2 * page));
+        // Edges outside the region are left to their own regions.
+        assert_eq!(b.at_or_before(R), None);
+        b.add_region(0, &[ext(R - 2 * page, 7 * page, 4 * page)], page);
+        assert_eq!(b.at_or_before(R), Some(R - 2 * page));
+        assert!(b.missing(0, 2 * R - 1).is_empty());
+        assert!(Bounds::none().missing(0, 10 * R).is_empty());
     }
 }

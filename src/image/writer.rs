@@ -16,8 +16,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use super::blockset::BlockSet;
+use super::layout::Bounds;
 pub use super::layout::Layout;
-use super::layout::{Bounds, Window};
 use super::prefetch::Prefetcher;
 use super::reader::read_full_at;
 use super::sums::{DIGESTS_PER_PAGE, Digest, Manifest, is_zero};
@@ -74,10 +74,13 @@ pub struct ImageWriter {
     /// Blocks whose bytes this backup wrote or punched (one bit per block).
     changed: BlockSet,
     layout: Layout,
-    /// The parent's extent boundaries, read (FIEMAP) before the first write.
-    bounds: Option<Bounds>,
-    /// New data just before the current block, for extending a run back.
-    window: Window,
+    /// The parent's extent boundaries, looked up (FIEMAP) around each run
+    /// before it is written.
+    bounds: Bounds,
+    /// The blocks put one after the other up to the current one, as
+    /// `start..end`: a run may be extended back over them (the image holds
+    /// their new data already, so the extension reads it back from there).
+    streak: (u64, u64),
     /// A run's extension into the blocks after it: `from..to`, written when the
     /// block at `from` comes.
     carry: Option<(u64, u64)>,
@@ -118,8 +121,8 @@ impl ImageWriter {
             seek_data_supported: true,
             changed: BlockSet::default(),
             layout: Layout::DEFAULT,
-            bounds: None,
-            window: Window::default(),
+            bounds: Bounds::default(),
+            streak: (0, 0),
             carry: None,
             last_end: None,
             unverified: VecDeque::new(),
@@ -188,7 +191,7 @@ impl ImageWriter {
             .set_len(size)
             .map_err(Error::io("cannot resize image", &self.path))?;
         self.hole = None;
-        self.window.clear();
+        self.streak = (0, 0);
         self.carry = None;
         self.last_end = None;
         self.manifest.resize(size)?;
@@ -282,7 +285,7 @@ impl ImageWriter {
                 }
                 // Blocks put before the run are final: no later run reaches
                 // back over whole zero blocks (extensions stop at zeros, and
-                // the layout's window restarts after a gap), and the verifier
+                // a run reaches back only over blocks put one after the other), and the verifier
                 // must see blocks in order.
                 self.release_verification(None);
                 if let Some(v) = &mut self.verifier {
@@ -467,14 +470,17 @@ impl ImageWriter {
         crate::interrupt::check()?;
         let offset = block * self.block_size();
         if self.layout.reach() > 0 {
-            self.load_bounds();
             self.first_write = None;
         }
         self.patch(block, data, digest, known)?;
         if self.layout.reach() > 0 {
             self.write_carry(offset, data)?;
-            let keep = self.window_start(offset + data.len() as u64);
-            self.window.keep(offset, data, keep);
+            let end = offset + data.len() as u64;
+            self.streak = if self.streak.1 == offset {
+                (self.streak.0, end)
+            } else {
+                (offset, end)
+            };
         }
         // Only now is the block final on disk (or, when later runs may reach
         // back into it, once they no longer can), ready for the verifier to read.
@@ -500,36 +506,25 @@ impl ImageWriter {
         }
     }
 
-    /// Reads the parent's extent boundaries (the image is still its clone).
-    fn load_bounds(&mut self) {
-        if self.bounds.is_none() {
-            let bounds = match super::fiemap::extents(&self.image, false) {
-                Ok(extents) => Bounds::from_extents(&extents, PAGE as u64),
+    /// Looks up the parent's extent boundaries in `from..=to` not known yet
+    /// (nothing of this backup is written there yet: every write is of a run
+    /// whose surroundings were looked up first, or punches a hole, an edge
+    /// anyway).
+    fn load_bounds(&mut self, from: u64, to: u64) {
+        for region in self.bounds.missing(from, to) {
+            let (start, len) = Bounds::query(region, PAGE as u64);
+            match super::fiemap::extents_in(&self.image, start, len, false) {
+                Ok(extents) => self.bounds.add_region(region, &extents, PAGE as u64),
                 Err(e) => {
                     tracing::debug!(
                         "No extent map of {} ({e}): writes end where changes end",
                         self.path.display()
                     );
-                    Bounds::default()
+                    self.bounds = Bounds::none();
+                    return;
                 }
-            };
-            self.bounds = Some(bounds);
+            }
         }
-    }
-
-    /// Where the new data a later run may be extended back over begins, seen
-    /// from `end` (the end of the block just put): the edge such a run would
-    /// reach, when it is near enough.
-    fn window_start(&self, end: u64) -> Option<u64> {
-        let bound = self
-            .bounds
-            .as_ref()
-            .and_then(|b| b.at_or_before(end))
-            .filter(|&b| end - b < self.layout.snap);
-        let last = self
-            .last_end
-            .filter(|&e| e <= end && end - e < self.layout.gap);
-        bound.max(last)
     }
 
     /// Writes the part of a run's extension that falls in the block at
@@ -704,13 +699,15 @@ impl ImageWriter {
     ) -> Result<()> {
         let block_end = offset + data.len() as u64;
         let (mut from, mut to) = (offset + run.start as u64, offset + run.end as u64);
-        let mut before: Option<(u64, u64)> = None; // from the window
+        // Unchanged bytes of the blocks before, read back, to write first.
+        let mut before: Option<Vec<u8>> = None;
         if self.layout.reach() > 0 {
+            let reach = self.layout.reach();
+            self.load_bounds(from.saturating_sub(reach), to.saturating_add(reach));
             // Back: to the parent's boundary or the previous write, if near.
             let bound = self
                 .bounds
-                .as_ref()
-                .and_then(|b| b.at_or_before(from))
+                .at_or_before(from)
                 .filter(|&b| from - b <= self.layout.snap);
             let last = self
                 .last_end
@@ -730,13 +727,24 @@ impl ImageWriter {
                     // Stopped by a zero page (an edge itself), or all in this block.
                     self.stats.bytes_rewritten += from - reached;
                     from = reached;
-                } else if let Some(held) = self.window.get(edge, offset) {
-                    // The page before `offset` may be zero (n = 0): then the
-                    // block's start is an edge.
-                    let n = nonzero_suffix(held) as u64;
-                    self.stats.bytes_rewritten += from - (offset - n);
+                } else if self.streak.1 == offset && self.streak.0 <= edge {
+                    // The blocks back to `edge` were put in this backup, so
+                    // the image holds their new data: read it back. The page
+                    // before `offset` may be zero (n = 0): then the block's
+                    // start is an edge.
+                    let mut held = std::mem::take(&mut self.scratch);
+                    held.resize((offset - edge) as usize, 0);
+                    if let Err(e) = self.read_image(&mut held, edge) {
+                        self.scratch = held;
+                        return Err(e);
+                    }
+                    let n = nonzero_suffix(&held);
+                    self.stats.bytes_rewritten += from - (offset - n as u64);
                     if n > 0 {
-                        before = Some((offset - n, offset));
+                        held.drain(..held.len() - n);
+                        before = Some(held);
+                    } else {
+                        self.scratch = held;
                     }
                     from = offset;
                 }
@@ -745,8 +753,7 @@ impl ImageWriter {
             let limit = next.map_or(u64::MAX, |n| offset + n as u64);
             if let Some(edge) = self
                 .bounds
-                .as_ref()
-                .and_then(|b| b.at_or_after(to))
+                .at_or_after(to)
                 .filter(|&b| b > to && b - to <= self.layout.snap && b <= limit)
             {
                 let in_block = edge.min(block_end);
@@ -759,12 +766,8 @@ impl ImageWriter {
             }
         }
         match before {
-            Some((start, end)) => {
-                let mut buf = std::mem::take(&mut self.scratch);
-                buf.clear();
-                if let Some(held) = self.window.get(start, end) {
-                    buf.extend_from_slice(held);
-                }
+            Some(mut buf) => {
+                let start = offset - buf.len() as u64;
                 buf.extend_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
                 let result = self.write_data(start, &buf);
                 self.scratch = buf;
