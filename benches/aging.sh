@@ -21,7 +21,7 @@
 #     to 256 KiB (a whole number of 4 KiB pages, uniform) of seeded random bytes at
 #     random 4 KiB-aligned offsets, added until the distinct pages touched reach 1 %
 #     of the image's pages. The 1st to 3rd and the last 3 incrementals are measured
-#     cold (`sync; echo 3 > drop_caches` before each; the others run with whatever
+#     cold (`sync; echo 3 > drop_caches` and the warm-up of benches/warm.sh before each; the others run with whatever
 #     the cache holds, which does not change what lands on disk);
 #   * then, each read cold and BENCH_READS times (median): `cat` of the newest
 #     revision's image, `cat` of a fresh copy of the same bytes made on the same
@@ -46,7 +46,7 @@
 # BENCH_COWEXTSIZE (XFS only: `xfs_io -c "cowextsize N"` on backy's job directory before the
 # first backup, inherited by its new files), BENCH_DEFRAG=1 (after the history, defragment
 # the newest revision, `btrfs filesystem defragment` or `xfs_fsr`, and print its cost),
-# BENCH_SOURCE_COW=1 (btrfs: leave the source copy-on-write, so that it fragments as
+# BENCH_WARM_GIB (see benches/warm.sh), BENCH_SOURCE_COW=1 (btrfs: leave the source copy-on-write, so that it fragments as
 # it is overwritten, as the job does; by default it is nodatacow, as VM images on btrfs are),
 # BENCH_NICE (niceness of the measured commands, e.g. -20 on a busy machine),
 # BENCH_STRICT=1 (exit 1 when a target is missed), BENCH_KEEP=1 (leave the histories
@@ -229,10 +229,9 @@ elif cmd == "space":
     print(space(sys.argv[2]))
 PY
 
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
+# drop_caches() with the memory warm-up that free page reporting needs.
+source "$ROOT/benches/warm.sh"
+warm_setup 6 2
 now() { echo "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -465,7 +464,7 @@ age_one() { # filesystem
     rm -f "$img"
 }
 
-echo "== load before: $(load); measured commands at niceness $NICE"
+echo "== load before: $(load); measured commands at niceness $NICE; before each cold step: drop the page cache, warm $WARM_GIB GiB of memory"
 for fs in $FILESYSTEMS; do
     age_one "$fs"
 done

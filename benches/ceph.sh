@@ -53,7 +53,7 @@
 # cache does nothing to the Ceph side. It does matter for backy's side (the parent
 # image on btrfs is read for partial blocks), so before every measured command:
 # `sync; echo 3 > /proc/sys/vm/drop_caches`, plus the memory warm-up that
-# benches/backup.sh explains, on guests that report free pages (BENCH_WARM_GIB).
+# benches/warm.sh explains, on guests that report free pages (BENCH_WARM_GIB).
 #
 # Other benchmarks may run on this machine at the same time: the load average is
 # printed at the start and at the end; compare runs only when both are low.
@@ -252,48 +252,9 @@ with rados.Rados(conffile=conf) as cluster, cluster.open_ioctx(pool) as ioctx:
 PY
 rbdgen() { "$PYTHON" -I "$WORK/rbdgen.py" "$CONF" "$POOL" "$IMG" "$@"; }
 
-cat >"$WORK/warm.py" <<'PY'
-import mmap, sys
-n = int(sys.argv[1]) << 30
-m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-step = 4096
-try:
-    m.madvise(mmap.MADV_HUGEPAGE)
-    step = 2 << 20
-except (AttributeError, OSError):
-    pass
-for off in range(0, n, step):
-    m[off] = 1
-m.close()
-PY
-
-# Free page reporting (see benches/backup.sh): after drop_caches the host takes the
-# freed pages back, and refilling the page cache then costs a host fault per page.
-page_reporting() {
-    local d f
-    for d in /sys/bus/virtio/devices/*; do
-        [[ -r $d/device && $(cat "$d/device") == 0x0005 ]] || continue
-        f=$(cat "$d/features" 2>/dev/null) || continue
-        [[ ${f:5:1} == 1 ]] && return 0
-    done
-    return 1
-}
-if [[ -n ${BENCH_WARM_GIB:-} ]]; then
-    WARM_GIB=$BENCH_WARM_GIB
-elif page_reporting; then
-    WARM_GIB=4
-else
-    WARM_GIB=0
-fi
-avail_gib=$(awk '/^MemAvailable:/ { print int($2 / 1048576) }' /proc/meminfo)
-if ((WARM_GIB > avail_gib - 4)); then
-    WARM_GIB=$((avail_gib > 4 ? avail_gib - 4 : 0))
-fi
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-    if ((WARM_GIB > 0)); then "$PYTHON" -I "$WORK/warm.py" "$WARM_GIB"; fi
-}
+# drop_caches() with the memory warm-up that free page reporting needs.
+source "$ROOT/benches/warm.sh"
+warm_setup 4 4
 
 # ---------------------------------------------------------------------------
 # Measuring. R[key] holds results; LAST is the wall time of the last measure.
