@@ -14,7 +14,8 @@
 #     4 KiB to 256 KiB of random bytes at random 4 KiB-aligned offsets until 1 % of
 #     the pages are touched) and a backup. backy writes only the pages that changed,
 #     so the newest revision is left in many small extents;
-#   * each step cold (`sync; echo 3 > drop_caches` before it), the median of
+#   * each step cold (`sync; echo 3 > drop_caches` before it, plus the memory warm-up
+#     of benches/warm.sh on guests that report free pages), the median of
 #     BENCH_READS runs, against `cat` of a fresh copy of the newest image
 #     (`cp --reflink=never`, on the same filesystem):
 #       restore -r 0 - > /dev/null, restore -r 0 to a file on the tmpfs, verify -r 0,
@@ -99,7 +100,10 @@ else:
     change(sys.argv[2], int(sys.argv[3]))
 PY
 
-cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# drop_caches() with the memory warm-up that free page reporting needs.
+source "$ROOT/benches/warm.sh"
+warm_setup 6 2
+cold() { drop_caches; }
 # seconds CMD...: the median of READS cold runs of CMD (stdout to /dev/null).
 seconds() {
     local i t0 t1 times=()
