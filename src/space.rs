@@ -43,7 +43,6 @@ mod sweep;
 pub use sweep::{Group, Interval, Sweep, sweep, whole_extents};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::image::fiemap::{self, Extent};
@@ -221,52 +220,15 @@ type FileMaps = [Option<Vec<Extent>>; 3];
 /// dominates, and revisions are independent. The first error, in `paths`
 /// order, wins.
 fn read_extents(paths: &[[PathBuf; 3]], dir: &Path, filesystem: &str) -> Result<Vec<FileMaps>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, 8)
-        .min(paths.len().max(1));
-    let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<Result<FileMaps>>> = (0..paths.len()).map(|_| None).collect();
-    let done: Vec<Vec<(usize, Result<FileMaps>)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(files) = paths.get(i) else { break };
-                        let mut maps: FileMaps = Default::default();
-                        let mut result = Ok(());
-                        for (map, path) in maps.iter_mut().zip(files) {
-                            match file_extents(path, dir, filesystem) {
-                                Ok(m) => *map = m,
-                                Err(e) => {
-                                    result = Err(e);
-                                    break;
-                                }
-                            }
-                        }
-                        out.push((i, result.map(|()| maps)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    for (i, result) in done.into_iter().flatten() {
-        slots[i] = Some(result);
-    }
-    slots
-        .into_iter()
-        .map(|slot| slot.expect("every path was read"))
-        .collect()
+    crate::sys::parallel_map(paths, crate::sys::io_threads(), |files| {
+        let mut maps: FileMaps = Default::default();
+        for (map, path) in maps.iter_mut().zip(files) {
+            *map = file_extents(path, dir, filesystem)?;
+        }
+        Ok(maps)
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Measures the space of the job's complete revisions (see the module

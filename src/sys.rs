@@ -121,6 +121,61 @@ pub fn advise_sequential(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
 }
 
+/// `f` applied to every item, on up to `threads` threads, results in the
+/// items' order. For work that waits on the disk per item (reading many small
+/// files, asking for extent maps): several requests in flight instead of one.
+/// With one thread, or fewer than two items, it runs on the caller's thread. A
+/// panic in `f` is resumed on the caller's thread.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        out.push((i, f(item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for (i, r) in done.into_iter().flatten() {
+        slots[i] = Some(r);
+    }
+    slots
+        .into_iter()
+        .map(|slot| slot.expect("every item was mapped"))
+        .collect()
+}
+
+/// Threads for [`parallel_map`] over disk-bound work: the CPUs, at least 1, at
+/// most 8.
+pub fn io_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 8)
+}
+
 /// A human name for the filesystem holding `path` ("btrfs", "ext4", ...).
 pub fn filesystem_name(path: &Path) -> String {
     let Ok(st) = rustix::fs::statfs(path) else {
@@ -402,6 +457,16 @@ fn has_open(pid: u32, dev: u64, ino: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parallel_map_keeps_the_order() {
+        let items: Vec<u32> = (0..1000).collect();
+        for threads in [1, 2, 8, 5000] {
+            let out = super::parallel_map(&items, threads, |&x| x * 2);
+            assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        }
+        assert!(super::parallel_map(&[] as &[u32], 8, |&x| x).is_empty());
+    }
+
     use super::*;
 
     #[test]
