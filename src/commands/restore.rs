@@ -385,20 +385,23 @@ impl Restore<'_> {
 
     fn write_stdout(&mut self) -> Result<()> {
         let name = Path::new("stdout");
-        let stdout = std::io::stdout();
-        // `restore - > JOB/last` must not write into the revision either (the
-        // shell has truncated it already, but more can still be lost).
-        if let Ok(meta) = stdout
+        // The image goes to (a duplicate of) the descriptor itself: Rust's
+        // stdout is line-buffered, which split every chunk into a write up to its
+        // last newline byte and a short one for the rest. Nothing else of a
+        // restore writes to stdout.
+        let mut out = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
             .map(File::from)
-            .and_then(|f| f.metadata())
+            .map_err(Error::io("cannot write", name))?;
+        // `restore - > JOB/last` must not write into the revision either (the
+        // shell has truncated it already, but more can still be lost).
+        if let Ok(meta) = out.metadata()
             && meta.is_file()
         {
             refuse_job_file(self.job, name, &meta)?;
         }
         let real = std::fs::read_link("/proc/self/fd/1").ok();
-        let mut out = stdout.lock();
         let note = "stdout got only part of the image";
         self.copy(None, Sink::Dense(&mut out, name), note)
             .and_then(|()| out.flush().map_err(Error::io("cannot write", name)))
