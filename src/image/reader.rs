@@ -202,7 +202,8 @@ impl<'a> HoleMap<'a> {
         // Joining data across small holes looks only so far ahead: an aged
         // image has no large hole, and mapping all of it before the first read
         // (thousands of `SEEK_DATA`/`SEEK_HOLE`, its extent tree read cold)
-        // held the first byte back by 0.18 s on the 100-generation XFS image.
+        // held back the first read; on the 100-generation XFS image the restore
+        // went from 0.93 to 0.89 s (cold, median of 7).
         let limit = (start / LOOKAHEAD + 1).saturating_mul(LOOKAHEAD).min(size);
         let mut last_data = start;
         while self.min_hole > 0 && end < limit {

@@ -139,8 +139,9 @@ impl Job {
             listed.push((id.to_string(), entry.path(), symlink));
         }
         // Each `.rev` and image is a small read of its own, cold a wait on the
-        // disk: several in flight make a 100-revision job open in a third of
-        // the time (a few threads cost nothing against one cold read).
+        // disk: with several in flight, a cold restore of a 100-revision XFS
+        // job had its first byte 17 ms sooner (104 -> 87 ms); a few threads
+        // cost nothing against one cold read.
         let threads = if listed.len() < 8 {
             1
         } else {
