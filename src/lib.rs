@@ -127,6 +127,7 @@
 //!   same physical extent, by FIEMAP): [`job::Job::verify_revisions`], in
 //!   `src/job/damage.rs`.
 
+pub mod buf;
 pub mod cli;
 pub mod commands;
 pub mod config;

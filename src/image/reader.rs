@@ -18,6 +18,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::sys::{self, NextData};
 
@@ -43,7 +44,7 @@ pub enum Chunk {
         /// Where they start.
         offset: u64,
         /// The bytes (recycled after the consumer returns).
-        buf: Vec<u8>,
+        buf: PageBuf,
     },
     /// `len` bytes at `offset` that the file reports as a hole (read as zeros).
     Hole {
@@ -119,7 +120,7 @@ fn read_ahead_from(
     let file = file.try_clone().map_err(Error::io("cannot read", path))?;
     sys::advise_sequential(&file);
     let (tx, rx) = sync_channel::<Result<Chunk>>(IN_FLIGHT);
-    let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(POOL);
+    let (recycle_tx, recycle_rx) = sync_channel::<PageBuf>(POOL);
     let path_buf = path.to_owned();
     std::thread::scope(|scope| {
         scope.spawn(move || produce(&file, &path_buf, start, size, align, &tx, &recycle_rx));
@@ -240,7 +241,7 @@ fn produce(
     size: u64,
     align: u64,
     tx: &SyncSender<Result<Chunk>>,
-    recycle: &Receiver<Vec<u8>>,
+    recycle: &Receiver<PageBuf>,
 ) {
     let mut allocated = 0;
     let mut holes = HoleMap::new(file).skipping_only(MIN_HOLE);
@@ -270,7 +271,7 @@ fn produce(
                 Ok(buf) => buf,
                 Err(_) if allocated < POOL => {
                     allocated += 1;
-                    Vec::with_capacity(CHUNK as usize)
+                    PageBuf::new(CHUNK as usize)
                 }
                 // The consumer is done with none yet: wait for one (or, when it
                 // stopped, end).
@@ -279,7 +280,7 @@ fn produce(
                     Err(_) => return,
                 },
             };
-            buf.resize(len, 0);
+            buf.set_len(len);
             let sent = match read_full_at(file, &mut buf, pos) {
                 Ok(n) if n == len => tx.send(Ok(Chunk::Data { offset: pos, buf })),
                 Ok(n) => tx.send(Err(Error::Shrank {
@@ -319,13 +320,12 @@ pub fn unreadable(file: &File, path: &Path, pos: u64, len: u64, err: std::io::Er
     // Coarse steps first: on a file without a page cache (FUSE) every read
     // is a request to the device.
     const COARSE: u64 = 64 * BLOCK;
-    let mut buf = vec![0u8; (COARSE + BLOCK) as usize];
-    let skip = buf.as_ptr().align_offset(BLOCK as usize);
+    let mut buf = PageBuf::zeroed(COARSE as usize);
     let mut at = pos / BLOCK * BLOCK;
     for step in [COARSE, BLOCK] {
         while at < end {
             let n = (end - at).min(step) as usize;
-            if read_full_at(buffered, &mut buf[skip..skip + n], at).is_err() {
+            if read_full_at(buffered, &mut buf[..n], at).is_err() {
                 break;
             }
             at += step;
@@ -340,7 +340,7 @@ pub fn unreadable(file: &File, path: &Path, pos: u64, len: u64, err: std::io::Er
         let mut at = offset / BLOCK * BLOCK;
         let limit = end.min(at + 64 * BLOCK);
         while at < limit {
-            match direct.read_at(&mut buf[skip..skip + BLOCK as usize], at) {
+            match direct.read_at(&mut buf[..BLOCK as usize], at) {
                 Ok(_) => at += BLOCK,
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
                     offset = at.max(pos);
