@@ -72,6 +72,31 @@ impl PageBuf {
     }
 }
 
+impl PageBuf {
+    /// Shows `len` bytes, as [`PageBuf::set_len`], but first replaces the buffer
+    /// by a larger one when `len` exceeds the capacity (then its bytes are
+    /// zeros, not kept): for a buffer about to be read into.
+    pub fn fit(&mut self, len: usize) -> &mut [u8] {
+        if len > self.capacity {
+            *self = PageBuf::new(len);
+        }
+        self.set_len(len);
+        self
+    }
+}
+
+impl Default for PageBuf {
+    /// An empty buffer that holds nothing (and allocates nothing).
+    fn default() -> PageBuf {
+        PageBuf {
+            mem: Vec::new(),
+            start: 0,
+            len: 0,
+            capacity: 0,
+        }
+    }
+}
+
 impl Deref for PageBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -112,6 +137,27 @@ mod tests {
             b.set_len(cap);
             assert!(b.iter().all(|&x| x == 7), "bytes kept across set_len");
         }
+    }
+
+    #[test]
+    fn default_is_empty() {
+        let mut b = PageBuf::default();
+        assert!(b.is_empty());
+        b.set_len(0);
+        assert_eq!(b.capacity(), 0);
+    }
+
+    #[test]
+    fn fit_grows_and_stays_aligned() {
+        let mut b = PageBuf::default();
+        assert_eq!(b.fit(100).len(), 100);
+        assert_eq!(b.capacity(), 100);
+        b.fill(1);
+        assert_eq!(b.fit(50).len(), 50, "a smaller fit keeps the buffer");
+        assert_eq!(b.capacity(), 100);
+        assert!(b.iter().all(|&x| x == 1));
+        assert_eq!(b.fit(1 << 20).len(), 1 << 20);
+        assert_eq!(b.as_ptr() as usize % ALIGN, 0);
     }
 
     #[test]

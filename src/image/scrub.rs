@@ -16,6 +16,7 @@
 //! [`super::fiemap`] reports: two images whose block maps to the same
 //! physical range hold the same bytes, so damage found in one is in the other.
 
+use crate::buf::PageBuf;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,6 +32,8 @@ use crate::sys;
 /// Alignment of `O_DIRECT` buffers, offsets and lengths (the largest logical
 /// block size of the devices we run on).
 const DIRECT_ALIGN: usize = 4096;
+// Its buffer is a `PageBuf`, which starts at a multiple of this.
+const _: () = assert!(crate::buf::ALIGN.is_multiple_of(DIRECT_ALIGN));
 /// Blocks of a list asked to be read ahead at a time.
 const LIST_AHEAD: usize = 64;
 
@@ -74,7 +77,7 @@ pub trait Reread {
 pub struct Uncached<'a> {
     cached: &'a File,
     direct: Option<File>,
-    aligned: Vec<u8>,
+    aligned: PageBuf,
 }
 
 impl<'a> Uncached<'a> {
@@ -88,15 +91,13 @@ impl<'a> Uncached<'a> {
         Uncached {
             cached,
             direct,
-            aligned: Vec::new(),
+            aligned: PageBuf::default(),
         }
     }
 
     fn read_direct(&mut self, direct: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-        self.aligned.resize(len + DIRECT_ALIGN, 0);
-        let skip = self.aligned.as_ptr().align_offset(DIRECT_ALIGN);
-        let window = &mut self.aligned[skip..skip + len];
+        let window = self.aligned.fit(len);
         let n = read_full_at(direct, window, offset)?.min(buf.len());
         buf[..n].copy_from_slice(&window[..n]);
         Ok(n)
@@ -254,7 +255,7 @@ fn read_list(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let bs = manifest.block_size();
-    let mut buf = vec![0u8; bs as usize];
+    let mut buf = PageBuf::zeroed(bs as usize);
     for (i, &index) in list.iter().enumerate() {
         if i % LIST_AHEAD == 0 {
             // Many reads in flight are far faster than one at a time.
@@ -299,7 +300,7 @@ fn second_look(
     reread: &mut dyn Reread,
 ) -> Result<()> {
     let bs = manifest.block_size();
-    let mut buf = vec![0u8; bs as usize];
+    let mut buf = PageBuf::zeroed(bs as usize);
     for (index, first_error) in suspects {
         let offset = index * bs;
         let len = block_len(manifest, index);

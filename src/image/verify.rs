@@ -20,6 +20,7 @@
 //! The writer reports blocks in order; anything else (a diff that jumps around)
 //! makes the result unusable and the caller verifies afterwards instead.
 
+use crate::buf::PageBuf;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,7 +194,7 @@ fn check_batches(
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut holes = HoleMap::new(image);
-    let mut buf = Vec::new();
+    let mut buf = PageBuf::new(BATCH as usize);
     for batch in rx.iter() {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -260,7 +261,7 @@ fn check_zeros(
     holes: &mut HoleMap,
     (start, end): (u64, u64),
     block_size: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut PageBuf,
     report: &mut VerifyReport,
 ) -> Result<()> {
     let mut pos = start;
@@ -314,10 +315,9 @@ fn check_read(
     }
 }
 
-/// `buf` resized to `len` bytes.
-fn buf_of(buf: &mut Vec<u8>, len: u64) -> &mut [u8] {
-    buf.resize(len as usize, 0);
-    buf
+/// `buf` showing `len` bytes.
+fn buf_of(buf: &mut PageBuf, len: u64) -> &mut [u8] {
+    buf.fit(len as usize)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use super::reader::read_full_at;
 use super::sums::{DIGESTS_PER_PAGE, Digest, Manifest, is_zero};
 use super::verify::InlineVerifier;
 use super::{VerifyReport, ZEROS};
+use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -61,7 +62,8 @@ pub struct ImageWriter {
     /// `finish` can hash the rest from the image.
     touched: BlockSet,
     punch_supported: bool,
-    old: Vec<u8>,
+    /// The image's old block, read for a comparison (page-aligned: `crate::buf`).
+    old: PageBuf,
     stats: WriteStats,
     verifier: Option<InlineVerifier>,
     /// Started by the first [`ImageWriter::prefetch`].
@@ -106,6 +108,7 @@ impl ImageWriter {
         manifest: Manifest,
         parent_digests_trusted: bool,
     ) -> ImageWriter {
+        let block_size = manifest.block_size() as usize;
         let mut writer = ImageWriter {
             image,
             path: path.to_owned(),
@@ -113,7 +116,7 @@ impl ImageWriter {
             parent_digests_trusted,
             touched: BlockSet::default(),
             punch_supported: true,
-            old: Vec::new(),
+            old: PageBuf::new(block_size),
             stats: WriteStats::default(),
             verifier: None,
             prefetcher: None,
@@ -206,7 +209,7 @@ impl ImageWriter {
         };
         if self.parent_digests_trusted {
             if let Some(block) = boundary {
-                let mut buf = vec![0u8; self.block_len(block)];
+                let mut buf = PageBuf::zeroed(self.block_len(block));
                 self.read_block(block, &mut buf)?;
                 self.manifest.set(block, Digest::of(&buf))?;
             }
@@ -594,7 +597,7 @@ impl ImageWriter {
                         .min(data.len()),
             ),
             None => {
-                own.resize(data.len(), 0);
+                own.set_len(data.len());
                 match self.read_image(&mut own, offset) {
                     Ok(()) => {}
                     Err(e) if is_unreadable_data(&e) => {
@@ -828,7 +831,7 @@ impl ImageWriter {
     /// complete either way.
     pub fn finish(mut self) -> Result<(File, Manifest, WriteStats)> {
         if !self.parent_digests_trusted {
-            let mut buf = vec![0u8; self.block_size() as usize];
+            let mut buf = PageBuf::zeroed(self.block_size() as usize);
             let missing: Vec<u64> = self.touched.missing().collect();
             for block in missing {
                 let len = self.block_len(block);

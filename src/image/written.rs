@@ -29,6 +29,7 @@
 //! The scheduler's per-job scrub (`scrub: 7d 10%`) reads shared data now and then
 //! for that; the man page spells out the trade-off.
 
+use crate::buf::PageBuf;
 use std::fs::File;
 use std::path::Path;
 
@@ -279,7 +280,7 @@ fn read_blocks(
     let span = |&(start, end): &(u64, u64)| (start * bs, (end * bs).min(size) - start * bs);
     let mut asked = 0;
     let mut ahead = 0u64;
-    let mut buf = Vec::new();
+    let mut buf = PageBuf::default();
     for (i, run) in runs.iter().enumerate() {
         if let Some(p) = &prefetcher {
             while asked < runs.len() && (asked <= i || ahead < AHEAD) {
@@ -291,7 +292,7 @@ fn read_blocks(
         }
         let (offset, len) = span(run);
         ahead = ahead.saturating_sub(len);
-        buf.resize(len as usize, 0);
+        buf.fit(len as usize);
         match read_full_at(image, &mut buf, offset) {
             Ok(n) => check(manifest, run.0, &buf, n, out)?,
             // A block that does not read (btrfs: its checksum fails) is bad.

@@ -2,6 +2,7 @@
 //! connection (in order, so at most one request is in flight inside the server;
 //! the client's pipelined requests wait in the socket buffer).
 
+use crate::buf::PageBuf;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,6 +26,10 @@ pub struct Served {
 const MAX_DESCRIPTORS: usize = 1024;
 /// Room before the data in the buffer for the longest reply header.
 const HEADROOM: usize = 28;
+/// Where the data starts in the buffer: on a page, so the reads into it run at
+/// full speed (`crate::buf`), with the reply header just before it.
+const DATA: usize = crate::buf::ALIGN;
+const _: () = assert!(HEADROOM <= DATA);
 
 /// An error to report for one request.
 fn errno_of(e: &io::Error) -> u32 {
@@ -44,7 +49,7 @@ pub fn transmit<S: Read + Write>(
     stopping: &AtomicBool,
     served: &mut Served,
 ) -> io::Result<()> {
-    let mut buf = Vec::new();
+    let mut buf = PageBuf::default();
     loop {
         let mut head = [0u8; proto::REQUEST_LEN];
         if !read_header(s, &mut head)? {
@@ -75,8 +80,8 @@ pub fn transmit<S: Read + Write>(
                     ),
                 ));
             }
-            buf.resize(HEADROOM + req.length as usize, 0);
-            s.read_exact(&mut buf[HEADROOM..])?;
+            buf.fit(DATA + req.length as usize);
+            s.read_exact(&mut buf[DATA..])?;
         }
         if stopping.load(Ordering::Relaxed) && req.kind != cmd::DISC {
             error_reply(s, n, &req, errno::ESHUTDOWN, "the server is shutting down")?;
@@ -118,7 +123,7 @@ fn handle<S: Write>(
     n: &Negotiated,
     limits: &Limits,
     req: &Request,
-    buf: &mut Vec<u8>,
+    buf: &mut PageBuf,
     served: &mut Served,
 ) -> io::Result<()> {
     let export = &n.export;
@@ -161,7 +166,7 @@ fn handle<S: Write>(
         cmd::WRITE => {
             served.bytes_written += u64::from(req.length);
             export
-                .write_all_at(&buf[HEADROOM..], req.offset)
+                .write_all_at(&buf[DATA..], req.offset)
                 .and_then(|()| {
                     if req.flags & cflag::FUA != 0 {
                         export.flush()
@@ -246,14 +251,14 @@ fn read<S: Write>(
     s: &mut S,
     n: &Negotiated,
     req: &Request,
-    buf: &mut Vec<u8>,
+    buf: &mut PageBuf,
     served: &mut Served,
 ) -> io::Result<()> {
     let export = &n.export;
     let len = req.length as usize;
-    buf.resize(HEADROOM + len, 0);
+    buf.fit(DATA + len);
     if !n.structured {
-        if let Err(e) = export.read_exact_at(&mut buf[HEADROOM..], req.offset) {
+        if let Err(e) = export.read_exact_at(&mut buf[DATA..], req.offset) {
             tracing::warn!(
                 "NBD read of {} at {}+{len} failed: {e}",
                 export.name,
@@ -261,9 +266,9 @@ fn read<S: Write>(
             );
             return error_reply(s, n, req, errno_of(&e), &e.to_string());
         }
-        buf[HEADROOM - 16..HEADROOM].copy_from_slice(&proto::simple_reply(0, req.cookie));
+        buf[DATA - 16..DATA].copy_from_slice(&proto::simple_reply(0, req.cookie));
         served.bytes_read += len as u64;
-        return s.write_all(&buf[HEADROOM - 16..]);
+        return s.write_all(&buf[DATA - 16..]);
     }
     let end = req.offset + u64::from(req.length);
     let extents = if req.flags & cflag::DF != 0 {
@@ -297,7 +302,7 @@ fn read<S: Write>(
             s.write_all(&c)?;
             continue;
         }
-        let data = &mut buf[HEADROOM..HEADROOM + x.len as usize];
+        let data = &mut buf[DATA..DATA + x.len as usize];
         if let Err(e) = export.read_exact_at(data, x.offset) {
             tracing::warn!(
                 "NBD read of {} at {}+{} failed: {e}",
@@ -307,14 +312,14 @@ fn read<S: Write>(
             );
             return error_reply(s, n, req, errno_of(&e), &e.to_string());
         }
-        buf[..20].copy_from_slice(&proto::chunk_header(
+        buf[DATA - HEADROOM..DATA - 8].copy_from_slice(&proto::chunk_header(
             flags,
             chunk::OFFSET_DATA,
             req.cookie,
             8 + x.len as u32,
         ));
-        buf[20..28].copy_from_slice(&x.offset.to_be_bytes());
-        s.write_all(&buf[..HEADROOM + x.len as usize])?;
+        buf[DATA - 8..DATA].copy_from_slice(&x.offset.to_be_bytes());
+        s.write_all(&buf[DATA - HEADROOM..DATA + x.len as usize])?;
         served.bytes_read += x.len;
     }
     Ok(())

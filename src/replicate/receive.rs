@@ -24,6 +24,7 @@
 //! the next receive or backup to remove). Revisions committed before stay:
 //! each was checked against the digests the stream carried.
 
+use crate::buf::PageBuf;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
@@ -116,8 +117,11 @@ pub fn held(dir: &Path) -> Result<Vec<Held>> {
 /// ahead of the caller, so the sender keeps sending while the receiver
 /// waits for its disk (fsync, verification, the next clone).
 pub struct ReadAhead {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
+    rx: std::sync::mpsc::Receiver<std::io::Result<PageBuf>>,
+    /// Chunks read out go back to the thread, which fills them again instead
+    /// of touching fresh memory for every MiB.
+    recycle: std::sync::mpsc::SyncSender<PageBuf>,
+    chunk: PageBuf,
     at: usize,
     done: bool,
 }
@@ -129,11 +133,15 @@ impl ReadAhead {
     /// Starts the reading thread.
     pub fn new(mut input: impl Read + Send + 'static) -> Result<ReadAhead> {
         let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let (recycle, recycled) = std::sync::mpsc::sync_channel::<PageBuf>(2);
         std::thread::Builder::new()
             .name("stream-reader".into())
             .spawn(move || {
                 loop {
-                    let mut buf = vec![0u8; 1 << 20];
+                    // Page-aligned: the copy out of the pipe or socket runs at
+                    // full speed (`crate::buf`).
+                    let mut buf = recycled.try_recv().unwrap_or_default();
+                    buf.fit(1 << 20);
                     let got = match input.read(&mut buf) {
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -142,7 +150,7 @@ impl ReadAhead {
                             return;
                         }
                     };
-                    buf.truncate(got);
+                    buf.set_len(got);
                     // The receiver hung up (an error ended the receive): stop.
                     if tx.send(Ok(buf)).is_err() || got == 0 {
                         return;
@@ -155,7 +163,8 @@ impl ReadAhead {
             })?;
         Ok(ReadAhead {
             rx,
-            chunk: Vec::new(),
+            recycle,
+            chunk: PageBuf::default(),
             at: 0,
             done: false,
         })
@@ -171,7 +180,10 @@ impl Read for ReadAhead {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
                     self.done = chunk.is_empty();
-                    self.chunk = chunk;
+                    // Full or gone: the old chunk is just dropped.
+                    let _ = self
+                        .recycle
+                        .try_send(std::mem::replace(&mut self.chunk, chunk));
                     self.at = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -614,7 +626,7 @@ fn zero_range(image: &File, path: &Path, offset: u64, len: u64) -> Result<()> {
 fn verify_written(incoming: &mut Incoming, id: &str) -> Result<()> {
     let bs = incoming.manifest.block_size();
     let size = incoming.manifest.image_size();
-    let mut buf = vec![0u8; bs as usize];
+    let mut buf = PageBuf::zeroed(bs as usize);
     let mut bad = Vec::new();
     let written = std::mem::take(&mut incoming.written);
     for block in written

@@ -10,6 +10,7 @@
 //! so a revision a backup made costs about twice its changed bytes in reads.
 //! Where FIEMAP says nothing (tmpfs, compressed extents), both blocks are read.
 
+use crate::buf::PageBuf;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
@@ -614,9 +615,9 @@ fn diff_block(
 ) -> Result<BlockRecord> {
     let offset = plan.block * child.manifest.block_size();
     let len = plan.len as usize;
-    let mut child_buf = vec![0u8; len];
+    let mut child_buf = PageBuf::zeroed(len);
     read_pages(child, offset, &mut child_buf, &plan.need_child(), stats)?;
-    let mut parent_buf = vec![0u8; len];
+    let mut parent_buf = PageBuf::zeroed(len);
     if let Some(p) = parent {
         let upto = plan.parent_len.min(plan.len) as usize;
         read_pages(

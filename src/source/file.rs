@@ -8,6 +8,7 @@
 //! digests taken while reading. See the man page's "Sources written during a
 //! backup" for what this does and does not detect.
 
+use crate::buf::PageBuf;
 use std::collections::VecDeque;
 use std::fs::{File, FileType, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -231,7 +232,7 @@ impl FileSource {
         sample.sort_unstable();
         // Read the device, not what the page cache kept of the first pass.
         crate::sys::drop_page_cache(&self.file);
-        let mut buf = vec![0u8; bs as usize];
+        let mut buf = PageBuf::zeroed(bs as usize);
         let mut differ = Vec::new();
         for &block in &sample {
             let len = writer.block_len(block);

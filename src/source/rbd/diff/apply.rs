@@ -1,5 +1,6 @@
 //! The applier: records, in stream order, compare-and-written into an [`ImageWriter`].
 
+use crate::buf::PageBuf;
 use std::io::Read;
 
 use super::format::{DiffError, DiffReader, Record};
@@ -94,8 +95,8 @@ pub(super) fn apply_records(
     let mut applied = Applied::default();
     let mut reported = 0;
     let (mut seen_from, mut seen_to, mut seen_size) = (None, None, false);
-    let mut block = vec![0u8; writer.block_size() as usize];
-    let mut old = vec![0u8; writer.block_size() as usize];
+    let mut block = PageBuf::zeroed(writer.block_size() as usize);
+    let mut old = PageBuf::zeroed(writer.block_size() as usize);
     let mut touched = expect.from_snap.is_none().then(BlockSet::default);
     loop {
         let (at, record) = reader.next_record()?;

@@ -5,6 +5,7 @@ use std::io::Read;
 
 use super::apply::{Applied, Expect, Records, apply_records};
 use super::format::{DiffError, DiffReader, Record};
+use crate::buf::PageBuf;
 use crate::image::prefetch::Prefetcher;
 use crate::image::writer::ImageWriter;
 
@@ -102,7 +103,7 @@ impl Prefetch {
 /// One step of the stream as the reader thread hands it over.
 enum Item {
     Record(u64, Record),
-    Data(Vec<u8>),
+    Data(PageBuf),
     /// The end record (at its position), and whether bytes follow it.
     End(u64, bool),
     Failed(DiffError),
@@ -112,10 +113,10 @@ enum Item {
 struct Streamed {
     batches: std::sync::mpsc::Receiver<Vec<Item>>,
     /// Where used data chunks go back to the reader.
-    recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
+    recycle: std::sync::mpsc::SyncSender<PageBuf>,
     items: std::vec::IntoIter<Item>,
     /// The current data chunk and how much of it is used.
-    data: Vec<u8>,
+    data: PageBuf,
     used: usize,
     trailing: Option<bool>,
     /// Time spent waiting for the reader thread.
@@ -125,13 +126,13 @@ struct Streamed {
 impl Streamed {
     fn new(
         rx: std::sync::mpsc::Receiver<Vec<Item>>,
-        recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
+        recycle: std::sync::mpsc::SyncSender<PageBuf>,
     ) -> Streamed {
         Streamed {
             batches: rx,
             recycle,
             items: Vec::new().into_iter(),
-            data: Vec::new(),
+            data: PageBuf::new(0),
             used: 0,
             trailing: None,
             waited: std::time::Duration::ZERO,
@@ -213,7 +214,7 @@ impl Records for Streamed {
 fn read_ahead<R: Read>(
     input: R,
     batches: std::sync::mpsc::SyncSender<Vec<Item>>,
-    recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
+    recycled: &std::sync::mpsc::Receiver<PageBuf>,
     prefetch: Option<Prefetch>,
 ) {
     let mut batch = Vec::new();
@@ -276,8 +277,11 @@ fn read_ahead<R: Read>(
         let mut left = data_len;
         while left > 0 {
             let n = left.min(BATCH_BYTES as u64) as usize;
+            // Page-aligned, so the copy out of the pipe runs at full speed (see
+            // `crate::buf`).
             let mut chunk = recycled.try_recv().unwrap_or_default();
-            chunk.resize(n, 0);
+            chunk.fit(BATCH_BYTES);
+            chunk.set_len(n);
             if let Err(e) = reader.read_data(&mut chunk) {
                 push(Item::Failed(e), &mut batch, &mut bytes);
                 return;
