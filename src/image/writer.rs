@@ -597,7 +597,7 @@ impl ImageWriter {
                         .min(data.len()),
             ),
             None => {
-                own.set_len(data.len());
+                own.fit(data.len());
                 match self.read_image(&mut own, offset) {
                     Ok(()) => {}
                     Err(e) if is_unreadable_data(&e) => {
