@@ -70,9 +70,7 @@ impl PageBuf {
         );
         self.len = len;
     }
-}
 
-impl PageBuf {
     /// Shows `len` bytes, as [`PageBuf::set_len`], but first replaces the buffer
     /// by a larger one when `len` exceeds the capacity (then its bytes are
     /// zeros, not kept): for a buffer about to be read into.

@@ -16,7 +16,6 @@
 //! [`super::fiemap`] reports: two images whose block maps to the same
 //! physical range hold the same bytes, so damage found in one is in the other.
 
-use crate::buf::PageBuf;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,6 +25,7 @@ use super::fiemap::Extent;
 use super::file_size;
 use super::reader::{CHUNK, Chunk, read_full_at, read_sequential_from};
 use super::sums::{DIGESTS_PER_PAGE, Digest, Manifest};
+use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::sys;
 

@@ -20,7 +20,6 @@
 //! The writer reports blocks in order; anything else (a diff that jumps around)
 //! makes the result unusable and the caller verifies afterwards instead.
 
-use crate::buf::PageBuf;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use std::thread::JoinHandle;
 use super::VerifyReport;
 use super::reader::{HoleMap, read_full_at};
 use super::sums::{Digest, is_zero};
+use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::sys;
 

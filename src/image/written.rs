@@ -29,7 +29,6 @@
 //! The scheduler's per-job scrub (`scrub: 7d 10%`) reads shared data now and then
 //! for that; the man page spells out the trade-off.
 
-use crate::buf::PageBuf;
 use std::fs::File;
 use std::path::Path;
 
@@ -39,6 +38,7 @@ use super::fiemap::{self, Extent, flags};
 use super::prefetch::Prefetcher;
 use super::reader::read_full_at;
 use super::sums::{Digest, Manifest};
+use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::sys;
 

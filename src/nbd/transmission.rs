@@ -2,7 +2,6 @@
 //! connection (in order, so at most one request is in flight inside the server;
 //! the client's pipelined requests wait in the socket buffer).
 
-use crate::buf::PageBuf;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,6 +9,7 @@ use super::Limits;
 use super::export::Extent;
 use super::handshake::Negotiated;
 use super::proto::{self, Request, alloc, cflag, chunk, cmd, errno};
+use crate::buf::PageBuf;
 
 /// What one connection did, for its log line.
 #[derive(Debug, Default, Clone, Copy)]

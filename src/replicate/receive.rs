@@ -24,7 +24,6 @@
 //! the next receive or backup to remove). Revisions committed before stay:
 //! each was checked against the digests the stream carried.
 
-use crate::buf::PageBuf;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
@@ -32,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::buf::PageBuf;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::image::reader::read_full_at;

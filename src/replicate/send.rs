@@ -10,13 +10,13 @@
 //! so a revision a backup made costs about twice its changed bytes in reads.
 //! Where FIEMAP says nothing (tmpfs, compressed extents), both blocks are read.
 
-use crate::buf::PageBuf;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
+use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::image::fiemap;
 use crate::image::reader::{Chunk, read_full_at, read_sequential};

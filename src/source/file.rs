@@ -8,7 +8,6 @@
 //! digests taken while reading. See the man page's "Sources written during a
 //! backup" for what this does and does not detect.
 
-use crate::buf::PageBuf;
 use std::collections::VecDeque;
 use std::fs::{File, FileType, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -17,6 +16,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 
 use super::{Source, SourceReport};
+use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::image::file_size;
 use crate::image::reader::{Chunk, Stage, read_full_at, read_sequential_ahead};

@@ -1,9 +1,9 @@
 //! The applier: records, in stream order, compare-and-written into an [`ImageWriter`].
 
-use crate::buf::PageBuf;
 use std::io::Read;
 
 use super::format::{DiffError, DiffReader, Record};
+use crate::buf::PageBuf;
 use crate::image::blockset::BlockSet;
 use crate::image::writer::ImageWriter;
 

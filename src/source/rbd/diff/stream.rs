@@ -132,7 +132,7 @@ impl Streamed {
             batches: rx,
             recycle,
             items: Vec::new().into_iter(),
-            data: PageBuf::new(0),
+            data: PageBuf::default(),
             used: 0,
             trailing: None,
             waited: std::time::Duration::ZERO,
@@ -280,6 +280,7 @@ fn read_ahead<R: Read>(
             // Page-aligned, so the copy out of the pipe runs at full speed (see
             // `crate::buf`).
             let mut chunk = recycled.try_recv().unwrap_or_default();
+            // Allocated at full size once, so a recycled chunk never has to grow.
             chunk.fit(BATCH_BYTES);
             chunk.set_len(n);
             if let Err(e) = reader.read_data(&mut chunk) {
