@@ -26,7 +26,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::sys;
-use reader::{Chunk, read_sequential};
+use reader::Chunk;
 use sums::{Digest, Manifest};
 
 /// How a new image came to share (or not) its parent's data.
@@ -176,7 +176,7 @@ pub fn copy_checked(
             .map_err(Error::io("cannot truncate", *dest_path))?;
     }
     let mut mismatch = None;
-    let read = read_sequential(src, src_path, size, bs, |chunk| {
+    let read = reader::read_for_copy(src, src_path, size, bs, |chunk| {
         if let Some(m) = manifest.as_deref_mut()
             && let Some(at) = first_mismatch(m, chunk)?
         {
