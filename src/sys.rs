@@ -176,6 +176,13 @@ pub fn io_threads() -> usize {
         .clamp(1, 8)
 }
 
+/// Whether `file` lives on btrfs, whose reads of a file in many extents go
+/// faster with several requests in flight (see [`crate::image::reader`]).
+pub fn on_btrfs(file: &File) -> bool {
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|st| st.f_type as u64 == 0x9123_683e)
+}
+
 /// A human name for the filesystem holding `path` ("btrfs", "ext4", ...).
 pub fn filesystem_name(path: &Path) -> String {
     let Ok(st) = rustix::fs::statfs(path) else {
