@@ -1,5 +1,9 @@
 //! Command-line definitions (also the source of the man page and completions).
 
+// The doc comments here are clap's help text, written for a terminal, where
+// `[,TOKEN]` and `backy-<id>` mean what they say.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

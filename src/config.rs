@@ -16,6 +16,8 @@ mod fields;
 pub use fields::{ConfigProblem, ConfigProblems, Fields, Problems, Style, describe, join};
 
 /// The source types: the `type` of a source mapping, and `backy init TYPE`.
+// The variants' doc comments are help text (`[,TOKEN]` is not a link).
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceKind {
     /// An image file or block device: SOURCE is its path.

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! The opcode is `_IOWR('f', 11, struct fiemap)`, computed from the 32-byte
-//! header. We ask for up to [`BATCH`] extents per call and continue after the
+//! header. We ask for up to `BATCH` extents per call and continue after the
 //! last one returned until an extent carries `FIEMAP_EXTENT_LAST` or the range
 //! is covered.
 

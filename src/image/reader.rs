@@ -17,7 +17,7 @@
 //! On btrfs one sequential reader is not enough: its buffered reads of a file in
 //! thousands of extents keep about one request in flight, and the newest of
 //! `benches/readers.sh`'s 100 generations read with `cat` in up to 1.7x the time
-//! of a fresh copy of it. There [`BTRFS_READERS`] threads each read every n-th
+//! of a fresh copy of it. There `BTRFS_READERS` threads each read every n-th
 //! chunk (still through the page cache), and the chunks are taken back in order:
 //! `restore -r 0 -` of that revision 0.83 -> 0.64 s, `verify` 0.95 -> 0.74 s,
 //! `cat` of the fresh copy 0.62 s (cold, alternating, medians of 5). A plain C

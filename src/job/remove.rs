@@ -110,7 +110,7 @@ impl Job {
     }
 
     /// Removes a complete or incomplete revision (needs the purge lock) and
-    /// fixes `last`; logs the bytes the filesystem freed ([`Job::log_freed`]).
+    /// fixes `last`; logs the bytes the filesystem freed (`Job::log_freed`).
     pub fn remove_revision(&mut self, id: &str, lock: &PurgeLock) -> Result<()> {
         let before = self.available_bytes();
         self.remove_revision_unmeasured(id, lock)?;
@@ -187,7 +187,7 @@ impl Job {
     }
 
     /// [`Job::apply_retention`], and logs the bytes the deletions freed
-    /// ([`Job::log_freed`]).
+    /// (`Job::log_freed`).
     pub fn apply_retention_logging_freed(
         &mut self,
         plan: &RetentionPlan,

@@ -91,7 +91,7 @@ pub trait Source {
         false
     }
 
-    /// The parent turned out damaged (see [`crate::commands::backup`]): get
+    /// The parent turned out damaged (see `commands::backup`): get
     /// ready to patch a new clone of it again, trusting nothing of it. `false`
     /// when this source cannot (the backup then fails and the next one, with
     /// the parent distrusted, heals).

@@ -9,7 +9,7 @@ use crate::buf::PageBuf;
 use crate::image::prefetch::Prefetcher;
 use crate::image::writer::ImageWriter;
 
-/// [`apply`] with the stream read and parsed ahead on a thread of its own, so the
+/// [`apply`](super::apply::apply) with the stream read and parsed ahead on a thread of its own, so the
 /// producer (rbd) never waits for the image, and the image blocks that records
 /// ahead will compare are read in the background (see [`Prefetch`]).
 ///
