@@ -997,6 +997,44 @@ fn request_size_and_handshake_deadline_limits() {
     assert!(server.stop().success());
 }
 
+/// Reads pipelined on one connection are answered (in whatever order; the
+/// client matches cookies) each once and with the right bytes; a write after
+/// them is answered only after them, and a read after the write sees it.
+#[test]
+fn pipelined_reads_come_back_whole_and_a_write_stays_in_order() {
+    let fs = require_fs!(FsKind::Btrfs, 400);
+    let (job, _src, ids) = job_with_revisions(&fs);
+    let image = fs::read(job.join(&ids[1])).unwrap();
+    let server = Server::start(&job, &["--overlay"]);
+    let mut raw = Raw::go(server.port, "", false);
+    const LEN: usize = 256 << 10;
+    let span = (image.len() - LEN) as u64 / 4096;
+    let offsets: Vec<u64> = (0..64u64).map(|i| (i * 7919 % span) * 4096).collect();
+    for (i, &o) in offsets.iter().enumerate() {
+        raw.request(0, i as u64, o, LEN as u32, &[]);
+    }
+    let new = vec![0x5au8; 4096];
+    raw.request(1, 100, offsets[1], 4096, &new);
+    raw.request(0, 101, offsets[1], LEN as u32, &[]);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..offsets.len() {
+        let (error, cookie, data) = raw.simple(LEN);
+        assert_eq!(error, 0, "read {cookie}");
+        let o = offsets[cookie as usize] as usize;
+        assert!(data == image[o..o + LEN], "read {cookie} at {o}");
+        assert!(seen.insert(cookie), "read {cookie} answered twice");
+    }
+    let (error, cookie, _) = raw.simple(0);
+    assert_eq!((error, cookie), (0, 100), "the write, after the reads before it");
+    let (error, cookie, data) = raw.simple(LEN);
+    assert_eq!((error, cookie), (0, 101));
+    let o = offsets[1] as usize;
+    assert!(data[..4096] == new[..], "the read after the write sees it");
+    assert!(data[4096..] == image[o + 4096..o + LEN]);
+    drop(raw);
+    assert!(server.stop().success());
+}
+
 /// `BLOCK_STATUS` with `REQ_ONE` answers one extent; without it, the extents
 /// cover the range and say hole,zero where the image has holes.
 #[test]
