@@ -237,24 +237,24 @@ fn read_with(
     let readers = mode.readers.max(1);
     let pool = POOL + readers - 1;
     let (recycle_tx, recycle_rx) = sync_channel::<PageBuf>(pool);
-    let range = (start, size);
     std::thread::scope(|scope| {
         let file = &file;
+        let planner = Planner {
+            file,
+            path,
+            range: (start, size),
+            align,
+            min_hole: mode.min_hole,
+            pool,
+        };
         let mut results = Vec::with_capacity(readers);
         if readers == 1 {
             let (tx, rx) = sync_channel::<Result<Chunk>>(IN_FLIGHT);
             results.push(rx);
             scope.spawn(move || {
-                plan(
-                    file,
-                    path,
-                    range,
-                    align,
-                    mode.min_hole,
-                    pool,
-                    &recycle_rx,
-                    |job| tx.send(run(job, file, path, size)).is_ok(),
-                )
+                planner.plan(&recycle_rx, |job| {
+                    tx.send(run(job, file, path, size)).is_ok()
+                })
             });
         } else {
             let mut jobs = Vec::with_capacity(readers);
@@ -273,20 +273,11 @@ fn read_with(
             }
             scope.spawn(move || {
                 let mut turn = 0;
-                plan(
-                    file,
-                    path,
-                    range,
-                    align,
-                    mode.min_hole,
-                    pool,
-                    &recycle_rx,
-                    |job| {
-                        let sent = jobs[turn % readers].send(job).is_ok();
-                        turn += 1;
-                        sent
-                    },
-                )
+                planner.plan(&recycle_rx, |job| {
+                    let sent = jobs[turn % readers].send(job).is_ok();
+                    turn += 1;
+                    sent
+                })
             });
         }
         // Owned here, so an early return drops them and the threads' next send
@@ -405,62 +396,75 @@ impl<'a> HoleMap<'a> {
     }
 }
 
-/// Plans the reads of `start..size`: a job per hole jumped and per chunk of
-/// data, in order, each handed to `dispatch` (false: nobody takes them any
-/// more), with buffers from `recycle` or, up to `pool` of them, new ones.
-#[allow(clippy::too_many_arguments)]
-fn plan(
-    file: &File,
-    path: &Path,
-    (start, size): (u64, u64),
+/// What [`Planner::plan`] plans: the reads of `range` of `file`, holes
+/// reported at multiples of `align` and jumped from `min_hole`, with up to
+/// `pool` buffers.
+#[derive(Clone, Copy)]
+struct Planner<'a> {
+    file: &'a File,
+    path: &'a Path,
+    range: (u64, u64),
     align: u64,
     min_hole: u64,
     pool: usize,
-    recycle: &Receiver<PageBuf>,
-    mut dispatch: impl FnMut(Job) -> bool,
-) {
-    let mut allocated = 0;
-    let mut holes = HoleMap::new(file).skipping_only(min_hole);
-    let mut pos = start;
-    while pos < size {
-        let (data_start, data_end) = match holes.next_data(pos, size, align) {
-            Ok(Some(range)) => range,
-            Ok(None) => (size, size),
-            Err(e) => {
-                dispatch(Job::Ready(Err(Error::io("cannot read", path)(e))));
-                return;
-            }
-        };
-        if data_start > pos {
-            let hole = Chunk::Hole {
-                offset: pos,
-                len: data_start - pos,
-            };
-            if !dispatch(Job::Ready(Ok(hole))) {
-                return;
-            }
-            pos = data_start;
-        }
-        while pos < data_end {
-            let len = (data_end - pos).min(CHUNK - pos % CHUNK) as usize;
-            let mut buf = match recycle.try_recv() {
-                Ok(buf) => buf,
-                Err(_) if allocated < pool => {
-                    allocated += 1;
-                    PageBuf::new(CHUNK as usize)
+}
+
+impl Planner<'_> {
+    /// A job per hole jumped and per chunk of data, in order, each handed to
+    /// `dispatch` (false: nobody takes them any more), with buffers from
+    /// `recycle` or new ones.
+    fn plan(self, recycle: &Receiver<PageBuf>, mut dispatch: impl FnMut(Job) -> bool) {
+        let Planner {
+            file,
+            path,
+            range: (start, size),
+            align,
+            min_hole,
+            pool,
+        } = self;
+        let mut allocated = 0;
+        let mut holes = HoleMap::new(file).skipping_only(min_hole);
+        let mut pos = start;
+        while pos < size {
+            let (data_start, data_end) = match holes.next_data(pos, size, align) {
+                Ok(Some(range)) => range,
+                Ok(None) => (size, size),
+                Err(e) => {
+                    dispatch(Job::Ready(Err(Error::io("cannot read", path)(e))));
+                    return;
                 }
-                // The consumer is done with none yet: wait for one (or, when it
-                // stopped, end).
-                Err(_) => match recycle.recv() {
-                    Ok(buf) => buf,
-                    Err(_) => return,
-                },
             };
-            buf.set_len(len);
-            if !dispatch(Job::Read { pos, buf }) {
-                return;
+            if data_start > pos {
+                let hole = Chunk::Hole {
+                    offset: pos,
+                    len: data_start - pos,
+                };
+                if !dispatch(Job::Ready(Ok(hole))) {
+                    return;
+                }
+                pos = data_start;
             }
-            pos += len as u64;
+            while pos < data_end {
+                let len = (data_end - pos).min(CHUNK - pos % CHUNK) as usize;
+                let mut buf = match recycle.try_recv() {
+                    Ok(buf) => buf,
+                    Err(_) if allocated < pool => {
+                        allocated += 1;
+                        PageBuf::new(CHUNK as usize)
+                    }
+                    // The consumer is done with none yet: wait for one (or, when it
+                    // stopped, end).
+                    Err(_) => match recycle.recv() {
+                        Ok(buf) => buf,
+                        Err(_) => return,
+                    },
+                };
+                buf.set_len(len);
+                if !dispatch(Job::Read { pos, buf }) {
+                    return;
+                }
+                pos += len as u64;
+            }
         }
     }
 }
