@@ -1025,7 +1025,11 @@ fn pipelined_reads_come_back_whole_and_a_write_stays_in_order() {
         assert!(seen.insert(cookie), "read {cookie} answered twice");
     }
     let (error, cookie, _) = raw.simple(0);
-    assert_eq!((error, cookie), (0, 100), "the write, after the reads before it");
+    assert_eq!(
+        (error, cookie),
+        (0, 100),
+        "the write, after the reads before it"
+    );
     let (error, cookie, data) = raw.simple(LEN);
     assert_eq!((error, cookie), (0, 101));
     let o = offsets[1] as usize;
