@@ -764,6 +764,42 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+        /// Whatever the file's layout of data and holes, the hole minimum, the
+        /// alignment and the number of reader threads, the chunks cover the file
+        /// in order with its bytes, and the thread counts agree on the holes.
+        #[test]
+        fn every_layout_reads_back_whole(
+            runs in proptest::collection::vec((0u64..3 * CHUNK, 0u64..2 * CHUNK), 1..12),
+            tail in 0u64..3 * CHUNK,
+            min_hole_pick in 0usize..3,
+            align_pick in 0usize..2,
+            readers in 1usize..6,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("f");
+            let f = File::create(&p).unwrap();
+            let mut at = 0;
+            for (i, (hole, data)) in runs.iter().enumerate() {
+                at += hole / 4096 * 4096;
+                let data = data / 4096 * 4096;
+                f.write_all_at(&vec![i as u8 + 1; data as usize], at).unwrap();
+                at += data;
+            }
+            let size = at + tail + 123;
+            f.set_len(size).unwrap();
+            let f = File::open(&p).unwrap();
+            let want = std::fs::read(&p).unwrap();
+            let min_hole = [4096, MIN_HOLE, COPY_MIN_HOLE][min_hole_pick];
+            let align = [4096, 65536][align_pick];
+            let one = collect_by(Mode { min_hole, readers: 1 }, &f, size, align);
+            let many = collect_by(Mode { min_hole, readers }, &f, size, align);
+            proptest::prop_assert!(one.0 == want);
+            proptest::prop_assert!(many == one);
+        }
+    }
+
     #[test]
     fn short_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
