@@ -176,11 +176,14 @@ pub fn io_threads() -> usize {
         .clamp(1, 8)
 }
 
+/// `statfs`'s `f_type` of btrfs.
+const BTRFS_MAGIC: u64 = 0x9123_683e;
+
 /// Whether `file` lives on btrfs, whose reads of a file in many extents go
 /// faster with several requests in flight (see [`crate::image::reader`]).
 pub fn on_btrfs(file: &File) -> bool {
     #[allow(clippy::unnecessary_cast)]
-    rustix::fs::fstatfs(file).is_ok_and(|st| st.f_type as u64 == 0x9123_683e)
+    rustix::fs::fstatfs(file).is_ok_and(|st| st.f_type as u64 == BTRFS_MAGIC)
 }
 
 /// A human name for the filesystem holding `path` ("btrfs", "ext4", ...).
@@ -190,7 +193,7 @@ pub fn filesystem_name(path: &Path) -> String {
     };
     #[allow(clippy::unnecessary_cast)]
     match st.f_type as u64 {
-        0x9123_683e => "btrfs".into(),
+        BTRFS_MAGIC => "btrfs".into(),
         0x5846_5342 => "xfs".into(),
         0xef53 => "ext4".into(),
         0x0102_1994 => "tmpfs".into(),

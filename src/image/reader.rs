@@ -399,7 +399,6 @@ impl<'a> HoleMap<'a> {
 /// What [`Planner::plan`] plans: the reads of `range` of `file`, holes
 /// reported at multiples of `align` and jumped from `min_hole`, with up to
 /// `pool` buffers.
-#[derive(Clone, Copy)]
 struct Planner<'a> {
     file: &'a File,
     path: &'a Path,
@@ -690,9 +689,19 @@ mod tests {
         assert_eq!(got, want);
         let (got, copy_jumped) = collect_with(COPY_MIN_HOLE, &f, size, 4096);
         assert_eq!(got, want);
+        // And `read_for_copy` is the reader that jumps only the large hole.
+        let mut copy_api_jumped = 0;
+        read_for_copy(&f, &p, size, 4096, |c| {
+            if let Chunk::Hole { len, .. } = *c {
+                copy_api_jumped += len;
+            }
+            Ok(())
+        })
+        .unwrap();
         if sys::seek_hole(&f, 0).unwrap() != Some(size) {
             assert_eq!(jumped, small + large);
             assert_eq!(copy_jumped, large);
+            assert_eq!(copy_api_jumped, large);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The `rbd export-diff` v1 stream: a parser that never trusts its input, an
-//! applier that streams records into an [`ImageWriter`](crate::image::writer::ImageWriter) with bounded memory, and
-//! a writer.
+//! applier that streams records into an
+//! [`ImageWriter`](crate::image::writer::ImageWriter) with bounded memory, and a
+//! writer.
 //!
 //! # Format (all integers little-endian)
 //!
@@ -17,10 +18,10 @@
 //! Records may arrive unsorted and overlapping (Ceph bug 45601): they are applied
 //! in stream order, which is what Ceph means.
 //!
-//! The parts: [`format`](mod@format) (the stream parser), [`apply`](mod@apply) (records into an
-//! [`ImageWriter`](crate::image::writer::ImageWriter)), [`stream`] (the
-//! read-ahead thread and prefetching) and [`write`](mod@write) (a stream made from a
-//! revision, for `backy export-diff`).
+//! The parts: [`format`](mod@format) (the stream parser), [`apply`](mod@apply)
+//! (records into an [`ImageWriter`](crate::image::writer::ImageWriter)),
+//! [`stream`] (the read-ahead thread and prefetching) and [`write`](mod@write) (a
+//! stream made from a revision, for `backy export-diff`).
 
 pub mod apply;
 pub mod format;
