@@ -34,6 +34,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 
 use crate::buf::PageBuf;
 use crate::error::{Error, Result};
+use crate::image::sums::Digest;
 use crate::sys::{self, NextData};
 
 /// Bytes per chunk handed to the consumer (a multiple of every block size we use).
@@ -165,6 +166,47 @@ pub fn read_sequential_ahead(
     read_ahead_from(file, path, (0, size), align, MIN_HOLE, handle)
 }
 
+/// As [`read_sequential_ahead`], and with the digest of every `align`-sized
+/// block of each data chunk (none for a hole). Where several threads read
+/// (btrfs), each hashes what it read, so the hashing of a backup's source runs
+/// beside its patch instead of before it on the same thread; with one reader
+/// the digests are taken on the calling thread, while the reader goes on
+/// reading.
+pub fn read_sequential_ahead_hashed(
+    file: &File,
+    path: &Path,
+    size: u64,
+    align: u64,
+    mut handle: impl FnMut(Stage, &Chunk, &[Digest]) -> Result<()>,
+) -> Result<()> {
+    let mode = Mode {
+        min_hole: MIN_HOLE,
+        readers: readers_for(file),
+    };
+    let hash = |chunk: &Chunk| match chunk {
+        Chunk::Data { buf, .. } => buf.chunks(align as usize).map(Digest::of).collect(),
+        Chunk::Hole { .. } => Vec::new(),
+    };
+    read_post(
+        file,
+        path,
+        (0, size),
+        align,
+        mode,
+        &hash,
+        |stage, chunk, digests| handle(stage, chunk, digests),
+    )
+}
+
+/// Reader threads for `file`: several on btrfs, one elsewhere (see the module).
+fn readers_for(file: &File) -> usize {
+    if sys::on_btrfs(file) {
+        BTRFS_READERS
+    } else {
+        1
+    }
+}
+
 fn read_ahead_from(
     file: &File,
     path: &Path,
@@ -173,19 +215,11 @@ fn read_ahead_from(
     min_hole: u64,
     handle: impl FnMut(Stage, &Chunk) -> Result<()>,
 ) -> Result<()> {
-    let readers = if sys::on_btrfs(file) {
-        BTRFS_READERS
-    } else {
-        1
+    let mode = Mode {
+        min_hole,
+        readers: readers_for(file),
     };
-    read_with(
-        file,
-        path,
-        (start, size),
-        align,
-        Mode { min_hole, readers },
-        handle,
-    )
+    read_with(file, path, (start, size), align, mode, handle)
 }
 
 /// How [`read_with`] goes: which holes it jumps, and how many threads read.
@@ -227,10 +261,32 @@ fn run(job: Job, file: &File, path: &Path, size: u64) -> Result<Chunk> {
 fn read_with(
     file: &File,
     path: &Path,
-    (start, size): (u64, u64),
+    range: (u64, u64),
     align: u64,
     mode: Mode,
     mut handle: impl FnMut(Stage, &Chunk) -> Result<()>,
+) -> Result<()> {
+    read_post(
+        file,
+        path,
+        range,
+        align,
+        mode,
+        &|_| (),
+        |stage, chunk, ()| handle(stage, chunk),
+    )
+}
+
+/// [`read_with`], with `post` of every chunk handed along with it: computed by
+/// the reader threads when there are several, else on this thread.
+fn read_post<X: Send>(
+    file: &File,
+    path: &Path,
+    (start, size): (u64, u64),
+    align: u64,
+    mode: Mode,
+    post: &(impl Fn(&Chunk) -> X + Sync),
+    mut handle: impl FnMut(Stage, &Chunk, &X) -> Result<()>,
 ) -> Result<()> {
     let file = file.try_clone().map_err(Error::io("cannot read", path))?;
     sys::advise_sequential(&file);
@@ -249,23 +305,28 @@ fn read_with(
         };
         let mut results = Vec::with_capacity(readers);
         if readers == 1 {
-            let (tx, rx) = sync_channel::<Result<Chunk>>(IN_FLIGHT);
+            let (tx, rx) = sync_channel::<Result<(Chunk, Option<X>)>>(IN_FLIGHT);
             results.push(rx);
             scope.spawn(move || {
                 planner.plan(&recycle_rx, |job| {
-                    tx.send(run(job, file, path, size)).is_ok()
+                    tx.send(run(job, file, path, size).map(|c| (c, None)))
+                        .is_ok()
                 })
             });
         } else {
             let mut jobs = Vec::with_capacity(readers);
             for _ in 0..readers {
                 let (job_tx, job_rx) = sync_channel::<Job>(1);
-                let (tx, rx) = sync_channel::<Result<Chunk>>(1);
+                let (tx, rx) = sync_channel::<Result<(Chunk, Option<X>)>>(1);
                 jobs.push(job_tx);
                 results.push(rx);
                 scope.spawn(move || {
                     for job in job_rx {
-                        if tx.send(run(job, file, path, size)).is_err() {
+                        let item = run(job, file, path, size).map(|c| {
+                            let x = post(&c);
+                            (c, Some(x))
+                        });
+                        if tx.send(item).is_err() {
                             break;
                         }
                     }
@@ -295,22 +356,23 @@ fn read_with(
             turn += 1;
             item
         };
-        let mut held: Option<Chunk> = None;
+        let mut held: Option<(Chunk, X)> = None;
         while let Some(item) = next() {
             // A long read stops at the next chunk on SIGTERM/SIGINT.
             crate::interrupt::check()?;
             if crate::failpoint::active("slow-read") {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            let chunk = item?;
-            handle(Stage::Ahead, &chunk)?;
-            if let Some(previous) = held.replace(chunk) {
-                handle(Stage::Consume, &previous)?;
+            let (chunk, x) = item?;
+            let x = x.unwrap_or_else(|| post(&chunk));
+            handle(Stage::Ahead, &chunk, &x)?;
+            if let Some((previous, px)) = held.replace((chunk, x)) {
+                handle(Stage::Consume, &previous, &px)?;
                 done(previous);
             }
         }
-        if let Some(last) = held {
-            handle(Stage::Consume, &last)?;
+        if let Some((last, x)) = held {
+            handle(Stage::Consume, &last, &x)?;
             done(last);
         }
         Ok(())
@@ -724,6 +786,82 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.to_string(), "disk full");
         }
+    }
+
+    /// The hashed reader hands every data chunk with the digests of its blocks,
+    /// the same at both looks and with one reader thread (digests taken on the
+    /// consumer) as with three (taken on the readers); holes come without.
+    #[test]
+    fn hashed_chunks_carry_the_digests_of_their_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = File::create(&p).unwrap();
+        let size = 9 * CHUNK + 3 * 65536 + 100;
+        f.set_len(size).unwrap();
+        for (i, at) in [0, CHUNK + 4096, 5 * CHUNK, size - 5000]
+            .into_iter()
+            .enumerate()
+        {
+            let data: Vec<u8> = (0..3 * 65536u32)
+                .map(|b| (b % 251) as u8 ^ i as u8)
+                .collect();
+            let len = data.len().min((size - at) as usize);
+            f.write_all_at(&data[..len], at).unwrap();
+        }
+        let f = File::open(&p).unwrap();
+        let want = std::fs::read(&p).unwrap();
+        let hash = |chunk: &Chunk| match chunk {
+            Chunk::Data { buf, .. } => buf.chunks(65536).map(Digest::of).collect(),
+            Chunk::Hole { .. } => Vec::new(),
+        };
+        let mut seen = Vec::new();
+        for readers in [1, 3] {
+            let mut events = Vec::new();
+            read_post(
+                &f,
+                &p,
+                (0, size),
+                65536,
+                Mode {
+                    min_hole: MIN_HOLE,
+                    readers,
+                },
+                &hash,
+                |stage, chunk, digests: &Vec<Digest>| {
+                    match chunk {
+                        Chunk::Data { offset, buf } => {
+                            let expect: Vec<Digest> = want
+                                [*offset as usize..*offset as usize + buf.len()]
+                                .chunks(65536)
+                                .map(Digest::of)
+                                .collect();
+                            assert!(*digests == expect, "digests of the chunk at {offset}");
+                            events.push((stage, *offset, digests.len()));
+                        }
+                        Chunk::Hole { offset, .. } => {
+                            assert!(digests.is_empty());
+                            events.push((stage, *offset, 0));
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert!(events.iter().any(|e| e.2 > 0));
+            seen.push(events);
+        }
+        assert_eq!(seen[0], seen[1], "one reader and three agree");
+        // And the public entry point, on whatever this filesystem picks.
+        let mut blocks = 0;
+        read_sequential_ahead_hashed(&f, &p, size, 65536, |stage, chunk, digests| {
+            if let (Stage::Consume, Chunk::Data { buf, .. }) = (stage, chunk) {
+                assert_eq!(digests.len(), buf.len().div_ceil(65536));
+                blocks += digests.len();
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(blocks > 0);
     }
 
     /// Every chunk is seen ahead exactly once, one chunk before it is consumed.

@@ -8,7 +8,6 @@
 //! digests taken while reading. See the man page's "Sources written during a
 //! backup" for what this does and does not detect.
 
-use std::collections::VecDeque;
 use std::fs::{File, FileType, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -19,7 +18,7 @@ use super::{Source, SourceReport};
 use crate::buf::PageBuf;
 use crate::error::{Error, Result};
 use crate::image::file_size;
-use crate::image::reader::{Chunk, Stage, read_full_at, read_sequential_ahead};
+use crate::image::reader::{Chunk, Stage, read_full_at, read_sequential_ahead_hashed};
 use crate::image::sums::Digest;
 use crate::image::writer::ImageWriter;
 
@@ -288,37 +287,35 @@ impl Source for FileSource {
     ) -> Result<SourceReport> {
         writer.resize(self.size)?;
         let bs = writer.block_size();
-        // Digests of the data chunks seen ahead and not yet consumed.
-        let mut pending: VecDeque<Vec<Digest>> = VecDeque::with_capacity(2);
-        let mut spare: Vec<Vec<Digest>> = Vec::new();
-        let read = read_sequential_ahead(&self.file, &self.path, self.size, bs, |stage, chunk| {
-            match (stage, chunk) {
-                (Stage::Ahead, &Chunk::Data { offset, ref buf }) => {
-                    let mut digests = spare.pop().unwrap_or_default();
-                    digests.clear();
-                    digests.extend(buf.chunks(bs as usize).map(Digest::of));
-                    // Blocks that differ must be read from the image before
-                    // they are compared; ask for them now, a chunk early.
-                    writer.prefetch(offset / bs, &digests)?;
-                    pending.push_back(digests);
-                }
-                (Stage::Ahead, Chunk::Hole { .. }) => {}
-                (Stage::Consume, &Chunk::Data { offset, ref buf }) => {
-                    let first = offset / bs;
-                    let digests = pending.pop_front().expect("seen ahead");
-                    for (i, (block, digest)) in buf.chunks(bs as usize).zip(&digests).enumerate() {
-                        writer.put_block_with_digest(first + i as u64, block, *digest)?;
+        let read = read_sequential_ahead_hashed(
+            &self.file,
+            &self.path,
+            self.size,
+            bs,
+            |stage, chunk, digests| {
+                match (stage, chunk) {
+                    (Stage::Ahead, &Chunk::Data { offset, .. }) => {
+                        // Blocks that differ must be read from the image before
+                        // they are compared; ask for them now, a chunk early.
+                        writer.prefetch(offset / bs, digests)?;
                     }
-                    spare.push(digests);
-                    progress(buf.len() as u64);
+                    (Stage::Ahead, Chunk::Hole { .. }) => {}
+                    (Stage::Consume, &Chunk::Data { offset, ref buf }) => {
+                        let first = offset / bs;
+                        for (i, (block, digest)) in buf.chunks(bs as usize).zip(digests).enumerate()
+                        {
+                            writer.put_block_with_digest(first + i as u64, block, *digest)?;
+                        }
+                        progress(buf.len() as u64);
+                    }
+                    (Stage::Consume, &Chunk::Hole { offset, len }) => {
+                        writer.put_zero_blocks(offset / bs, (offset + len).div_ceil(bs))?;
+                        progress(len);
+                    }
                 }
-                (Stage::Consume, &Chunk::Hole { offset, len }) => {
-                    writer.put_zero_blocks(offset / bs, (offset + len).div_ceil(bs))?;
-                    progress(len);
-                }
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+        );
         if let Err(e) = read {
             // A source that shrank ends early: say that it was written.
             self.stamp_now()?;
