@@ -442,7 +442,9 @@ mod tests {
     fn several_parts_at_once_find_what_one_read_finds() {
         let dir = tempfile::tempdir().unwrap();
         let mut blocks = vec![5u8; 200];
-        blocks[20..90].fill(0);
+        for b in 20..90 {
+            blocks[b] = 0;
+        }
         let p = image(dir.path(), &blocks, 1000);
         let mut reports = Vec::new();
         for readers in [1, 3] {
