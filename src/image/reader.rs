@@ -41,7 +41,7 @@ use crate::sys::{self, NextData};
 pub const CHUNK: u64 = 4 * 1024 * 1024;
 const IN_FLIGHT: usize = 3;
 /// Reader threads on btrfs (see the module).
-pub(crate) const BTRFS_READERS: usize = 4;
+const BTRFS_READERS: usize = 4;
 /// Holes shorter than this are read rather than skipped (see the module).
 pub const MIN_HOLE: u64 = 1024 * 1024;
 /// The same for [`read_for_copy`]: a reader that copies the image out reads

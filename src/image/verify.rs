@@ -28,7 +28,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use super::VerifyReport;
-use super::reader::{BTRFS_READERS, HoleMap, read_full_at};
+use super::reader::{HoleMap, read_full_at};
 use super::sums::{Digest, is_zero};
 use crate::buf::PageBuf;
 use crate::error::{Error, Result};
@@ -80,14 +80,6 @@ impl InlineVerifier {
     /// Starts a verifier thread reading `path` (opened anew, so its read-ahead
     /// is its own) in blocks of `block_size`.
     pub fn start(path: &Path, block_size: u64) -> Result<InlineVerifier> {
-        // btrfs reads a file of many extents about one request at a time: there
-        // each batch is read (and hashed) in several parts at once.
-        let btrfs = File::open(path).is_ok_and(|f| sys::on_btrfs(&f));
-        Self::start_with(path, block_size, if btrfs { BTRFS_READERS } else { 1 })
-    }
-
-    /// [`InlineVerifier::start`], reading each batch in `readers` parts at once.
-    fn start_with(path: &Path, block_size: u64, readers: usize) -> Result<InlineVerifier> {
         let image = File::open(path).map_err(Error::io("cannot open for verification", path))?;
         sys::advise_sequential(&image);
         let (tx, rx) = sync_channel(QUEUED);
@@ -96,7 +88,7 @@ impl InlineVerifier {
         let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("verify".into())
-            .spawn(move || check_batches(&image, &path, (block_size, readers), &rx, &stop_flag))
+            .spawn(move || check_batches(&image, &path, block_size, &rx, &stop_flag))
             .map_err(|source| Error::ThreadSpawn {
                 what: "the verification thread",
                 source,
@@ -196,14 +188,13 @@ impl Drop for InlineVerifier {
 fn check_batches(
     image: &File,
     path: &PathBuf,
-    (block_size, readers): (u64, usize),
+    block_size: u64,
     rx: &Receiver<Batch>,
     stop: &AtomicBool,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut holes = HoleMap::new(image);
     let mut buf = PageBuf::new(BATCH as usize);
-    let readers = readers.max(1);
     for batch in rx.iter() {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -239,36 +230,19 @@ fn check_batches(
             }
             if data_start < data_end {
                 let data = buf_of(&mut buf, data_end - data_start);
-                let part = (data.len() as u64)
-                    .div_ceil(readers as u64)
-                    .div_ceil(block_size)
-                    .saturating_mul(block_size) as usize;
-                if readers == 1 || data.len() <= part {
-                    read_and_check(image, &batch, block_size, data_start, data, &mut report);
-                } else {
-                    // Several reads in flight (btrfs), each part hashed by its reader.
-                    let parts: Vec<VerifyReport> = std::thread::scope(|scope| {
-                        let threads: Vec<_> = data
-                            .chunks_mut(part)
-                            .enumerate()
-                            .map(|(i, piece)| {
-                                let batch = &batch;
-                                scope.spawn(move || {
-                                    let mut local = VerifyReport::default();
-                                    let at = data_start + (i * part) as u64;
-                                    read_and_check(image, batch, block_size, at, piece, &mut local);
-                                    local
-                                })
-                            })
-                            .collect();
-                        threads
-                            .into_iter()
-                            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                            .collect()
-                    });
-                    for local in parts {
-                        report.bytes_read += local.bytes_read;
-                        report.bad_offsets.extend(local.bad_offsets);
+                match read_full_at(image, data, data_start) {
+                    Ok(n) => check_read(&batch, block_size, data_start, data, n, &mut report),
+                    // Some block does not read (btrfs: its checksum fails): find
+                    // which, one block at a time; those are bad, not an error.
+                    Err(_) => {
+                        for at in (data_start..data_end).step_by(block_size as usize) {
+                            let len = block_size.min(data_end - at);
+                            let block = buf_of(&mut buf, len);
+                            match read_full_at(image, block, at) {
+                                Ok(n) => check_read(&batch, block_size, at, block, n, &mut report),
+                                Err(_) => report.bad_offsets.push(at),
+                            }
+                        }
                     }
                 }
             }
@@ -316,31 +290,6 @@ fn check_zeros(
         pos = data_end;
     }
     Ok(())
-}
-
-/// Reads `data.len()` bytes at `start` into `data` and compares them with the
-/// batch's digests. When some block does not read (btrfs: its checksum fails),
-/// finds which, one block at a time: those are bad, not an error.
-fn read_and_check(
-    image: &File,
-    batch: &Batch,
-    block_size: u64,
-    start: u64,
-    data: &mut [u8],
-    report: &mut VerifyReport,
-) {
-    match read_full_at(image, data, start) {
-        Ok(n) => check_read(batch, block_size, start, data, n, report),
-        Err(_) => {
-            for (i, block) in data.chunks_mut(block_size as usize).enumerate() {
-                let at = start + i as u64 * block_size;
-                match read_full_at(image, block, at) {
-                    Ok(n) => check_read(batch, block_size, at, block, n, report),
-                    Err(_) => report.bad_offsets.push(at),
-                }
-            }
-        }
-    }
 }
 
 /// Compares `data`, read at `start` (`n` bytes of it were there), with the
@@ -434,43 +383,6 @@ mod tests {
         }
         let report = v.finish(100).unwrap().unwrap();
         assert_eq!(report.bad_offsets, vec![3 * BS, 70 * BS]);
-    }
-
-    /// Read in three parts at once, the same blocks are found bad, in order,
-    /// over holes, zero runs and a short last block.
-    #[test]
-    fn several_parts_at_once_find_what_one_read_finds() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut blocks = vec![5u8; 200];
-        for b in 20..90 {
-            blocks[b] = 0;
-        }
-        let p = image(dir.path(), &blocks, 1000);
-        let mut reports = Vec::new();
-        for readers in [1, 3] {
-            let mut v = InlineVerifier::start_with(&p, BS, readers).unwrap();
-            for i in 0..200u64 {
-                let len = if i == 199 { 1000 } else { BS as usize };
-                let b = match i {
-                    3 | 70 | 150 | 199 => 6,
-                    20..90 => 0,
-                    _ => 5,
-                };
-                if b == 0 && i != 70 {
-                    v.record(i, len, Digest::ZERO);
-                } else {
-                    v.record(i, len, digest(b, len));
-                }
-            }
-            reports.push(v.finish(200).unwrap().unwrap());
-        }
-        assert_eq!(
-            reports[0].bad_offsets,
-            vec![3 * BS, 70 * BS, 150 * BS, 199 * BS]
-        );
-        assert_eq!(reports[0].bad_offsets, reports[1].bad_offsets);
-        assert_eq!(reports[0].bytes_read, reports[1].bytes_read);
-        assert_eq!(reports[0].blocks, reports[1].blocks);
     }
 
     #[test]
