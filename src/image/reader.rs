@@ -183,19 +183,23 @@ pub fn read_sequential_ahead_hashed(
         min_hole: MIN_HOLE,
         readers: readers_for(file),
     };
-    let hash = |chunk: &Chunk| match chunk {
-        Chunk::Data { buf, .. } => buf.chunks(align as usize).map(Digest::of).collect(),
-        Chunk::Hole { .. } => Vec::new(),
-    };
     read_post(
         file,
         path,
         (0, size),
         align,
         mode,
-        &hash,
+        &|chunk| block_digests(chunk, align),
         |stage, chunk, digests| handle(stage, chunk, digests),
     )
+}
+
+/// The digest of every `block`-sized piece of a data chunk; none for a hole.
+fn block_digests(chunk: &Chunk, block: u64) -> Vec<Digest> {
+    match chunk {
+        Chunk::Data { buf, .. } => buf.chunks(block as usize).map(Digest::of).collect(),
+        Chunk::Hole { .. } => Vec::new(),
+    }
 }
 
 /// Reader threads for `file`: several on btrfs, one elsewhere (see the module).
@@ -254,10 +258,7 @@ fn run(job: Job, file: &File, path: &Path, size: u64) -> Result<Chunk> {
     }
 }
 
-/// The readers' common body. One thread plans (holes, buffers); with one
-/// reader it reads too, with more each of `mode.readers` threads takes every
-/// n-th job, and the chunks are taken from them in the same turn, so they come
-/// in the file's order without sorting.
+/// The readers' common body ([`read_post`] with nothing computed per chunk).
 fn read_with(
     file: &File,
     path: &Path,
@@ -277,8 +278,11 @@ fn read_with(
     )
 }
 
-/// [`read_with`], with `post` of every chunk handed along with it: computed by
-/// the reader threads when there are several, else on this thread.
+/// One thread plans (holes, buffers); with one reader it reads too, with more
+/// each of `mode.readers` threads takes every n-th job, and the chunks are
+/// taken from them in the same turn, so they come in the file's order without
+/// sorting. `post` of every chunk is handed along with it: computed by the
+/// reader threads when there are several, else on this thread.
 fn read_post<X: Send>(
     file: &File,
     path: &Path,
@@ -810,10 +814,7 @@ mod tests {
         }
         let f = File::open(&p).unwrap();
         let want = std::fs::read(&p).unwrap();
-        let hash = |chunk: &Chunk| match chunk {
-            Chunk::Data { buf, .. } => buf.chunks(65536).map(Digest::of).collect(),
-            Chunk::Hole { .. } => Vec::new(),
-        };
+        let hash = |chunk: &Chunk| block_digests(chunk, 65536);
         let mut seen = Vec::new();
         for readers in [1, 3] {
             let mut events = Vec::new();
