@@ -27,6 +27,9 @@
 #     state (cold, each new revision forgotten again with `forget -r 0 --force`), so
 #     the ageing target compares two medians of one change set each instead of
 #     different generations' change sets (backy only: 2.1.5 has no forget);
+#   * the floor of those two incrementals with full verification: a cold read of
+#     the source plus one of the new revision (the 1st revision right after it is
+#     made, the newest at the end);
 #   * then, each read cold and BENCH_READS times (median): `cat` of the newest
 #     revision's image, `cat` of a fresh copy of the same bytes made on the same
 #     filesystem with `cp --reflink=never` (cp reflinks by default), and
@@ -363,6 +366,10 @@ age_one() { # filesystem
         ((cold)) && drop_caches
         timed "$key:backy" "$LOG/backy.log" "$BACKY" -b "$job" backup daily
         ((g == 1 || g == GENERATIONS)) && R[redo$g:backy]+=" $LAST"
+        # The floor of an incremental with full verification is a read of the
+        # source plus one of the new image: read the 1st revision cold here, the
+        # newest below, beside the source's reads before and after the history.
+        ((g == 1)) && cold_read rev1:backy "$(readlink -f "$job/last")"
         ((g == 1)) && R[one:backy]=$LAST
         ((g == GENERATIONS)) && R[nth:backy]=$LAST
         t="backy $LAST s"
@@ -440,6 +447,9 @@ age_one() { # filesystem
     local s1 sn x_same_new
     s1=$(median ${R[redo1:backy]}) sn=$(median ${R[redo$GENERATIONS:backy]})
     x_same_new=$(div "$sn" "$s1")
+    local floor1 floorn
+    floor1=$(awk -v a="${R[src:first]}" -v b="${R[rev1:backy]}" 'BEGIN { printf "%.2f", a + b }')
+    floorn=$(awk -v a="${R[src:last]}" -v b="$cat_new" 'BEGIN { printf "%.2f", a + b }')
     local cat_old fr_old x_cat_old x_sp_old x_inc_old
     if ((OLD)); then
         cat_old=$(median ${R[cat:old]}) fr_old=$(median ${R[fresh:old]})
@@ -466,6 +476,8 @@ age_one() { # filesystem
             "$( ((OLD)) && echo "${x_inc_old}x")"
         printf "$FMT" "incremental $GENERATIONS / 1st, each $((REDO + 1))x from one state" \
             "${x_same_new}x ($sn / $s1)" ""
+        printf "$FMT" "floor: cold cat of source + new revision, last / 1st" \
+            "$(div "$floorn" "$floor1")x ($floorn / $floor1)" ""
         printf "$FMT" "space used / ideal" "${x_sp_new} ($(mib "$sp_new") MiB)" \
             "$( ((OLD)) && echo "${x_sp_old} ($(mib "$sp_old") MiB)")"
         printf "$FMT" "forget the oldest revision (s)" "${R[forget:backy]}" "${R[forget:old]:-}"
