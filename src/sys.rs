@@ -380,26 +380,34 @@ pub fn loop_backing_file(rdev: u64) -> Option<PathBuf> {
     (!name.is_empty()).then(|| PathBuf::from(name))
 }
 
-/// Bytes available to unprivileged users on the filesystem holding `dir`
-/// (`f_bavail * f_frsize`) once what was just deleted is counted: btrfs frees
+/// Free bytes for unprivileged users of the filesystem holding `dir`
+/// (`f_bavail * f_frsize`) after a `syncfs`, one reading.
+pub fn available_bytes(dir: &Path) -> io::Result<u64> {
+    available_after_sync(&File::open(dir)?)
+}
+
+fn available_after_sync(fd: &File) -> io::Result<u64> {
+    rustix::fs::syncfs(fd)?;
+    let st = rustix::fs::fstatvfs(fd)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// [`available_bytes`] once what was just deleted is counted: btrfs frees
 /// extents at the transaction commit, which `syncfs` waits for; XFS frees an
 /// unlinked file's blocks in a background worker, which `statfs` starts but
-/// does not wait for. So this reads (`syncfs`, then `statvfs`) every 50 ms
-/// until the figure has not changed for 250 ms, for at most 5 s.
+/// does not wait for. So this reads every 50 ms until two readings in a row
+/// equal the first (100 ms unchanged), for at most 5 s. (With 250 ms, every
+/// `forget` took half a second, most of it waiting on a figure that had
+/// long settled.)
 pub fn settled_available_bytes(dir: &Path) -> io::Result<u64> {
     use std::time::{Duration, Instant};
     let fd = File::open(dir)?;
-    let read = || -> io::Result<u64> {
-        rustix::fs::syncfs(&fd)?;
-        let st = rustix::fs::fstatvfs(&fd)?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
-    };
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = read()?;
+    let mut last = available_after_sync(&fd)?;
     let mut unchanged = 0;
-    while unchanged < 5 && Instant::now() < deadline {
+    while unchanged < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        let now = read()?;
+        let now = available_after_sync(&fd)?;
         if now == last {
             unchanged += 1;
         } else {

@@ -112,7 +112,7 @@ impl Job {
     /// Removes a complete or incomplete revision (needs the purge lock) and
     /// fixes `last`; logs the bytes the filesystem freed (`Job::log_freed`).
     pub fn remove_revision(&mut self, id: &str, lock: &PurgeLock) -> Result<()> {
-        let before = self.available_bytes();
+        let before = self.available_bytes_now();
         self.remove_revision_unmeasured(id, lock)?;
         self.log_freed(before, &format!("Removing revision {id}"));
         Ok(())
@@ -122,6 +122,15 @@ impl Job {
     /// `None` (and a debug line) when `statfs` fails.
     fn available_bytes(&self) -> Option<u64> {
         sys::settled_available_bytes(&self.dir)
+            .inspect_err(|e| tracing::debug!("statfs of {}: {e}", self.dir.display()))
+            .ok()
+    }
+
+    /// Free bytes of the job's filesystem before a removal: one reading
+    /// ([`sys::available_bytes`]), since nothing this command deleted is being
+    /// freed yet; `None` (and a debug line) when `statfs` fails.
+    fn available_bytes_now(&self) -> Option<u64> {
+        sys::available_bytes(&self.dir)
             .inspect_err(|e| tracing::debug!("statfs of {}: {e}", self.dir.display()))
             .ok()
     }
@@ -207,7 +216,7 @@ impl Job {
         let deletions: Vec<&str> = plan.deletions().map(|s| s.id.as_str()).collect();
         if !deletions.is_empty() {
             let before = if log_freed {
-                self.available_bytes()
+                self.available_bytes_now()
             } else {
                 None
             };
