@@ -112,25 +112,23 @@ impl Job {
     /// Removes a complete or incomplete revision (needs the purge lock) and
     /// fixes `last`; logs the bytes the filesystem freed (`Job::log_freed`).
     pub fn remove_revision(&mut self, id: &str, lock: &PurgeLock) -> Result<()> {
-        let before = self.available_bytes_now();
+        let before = self.available_bytes(false);
         self.remove_revision_unmeasured(id, lock)?;
         self.log_freed(before, &format!("Removing revision {id}"));
         Ok(())
     }
 
-    /// Free bytes of the job's filesystem, settled ([`sys::settled_available_bytes`]);
-    /// `None` (and a debug line) when `statfs` fails.
-    fn available_bytes(&self) -> Option<u64> {
-        sys::settled_available_bytes(&self.dir)
-            .inspect_err(|e| tracing::debug!("statfs of {}: {e}", self.dir.display()))
-            .ok()
-    }
-
-    /// Free bytes of the job's filesystem before a removal: one reading
+    /// Free bytes of the job's filesystem: before a removal one reading
     /// ([`sys::available_bytes`]), since nothing this command deleted is being
-    /// freed yet; `None` (and a debug line) when `statfs` fails.
-    fn available_bytes_now(&self) -> Option<u64> {
-        sys::available_bytes(&self.dir)
+    /// freed yet; after it, `settled` ([`sys::settled_available_bytes`]).
+    /// `None` (and a debug line) when `statfs` fails.
+    fn available_bytes(&self, settled: bool) -> Option<u64> {
+        let read = if settled {
+            sys::settled_available_bytes
+        } else {
+            sys::available_bytes
+        };
+        read(&self.dir)
             .inspect_err(|e| tracing::debug!("statfs of {}: {e}", self.dir.display()))
             .ok()
     }
@@ -139,7 +137,7 @@ impl Job {
     /// counts it: the bytes actually freed, to compare with what `status`
     /// predicted.
     fn log_freed(&self, before: Option<u64>, what: &str) {
-        let (Some(before), Some(after)) = (before, self.available_bytes()) else {
+        let (Some(before), Some(after)) = (before, self.available_bytes(true)) else {
             return;
         };
         match after.checked_sub(before) {
@@ -216,7 +214,7 @@ impl Job {
         let deletions: Vec<&str> = plan.deletions().map(|s| s.id.as_str()).collect();
         if !deletions.is_empty() {
             let before = if log_freed {
-                self.available_bytes_now()
+                self.available_bytes(false)
             } else {
                 None
             };
