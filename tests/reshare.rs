@@ -162,6 +162,13 @@ fn rsync_copy_is_reshared(kind: FsKind) {
         "after reshare {reshared_bytes} bytes, the source job has {source_bytes}\n{}",
         r.stdout
     );
+    // The free space it reports as reclaimed waited for the filesystem to
+    // count the freed extents (XFS frees them in a background worker).
+    assert!(
+        !r.stdout.contains("; 0 Bytes reclaimed"),
+        "reshare freed the copy's extents but reported nothing reclaimed: {}",
+        r.stdout
+    );
     assert_eq!(contents(&copy), before, "reshare changed content");
     assert_eq!(before.len(), 40, "20 images and 20 manifests: {before:?}");
     for (name, _) in before.iter().filter(|(n, _)| !n.contains('.')) {

@@ -23,7 +23,8 @@ use crate::{output, sys};
 pub fn run(dir: &Path) -> Result<()> {
     let mut job = Job::open(dir)?;
     let _lock = job.lock_backup()?;
-    let free_before = free_bytes(job.dir())?;
+    let free_before = sys::available_bytes(job.dir())
+        .map_err(Error::io("cannot read the free space of", job.dir()))?;
     remove_stale_temp_files(job.dir())?;
     let relocate = sys::filesystem_name(job.dir()) == "btrfs";
     let complete: Vec<&Revision> = job.revisions().iter().filter(|r| r.is_complete()).collect();
@@ -63,8 +64,9 @@ pub fn run(dir: &Path) -> Result<()> {
         reshared += 1;
     }
     // Freed extents show in statfs once the filesystem committed them.
-    sync_fs(job.dir())?;
-    let reclaimed = free_bytes(job.dir())?.saturating_sub(free_before);
+    let reclaimed = sys::settled_available_bytes(job.dir())
+        .map_err(Error::io("cannot read the free space of", job.dir()))?
+        .saturating_sub(free_before);
     if total.blocks_differing > 0 {
         tracing::warn!(
             "{} blocks differ from what their manifests say and were left alone; run 'backy verify'",
@@ -94,20 +96,6 @@ fn base_of<'a>(job: &Job, rev: &Revision, older: &[&'a Revision]) -> Option<&'a 
     parent
         .or_else(|| older.iter().rev().find(has_manifest))
         .copied()
-}
-
-/// Bytes free on the filesystem of `dir`.
-fn free_bytes(dir: &Path) -> Result<u64> {
-    let st = rustix::fs::statvfs(dir)
-        .map_err(|e| Error::io("cannot read the free space of", dir)(e.into()))?;
-    Ok(st.f_bfree.saturating_mul(st.f_frsize))
-}
-
-fn sync_fs(dir: &Path) -> Result<()> {
-    let file = std::fs::File::open(dir).map_err(Error::io("cannot open", dir))?;
-    rustix::fs::syncfs(&file)
-        .map_err(|e| Error::io("cannot sync the filesystem of", dir)(e.into()))?;
-    Ok(())
 }
 
 /// Removes temporary files a crashed reshare left (under the backup lock no
