@@ -62,7 +62,8 @@
 # (default 20240521), BENCH_MEMSTORE_GIB (16), BENCH_WARM_GIB (see above),
 # BENCH_STRICT=1 (exit 1 when a 2.0x target is missed), BENCH_NICE (e.g. -20: run
 # every measured command, backy's and rbd's alike, at that niceness, so that other
-# work on a shared machine takes less of their time).
+# work on a shared machine takes less of their time), BENCH_BACKY (the backy binary
+# to measure instead of building this checkout's, e.g. to compare two builds).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -88,10 +89,15 @@ done
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== load average at start: $LOAD_START ($(nproc) CPUs)"
 
-echo "== building backy (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet)
-BACKY=$ROOT/target/release/backy
-[[ -x $BACKY ]] || die "cargo build produced no $BACKY"
+if [[ -n ${BENCH_BACKY:-} ]]; then
+    BACKY=$BENCH_BACKY
+    [[ -x $BACKY ]] || die "BENCH_BACKY=$BACKY is not an executable: give the path of a backy binary"
+else
+    echo "== building backy (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    BACKY=$ROOT/target/release/backy
+    [[ -x $BACKY ]] || die "cargo build produced no $BACKY"
+fi
 
 WORK=$(mktemp -d)
 CEPH_DIR=$WORK/ceph
