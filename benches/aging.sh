@@ -29,7 +29,9 @@
 #     different generations' change sets (backy only: 2.1.5 has no forget);
 #   * the floor of those two incrementals with full verification: a cold read of
 #     the source plus one of the new revision (the 1st revision right after it is
-#     made, the newest at the end);
+#     made, the newest at the end), and beside it the same plus a cold reflink
+#     clone of that revision (`cp --reflink=always`, synced), which every backup
+#     starts with and whose cost on btrfs grows with the parent's extents;
 #   * then, each read cold and BENCH_READS times (median): `cat` of the newest
 #     revision's image, `cat` of a fresh copy of the same bytes made on the same
 #     filesystem with `cp --reflink=never` (cp reflinks by default), and
@@ -286,6 +288,17 @@ cold_read() {
     R[$key]="${R[$key]:+${R[$key]} }$(since "$t0")"
 }
 
+# cold_clone KEY FILE DEST: a cold reflink clone of FILE (what every backup starts
+# with) to DEST on the same filesystem, synced, then removed.
+cold_clone() {
+    local key=$1 t0
+    drop_caches
+    t0=$(now)
+    nice -n "$NICE" cp --reflink=always "$2" "$3" && sync -f "$3"
+    R[$key]="${R[$key]:+${R[$key]} }$(since "$t0")"
+    rm -f "$3"
+}
+
 MISSES=0
 RESULTS=()
 check() { # ok(1/0) description
@@ -370,6 +383,7 @@ age_one() { # filesystem
         # source plus one of the new image: read the 1st revision cold here, the
         # newest below, beside the source's reads before and after the history.
         ((g == 1)) && cold_read rev1:backy "$(readlink -f "$job/last")"
+        ((g == 1)) && cold_clone clone1:backy "$(readlink -f "$job/last")" "$mnt/floor-clone.img"
         ((g == 1)) && R[one:backy]=$LAST
         ((g == GENERATIONS)) && R[nth:backy]=$LAST
         t="backy $LAST s"
@@ -388,6 +402,7 @@ age_one() { # filesystem
 
     sync
     cold_read src:last "$src"
+    cold_clone clonen:backy "$(readlink -f "$job/last")" "$mnt/floor-clone.img"
     local newest_new newest_old
     newest_new=$(readlink -f "$job/last")
     if [[ $DEFRAG == 1 ]]; then
@@ -450,6 +465,9 @@ age_one() { # filesystem
     local floor1 floorn
     floor1=$(awk -v a="${R[src:first]}" -v b="${R[rev1:backy]}" 'BEGIN { printf "%.2f", a + b }')
     floorn=$(awk -v a="${R[src:last]}" -v b="$cat_new" 'BEGIN { printf "%.2f", a + b }')
+    local cfloor1 cfloorn
+    cfloor1=$(awk -v a="$floor1" -v b="${R[clone1:backy]}" 'BEGIN { printf "%.2f", a + b }')
+    cfloorn=$(awk -v a="$floorn" -v b="${R[clonen:backy]}" 'BEGIN { printf "%.2f", a + b }')
     local cat_old fr_old x_cat_old x_sp_old x_inc_old
     if ((OLD)); then
         cat_old=$(median ${R[cat:old]}) fr_old=$(median ${R[fresh:old]})
@@ -478,6 +496,10 @@ age_one() { # filesystem
             "${x_same_new}x ($sn / $s1)" ""
         printf "$FMT" "floor: cold cat of source + new revision, last / 1st" \
             "$(div "$floorn" "$floor1")x ($floorn / $floor1)" ""
+        printf "$FMT" "cold reflink clone of the 1st / of the newest (s)" \
+            "${R[clone1:backy]} / ${R[clonen:backy]}" ""
+        printf "$FMT" "floor with that clone, last / 1st" \
+            "$(div "$cfloorn" "$cfloor1")x ($cfloorn / $cfloor1)" ""
         printf "$FMT" "space used / ideal" "${x_sp_new} ($(mib "$sp_new") MiB)" \
             "$( ((OLD)) && echo "${x_sp_old} ($(mib "$sp_old") MiB)")"
         printf "$FMT" "forget the oldest revision (s)" "${R[forget:backy]}" "${R[forget:old]:-}"

@@ -63,7 +63,7 @@
 # (default 20240521), BENCH_MEMSTORE_GIB (16), BENCH_WARM_GIB (see above),
 # BENCH_STRICT=1 (exit 1 when a 2.0x target is missed), BENCH_NICE (e.g. -20: run
 # every measured command, backy's and rbd's alike, at that niceness, so that other
-# work on a shared machine takes less of their time), BENCH_BACKY (the backy binary
+# work on a shared machine takes less of their time), BACKY (the backy binary
 # to measure instead of building this checkout's, e.g. to compare two builds).
 set -euo pipefail
 
@@ -90,9 +90,8 @@ done
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== load average at start: $LOAD_START ($(nproc) CPUs)"
 
-if [[ -n ${BENCH_BACKY:-} ]]; then
-    BACKY=$BENCH_BACKY
-    [[ -x $BACKY ]] || die "BENCH_BACKY=$BACKY is not an executable: give the path of a backy binary"
+if [[ -n ${BACKY:-} ]]; then
+    [[ -x $BACKY ]] || die "BACKY=$BACKY is not an executable: give the path of a backy binary"
 else
     echo "== building backy (cargo build --release)"
     (cd "$ROOT" && cargo build --release --quiet)
