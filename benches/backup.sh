@@ -44,7 +44,12 @@
 #     of the cold cat; the written-mode 1 % incremental within 1.3x of the cold cat;
 #     backy (default, full verification) faster than 2.1.5 on every row; backy's new
 #     image at most 1.2x the changed bytes (at most 64 KiB for "no change"); and, as a
-#     sanity check, restored image sha256 == source sha256 (FAIL exits 1).
+#     sanity check, restored image sha256 == source sha256 (FAIL exits 1);
+#   * floors, printed beside the checks: for the no-change incremental with full
+#     verification, a cold cat of the source and then of the new revision (what it
+#     must read); for the written-mode 1 % incremental, a cold cat of the source while
+#     the parent's changed blocks are read, and then the cold read-back of those
+#     blocks of the new image (what written mode reads back).
 #
 # Environment: BENCH_SIZE_MIB (default 2048; e.g. 128 for a smoke run), BENCH_SEED
 # (default 20240521), BENCH_REPEAT (default 1), BENCH_WARM_GIB (see drop_caches),
@@ -214,6 +219,9 @@ measure() {
 }
 
 cat_src() { cat "$SRC" >/dev/null; }
+# The floor of an incremental with full verification and nothing changed: a cold
+# read of the source, then one of the new revision (what the verification reads).
+cat_src_then() { cat "$SRC" >/dev/null && cat "$1" >/dev/null; }
 
 # The floor of a compare-and-write incremental: a cold read of the source while
 # the parent's blocks that changed are read one at a time (`xfs_io pread`), as
@@ -240,6 +248,12 @@ floor_list() { # job -> writes $WORK/floor.offsets (xfs_io arguments), echoes th
         python3 -c 'import json, sys; r = json.load(sys.stdin); print(r[-2]["id"], r[-1]["id"])')
     python3 "$WORK/floor.py" "$1/${ids#* }.sums" "$1/${ids% *}.sums" >"$WORK/floor.offsets"
     echo "$1/${ids% *}"
+}
+readback_read() { # new image: its changed blocks, cold, as `verification: written` reads them back
+    local args
+    mapfile -t args <"$WORK/floor.offsets"
+    ((${#args[@]} > 0)) || args=(-c "pread -q 0 0")
+    xfs_io -r "${args[@]}" "$1" >/dev/null </dev/null
 }
 floor_read() { # parent image: cold cat of the source and the parent's changed blocks, at once
     local args pid
@@ -285,6 +299,12 @@ run_step() {
     measure "$FS:backy:$step" "$LOG/backy-$FS.log" "$BACKY" -b "$JOB_NEW" backup daily
     b=$LAST
     add "$FS:xcat:backy:$step" "$(div "$b" "$c")"
+    if [[ $step == nochange ]]; then
+        measure "$FS:ncfloor:$step" "$LOG/cat.log" cat_src_then "$(readlink -f "$JOB_NEW/last")"
+        add "$FS:xncfloor:backy:$step" "$(div "$b" "$LAST")"
+        printf '   %-5s %-9s floor with full verification (cold cat of the source, then of the new revision) %6.2f s\n' \
+            "$FS" "$step" "$LAST"
+    fi
     measure "$FS:written:$step" "$LOG/written-$FS.log" "$BACKY" -b "$JOB_W" backup daily
     w=$LAST
     add "$FS:xcat:written:$step" "$(div "$w" "$c")"
@@ -296,6 +316,14 @@ run_step() {
         add "$FS:floorblocks:$step" "$(($(wc -l <"$WORK/floor.offsets") / 2))"
         printf '   %-5s %-9s floor (cold cat while the parent reads %d changed blocks) %6.2f s\n' \
             "$FS" "$step" "${S[$FS:floorblocks:$step]##* }" "$LAST"
+        # Written mode then reads those blocks of the new image back from disk.
+        local f=$LAST newest
+        newest=$(readlink -f "$JOB_W/last")
+        measure "$FS:readback:$step" "$LOG/cat.log" readback_read "$newest"
+        add "$FS:floorrb:$step" "$(awk -v a="$f" -v b="$LAST" 'BEGIN { printf "%.2f", a + b }')"
+        add "$FS:xfloorrb:written:$step" "$(div "$w" "${S[$FS:floorrb:$step]##* }")"
+        printf '   %-5s %-9s and the cold read-back of those blocks of the new image %6.2f s\n' \
+            "$FS" "$step" "$LAST"
     fi
     measure "$FS:old:$step" "$LOG/backy21-$FS.log" "$BACKY21" -b "$JOB_OLD" backup daily
     o=$LAST
@@ -440,6 +468,11 @@ for FS in $FILESYSTEMS; do
     check "$(le "$x" 1.3)" "$FS: backy (verification: written) ${LABEL[inc1]} within 1.3x of cold cat (${x}x)"
     echo "      its floor, a cold cat while the parent's changed blocks are read: $(med "$FS:floor:inc1") s" \
         "($(div "$(med "$FS:floor:inc1")" "$(med "$FS:cat:inc1")")x the cat); written mode takes $(med "$FS:xfloor:written:inc1")x the floor"
+    echo "      no change with full verification: its floor, a cold cat of the source and then of the new revision," \
+        "$(med "$FS:ncfloor:nochange") s; backy takes $(med "$FS:xncfloor:backy:nochange")x it," \
+        "2.1.5 $(div "$(med "$FS:old:nochange")" "$(med "$FS:ncfloor:nochange")")x"
+    echo "      with the cold read-back of those blocks of the new image that written mode does: $(med "$FS:floorrb:inc1") s" \
+        "($(div "$(med "$FS:floorrb:inc1")" "$(med "$FS:cat:inc1")")x the cat); written mode takes $(med "$FS:xfloorrb:written:inc1")x it"
     for step in "${STEPS[@]}"; do
         b=$(med "$FS:backy:$step") o=$(med "$FS:old:$step")
         check "$(awk -v b="$b" -v o="$o" 'BEGIN { print (b < o) ? 1 : 0 }')" \
