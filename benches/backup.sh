@@ -249,18 +249,16 @@ floor_list() { # job -> writes $WORK/floor.offsets (xfs_io arguments), echoes th
     python3 "$WORK/floor.py" "$1/${ids#* }.sums" "$1/${ids% *}.sums" >"$WORK/floor.offsets"
     echo "$1/${ids% *}"
 }
-readback_read() { # new image: its changed blocks, cold, as `verification: written` reads them back
+read_changed_blocks() { # image: the blocks of $WORK/floor.offsets, one pread at a time
     local args
     mapfile -t args <"$WORK/floor.offsets"
+    # Without a command xfs_io would read commands from stdin.
     ((${#args[@]} > 0)) || args=(-c "pread -q 0 0")
     xfs_io -r "${args[@]}" "$1" >/dev/null </dev/null
 }
 floor_read() { # parent image: cold cat of the source and the parent's changed blocks, at once
-    local args pid
-    mapfile -t args <"$WORK/floor.offsets"
-    # Without a command xfs_io would read commands from stdin.
-    ((${#args[@]} > 0)) || args=(-c "pread -q 0 0")
-    xfs_io -r "${args[@]}" "$1" >/dev/null </dev/null &
+    local pid
+    read_changed_blocks "$1" &
     pid=$!
     cat "$SRC" >/dev/null
     wait "$pid"
@@ -319,7 +317,7 @@ run_step() {
         # Written mode then reads those blocks of the new image back from disk.
         local f=$LAST newest
         newest=$(readlink -f "$JOB_W/last")
-        measure "$FS:readback:$step" "$LOG/cat.log" readback_read "$newest"
+        measure "$FS:readback:$step" "$LOG/cat.log" read_changed_blocks "$newest"
         add "$FS:floorrb:$step" "$(awk -v a="$f" -v b="$LAST" 'BEGIN { printf "%.2f", a + b }')"
         add "$FS:xfloorrb:written:$step" "$(div "$w" "${S[$FS:floorrb:$step]##* }")"
         printf '   %-5s %-9s and the cold read-back of those blocks of the new image %6.2f s\n' \

@@ -13,7 +13,8 @@
 #       before bench-a and backy-<new> after bench-b with nothing written between).
 #       export-diff is timed once before and once after the backup; the baseline is
 #       their mean. Beside it, as the floor of anything that stores the change, the
-#       same export-diff into a file in the job's filesystem plus `sync -f FILE`. Backy's time includes its sampled verification through librbd.
+#       same export-diff into a file in the job's filesystem plus `sync -f FILE`.
+#       Backy's time includes its sampled verification through librbd.
 #       Target: at most 2.0x at 10 %, for the whole backup and (printed beside it)
 #       for the backup less the fixed cost of (b);
 #   (b) the fixed cost: `rbd info`, `rbd snap create`, `rbd snap rm` (each mostly
